@@ -1,0 +1,38 @@
+# The README's commands. Everything the project needs is installed from here.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev,hub]'
+	touch $(STAMP)
+
+## make demo: the agent with its embedded NATS and a simulated drone fleet (Ctrl-C stops it)
+demo: $(STAMP)
+	@echo "API:     http://127.0.0.1:8080/health  /graph/stats  /graph/entities/UAV-001  /metrics"
+	@echo "Ingest:  curl -X POST http://127.0.0.1:8080/ingest --data-binary @tests/fixtures/events/good.ndjson"
+	@echo "Stats:   $(BIN)/edge-agent stats --url http://127.0.0.1:8080"
+	@echo "State:   ./.demo-state (JetStream store, graph.db, nats-server.log)"
+	$(BIN)/edge-agent run --config examples/edge-demo.json
+
+## make test: the whole suite (unit, integration with a real nats-server, fault tests)
+test: $(STAMP)
+	$(BIN)/pytest -q
+
+## make lint: ruff (lint + format check) and mypy on the packages
+lint: $(STAMP)
+	$(BIN)/ruff check edge_agent cloud_hub tests bench
+	$(BIN)/ruff format --check edge_agent cloud_hub tests bench
+	$(BIN)/mypy
+
+## make bench: every benchmark; each prints one JSON line last
+bench: $(STAMP)
+	@for script in bench/*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
+
+clean:
+	rm -rf $(VENV) .demo-state .pytest_cache .mypy_cache .ruff_cache *.egg-info

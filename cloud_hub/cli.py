@@ -1,0 +1,46 @@
+"""``cloud-hub``: the hub's command line.
+
+The hub shares the edge's config schema and loader; this version validates hub configs.
+The hub service itself (``cloud-hub run``) arrives with the sync link.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from cloud_hub import __version__
+from edge_agent.config import load_config
+from edge_agent.errors import ConfigError
+
+__all__ = ["main"]
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    """Validate a hub config file; print each problem with its key path."""
+    try:
+        config = load_config(args.file)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"{args.file}: {problem}", file=sys.stderr)
+        return 2
+    print(f"{args.file}: ok (platform {config.platform.type}, {len(config.components)} components)")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``cloud-hub`` console script."""
+    parser = argparse.ArgumentParser(prog="cloud-hub", description="SemStreams cloud hub")
+    parser.add_argument("--version", action="version", version=f"cloud-hub {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    check = commands.add_parser("check-config", help="validate a hub config file")
+    check.add_argument("file")
+    check.set_defaults(func=cmd_check_config)
+    args = parser.parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

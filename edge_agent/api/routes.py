@@ -1,0 +1,26 @@
+"""Every HTTP route of the edge agent, in one table."""
+
+from __future__ import annotations
+
+from starlette.applications import Starlette
+from starlette.routing import Route
+
+from edge_agent.api import views
+from edge_agent.api.views import AgentServices
+
+__all__ = ["ROUTES", "build_app"]
+
+ROUTES = [
+    Route("/health", views.health, methods=["GET"]),
+    Route("/metrics", views.metrics, methods=["GET"]),
+    Route("/graph/stats", views.graph_stats, methods=["GET"]),
+    Route("/graph/entities/{entity_id}", views.entity, methods=["GET"]),
+    Route("/ingest", views.ingest, methods=["POST"]),
+]
+
+
+def build_app(agent: AgentServices) -> Starlette:
+    """The ASGI app serving ``agent``."""
+    app = Starlette(routes=ROUTES)
+    app.state.agent = agent
+    return app

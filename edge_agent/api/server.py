@@ -1,0 +1,78 @@
+"""Serve an ASGI app with uvicorn on a socket the agent binds itself.
+
+Binding here (not in uvicorn) turns "address in use" into an exception the agent can
+report, instead of uvicorn's ``sys.exit``; and leaving signals alone keeps shutdown in
+the agent's hands.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import uvicorn
+
+__all__ = ["HttpServer"]
+
+
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class HttpServer:
+    """One HTTP listener.
+
+    Args:
+        app: the ASGI app.
+        host: the address to bind.
+        port: the port (0 picks a free one; see :attr:`port` after :meth:`start`).
+    """
+
+    def __init__(self, app: Any, *, host: str, port: int) -> None:
+        self._app = app
+        self.host = host
+        self.port = port
+        self._server: _Server | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Bind and start serving.
+
+        Raises:
+            OSError: the address could not be bound.
+        """
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((self.host, self.port))
+        except OSError:
+            sock.close()
+            raise
+        self.port = sock.getsockname()[1]
+        config = uvicorn.Config(
+            self._app,
+            log_config=None,
+            lifespan="off",
+            access_log=False,
+            timeout_graceful_shutdown=5,
+        )
+        self._server = _Server(config)
+        self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name="http")
+        while not self._server.started:
+            if self._task.done():
+                self._task.result()
+            await asyncio.sleep(0.01)
+
+    async def stop(self) -> None:
+        """Stop accepting, finish in-flight requests, close."""
+        if self._server is None or self._task is None:
+            return
+        self._server.should_exit = True
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task

@@ -1,0 +1,112 @@
+"""HTTP views: decode the request, call a capability, encode the reply. No logic of their own."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import msgspec
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+
+from edge_agent.graph import GraphStore
+from edge_agent.ingest.publisher import EventPublisher, PublishError, split_body
+from edge_agent.metrics import CONTENT_TYPE, Metrics
+
+__all__ = ["AgentServices", "entity", "graph_stats", "health", "ingest", "json_response", "metrics"]
+
+MAX_INGEST_BYTES = 8 << 20
+_encoder = msgspec.json.Encoder()
+
+
+class AgentServices(Protocol):
+    """What the views need from the running agent."""
+
+    store: GraphStore
+    publisher: EventPublisher
+    metrics: Metrics
+
+    async def health(self) -> dict[str, Any]:
+        """``{"status": ..., "components": {...}}``."""
+        ...
+
+    async def stream_stats(self) -> dict[str, int]:
+        """``{"dead_letters": n, "stream_pending": n}`` from JetStream."""
+        ...
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    """A JSON response encoded with msgspec (Structs, dicts, lists)."""
+    return Response(_encoder.encode(body), status, headers, media_type="application/json")
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    return json_response({"error": message}, status, headers)
+
+
+def _agent(request: Request) -> AgentServices:
+    agent: AgentServices = request.app.state.agent
+    return agent
+
+
+async def health(request: Request) -> Response:
+    """``GET /health``: 200 when healthy or degraded, 503 when unhealthy."""
+    report = await _agent(request).health()
+    return json_response(report, 503 if report["status"] == "unhealthy" else 200)
+
+
+async def metrics(request: Request) -> Response:
+    """``GET /metrics``: Prometheus text format."""
+    return Response(_agent(request).metrics.exposition(), media_type=CONTENT_TYPE)
+
+
+async def graph_stats(request: Request) -> Response:
+    """``GET /graph/stats``: graph counts plus JetStream backlog and dead letters."""
+    agent = _agent(request)
+    counts = await run_in_threadpool(agent.store.stats)
+    return json_response({**counts, **await agent.stream_stats()})
+
+
+async def entity(request: Request) -> Response:
+    """``GET /graph/entities/{entity_id}``: one entity's merged state, or 404."""
+    entity_id = request.path_params["entity_id"]
+    found = await run_in_threadpool(_agent(request).store.entity, entity_id)
+    if found is None:
+        return _error(404, f"entity {entity_id!r} not found")
+    return json_response(found)
+
+
+async def ingest(request: Request) -> Response:
+    """``POST /ingest``: one JSON event or NDJSON; 202 once JetStream has acked them.
+
+    Refused events are dead-lettered and listed with their reasons; a request whose
+    events are all refused is a 400. When JetStream cannot store events (full or
+    unreachable) the answer is 503 with ``Retry-After``.
+    """
+    declared = int(request.headers.get("content-length") or 0)
+    if declared > MAX_INGEST_BYTES:
+        return _error(413, f"body over {MAX_INGEST_BYTES} bytes; split it into smaller requests")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_INGEST_BYTES:
+            return _error(
+                413, f"body over {MAX_INGEST_BYTES} bytes; split it into smaller requests"
+            )
+    ndjson = "ndjson" in request.headers.get("content-type", "")
+    events = split_body(bytes(body), ndjson=ndjson)
+    if not events:
+        return _error(400, "no events in the request body")
+    try:
+        result = await _agent(request).publisher.publish(events, path="http")
+    except PublishError as exc:
+        return json_response(
+            {
+                "error": f"events not stored: {exc.cause}",
+                "accepted": exc.accepted,
+                "failed": exc.failed,
+            },
+            503,
+            {"Retry-After": "5"},
+        )
+    return json_response(result, 400 if result.accepted == 0 else 202)

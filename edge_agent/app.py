@@ -1,0 +1,264 @@
+"""Wiring: start the parts of the agent in order, report their health, stop them in reverse.
+
+This module holds no domain logic; it connects config to the capabilities.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from starlette.applications import Starlette
+from starlette.routing import Route
+
+from edge_agent import __version__
+from edge_agent.api import build_app, views
+from edge_agent.api.server import HttpServer
+from edge_agent.config import Config, SimulatorConfig
+from edge_agent.errors import ConfigError, NatsServerError
+from edge_agent.graph import GraphStore
+from edge_agent.ingest.dead_letters import DeadLetters
+from edge_agent.ingest.processor import GraphProcessor
+from edge_agent.ingest.publisher import EventPublisher
+from edge_agent.ingest.simulator import run_simulator
+from edge_agent.metrics import Metrics
+from edge_agent.nats.client import connect, embedded_port, ensure_streams
+from edge_agent.nats.server import EmbeddedNatsServer
+from edge_agent.nats.subjects import DEAD_LETTER_STREAM, ENTITY_STREAM
+
+__all__ = ["Agent"]
+
+log = logging.getLogger(__name__)
+_STREAM_POLL_S = 2.0
+_JETSTREAM_READY_TIMEOUT_S = 20.0
+#: Component types the edge agent runs in this version; others are validated but idle.
+_RUNNABLE = {"simulator"}
+
+
+class Agent:
+    """The running edge agent.
+
+    Call :meth:`start`, then :meth:`stop`; between them the HTTP API answers on
+    :attr:`http_port`.
+    """
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.state_dir = Path(config.state_dir)
+        self.metrics = Metrics(include_runtime=config.services.metrics.config.include_go_metrics)
+        self.nats_server: EmbeddedNatsServer | None = None
+        self.nc: Client | None = None
+        self.js: JetStreamContext | None = None
+        self.store: GraphStore
+        self.publisher: EventPublisher
+        self.processor: GraphProcessor
+        self._tasks: list[asyncio.Task[None]] = []
+        self._servers: list[HttpServer] = []
+        self._stream_stats = {"dead_letters": 0, "stream_pending": 0}
+        self.started_at = 0.0
+
+    @property
+    def http_port(self) -> int:
+        """The port the API listens on (resolved when configured as 0)."""
+        return self._servers[0].port
+
+    # ---- lifecycle -----------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start NATS (or connect), the store, the processor, components and the API.
+
+        Raises:
+            SemStreamsError: a part could not start; the message says which.
+            OSError: the HTTP port could not be bound.
+        """
+        self._refuse_unsupported()
+        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        nats_config = self.config.nats
+        graph = self.config.graph.config
+        urls = list(nats_config.urls)
+        port = await embedded_port(nats_config)
+        if port is not None:
+            self.nats_server = EmbeddedNatsServer(
+                self.state_dir,
+                port=port,
+                max_file_store=nats_config.jetstream.max_bytes
+                + nats_config.jetstream.dead_letter_max_bytes,
+                name=self.config.platform.id,
+                on_restart=self.metrics.nats_server_restarts.inc,
+            )
+            await self.nats_server.start()
+            urls = [self.nats_server.url]
+        self.nc = await connect(nats_config, urls, name=f"edge-agent {self.config.platform.id}")
+        self.js = self.nc.jetstream()
+        await self._ensure_streams()
+        self.store = GraphStore(
+            self.state_dir / "graph.db",
+            origin=self.config.platform.id,
+            indexes=graph.indexer.indexes,
+            edge_batch_size=graph.data_manager.edge_batch_size,
+        )
+        dead_letters = DeadLetters(self.js, self.metrics)
+        self.publisher = EventPublisher(
+            self.js, dead_letters, self.metrics, max_event_bytes=graph.max_event_bytes
+        )
+        self.processor = GraphProcessor(self.js, self.store, graph, dead_letters, self.metrics)
+        self._spawn(self.processor.run(), "graph-processor")
+        self._spawn(self._watch_stream(), "stream-watch")
+        self._start_components()
+        await self._start_http()
+        self.started_at = time.time()
+        log.info(
+            "edge agent %s up: id=%s nats=%s api=http://%s:%d",
+            __version__,
+            self.config.platform.id,
+            ",".join(urls),
+            self.config.services.service_manager.config.http_host,
+            self.http_port,
+        )
+
+    async def stop(self) -> None:
+        """Stop everything in reverse order; safe to call after a failed start."""
+        for server in reversed(self._servers):
+            await server.stop()
+        for task in reversed(self._tasks):
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self.nc is not None:
+            with contextlib.suppress(Exception):
+                await self.nc.close()
+        if self.nats_server is not None:
+            await self.nats_server.stop()
+        if hasattr(self, "store"):
+            self.store.close()
+        log.info("edge agent stopped")
+
+    def _refuse_unsupported(self) -> None:
+        """Refuse settings this version cannot honour where ignoring them would be unsafe."""
+        if self.config.services.service_manager.config.auth.type != "none":
+            raise ConfigError(
+                [
+                    "services.service-manager.config.auth: JWT auth is not supported by this "
+                    "version; refusing to serve the API unprotected"
+                ]
+            )
+        if self.config.api_gateway.config.rate_limit.enabled:
+            log.warning("api-gateway.config.rate_limit: not enforced by this version")
+        if self.config.telemetry.enabled:
+            log.warning("telemetry: tracing is not exported by this version")
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        self._tasks.append(asyncio.create_task(coro, name=name))
+
+    async def _ensure_streams(self) -> None:
+        assert self.js is not None
+        deadline = time.monotonic() + _JETSTREAM_READY_TIMEOUT_S
+        while True:
+            try:
+                await ensure_streams(self.js, self.config.nats.jetstream)
+                return
+            except Exception as exc:
+                if time.monotonic() > deadline:
+                    raise NatsServerError(f"JetStream not available: {exc!r}") from exc
+                await asyncio.sleep(0.25)
+
+    def _start_components(self) -> None:
+        for component in self.config.components:
+            if component.type not in _RUNNABLE:
+                log.warning(
+                    "component %s: type %s is not run by this version of the edge agent",
+                    component.id,
+                    component.type,
+                )
+                continue
+            settings: SimulatorConfig = component.config
+            self._spawn(run_simulator(settings, self.publisher), f"component {component.id}")
+
+    async def _start_http(self) -> None:
+        service = self.config.services.service_manager.config
+        api = HttpServer(build_app(self), host=service.http_host, port=service.http_port)
+        await api.start()
+        self._servers.append(api)
+        metrics = self.config.services.metrics
+        if metrics.enabled:
+            app = Starlette(routes=[Route(metrics.config.path, views.metrics, methods=["GET"])])
+            app.state.agent = self
+            server = HttpServer(app, host=service.http_host, port=metrics.config.port)
+            await server.start()
+            self._servers.append(server)
+
+    # ---- status ----------------------------------------------------------------------
+
+    async def _watch_stream(self) -> None:
+        while True:
+            with contextlib.suppress(Exception):
+                await self._refresh_stream_stats()
+            await asyncio.sleep(_STREAM_POLL_S)
+
+    async def _refresh_stream_stats(self) -> dict[str, int]:
+        assert self.js is not None
+        consumer = await self.js.consumer_info(ENTITY_STREAM, self.processor.consumer, timeout=1)
+        dead = await self.js.stream_info(DEAD_LETTER_STREAM)
+        pending = int(consumer.num_pending or 0) + int(consumer.num_ack_pending or 0)
+        self._stream_stats = {"dead_letters": int(dead.state.messages), "stream_pending": pending}
+        self.metrics.stream_pending.set(pending)
+        return self._stream_stats
+
+    async def stream_stats(self) -> dict[str, int]:
+        """Dead letters kept and events not yet acked by the processor (last known on error)."""
+        with contextlib.suppress(Exception):
+            return await self._refresh_stream_stats()
+        return dict(self._stream_stats)
+
+    async def health(self) -> dict[str, Any]:
+        """Per-component status and the overall verdict.
+
+        ``unhealthy`` (503) when the store or the processor is down; ``degraded`` when
+        NATS is unreachable or the processor is retrying; else ``healthy``.
+        """
+        nats_ok = self.nc is not None and self.nc.is_connected
+        server = self.nats_server
+        components: dict[str, dict[str, Any]] = {
+            "nats": {
+                "status": "ok" if nats_ok else "down",
+                "embedded": server is not None,
+                "server_running": server.running if server else None,
+                "server_restarts": server.restarts if server else 0,
+            },
+            "store": {"status": "ok" if await asyncio.to_thread(self._store_ok) else "down"},
+            "processor": {
+                "status": "ok" if self.processor.status.running else "down",
+                "batches": self.processor.status.batches,
+                "last_error": self.processor.status.last_error,
+            },
+        }
+        if components["processor"]["status"] == "ok" and self.processor.status.last_error:
+            components["processor"]["status"] = "retrying"
+        if "down" in (components["store"]["status"], components["processor"]["status"]):
+            status = "unhealthy"
+        elif not nats_ok or components["processor"]["status"] != "ok":
+            status = "degraded"
+        else:
+            status = "healthy"
+        return {
+            "status": status,
+            "version": __version__,
+            "id": self.config.platform.id,
+            "uptime_s": round(time.time() - self.started_at, 1),
+            "components": components,
+        }
+
+    def _store_ok(self) -> bool:
+        try:
+            with self.store.reader() as db:
+                db.execute("SELECT 1 FROM entities LIMIT 1").fetchall()
+        except Exception:
+            return False
+        return True

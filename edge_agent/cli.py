@@ -1,0 +1,177 @@
+"""``edge-agent``: run the agent, check a config, publish events, show stats.
+
+Each command is a few lines over a library call. Exit codes: 0 ok, 1 failure,
+2 invalid config or usage, 3 events refused by JetStream.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+
+import msgspec
+
+from edge_agent import __version__
+from edge_agent.config import Config, load_config
+from edge_agent.errors import ConfigError, SemStreamsError
+
+__all__ = ["main"]
+
+EXIT_FAILURE = 1
+EXIT_CONFIG = 2
+EXIT_REFUSED = 3
+
+
+def _load(path: str | None) -> Config:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        where = path or "(defaults)"
+        for problem in exc.problems:
+            print(f"{where}: {problem}", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG) from exc
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    """Validate a config file; print each problem with its key path."""
+    config = _load(args.file)
+    print(
+        f"{args.file}: ok (platform {config.platform.type} id={config.platform.id}, "
+        f"state_dir={config.state_dir}, {len(config.components)} components)"
+    )
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run the agent until SIGTERM or SIGINT."""
+    from edge_agent.app import Agent
+    from edge_agent.logs import setup_logging
+
+    config = _load(args.config)
+    setup_logging(config.logging)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        agent = Agent(config)
+        try:
+            await agent.start()
+            await stop.wait()
+        finally:
+            await agent.stop()
+
+    try:
+        asyncio.run(main())
+    except (SemStreamsError, OSError) as exc:
+        print(f"edge-agent: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    return 0
+
+
+def _read_events(source: str) -> list[bytes]:
+    data = sys.stdin.buffer.read() if source == "-" else Path(source).read_bytes()
+    from edge_agent.ingest.publisher import split_body
+
+    return split_body(data, ndjson=True)
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    """Publish events (one per line, or one JSON object) to the agent's JetStream."""
+    from edge_agent.ingest.dead_letters import DeadLetters
+    from edge_agent.ingest.publisher import EventPublisher, PublishError
+    from edge_agent.metrics import Metrics
+    from edge_agent.nats.client import connect
+
+    config = _load(args.config)
+    urls = [args.nats_url] if args.nats_url else list(config.nats.urls)
+    urls = urls or [f"nats://127.0.0.1:{config.nats.port}"]
+    events = _read_events(args.file)
+
+    async def main() -> int:
+        nc = await connect(config.nats, urls, name="edge-agent publish")
+        try:
+            js = nc.jetstream()
+            metrics = Metrics()
+            publisher = EventPublisher(
+                js,
+                DeadLetters(js, metrics),
+                metrics,
+                max_event_bytes=config.graph.config.max_event_bytes,
+            )
+            result = await publisher.publish(events, path="cli")
+        except PublishError as exc:
+            print(f"edge-agent publish: {exc}", file=sys.stderr)
+            return EXIT_REFUSED
+        finally:
+            await nc.close()
+        print(msgspec.json.encode(result).decode())
+        return EXIT_FAILURE if result.rejected else 0
+
+    try:
+        return asyncio.run(main())
+    except (OSError, SemStreamsError, TimeoutError) as exc:
+        print(
+            f"edge-agent publish: cannot reach NATS at {', '.join(urls)}: {exc!r}", file=sys.stderr
+        )
+        return EXIT_FAILURE
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    """Print ``GET /graph/stats`` of a running agent."""
+    url = args.url
+    if url is None:
+        service = _load(args.config).services.service_manager.config
+        url = f"http://{service.http_host}:{service.http_port}"
+    try:
+        with urllib.request.urlopen(f"{url.rstrip('/')}/graph/stats", timeout=10) as reply:
+            print(reply.read().decode())
+    except (urllib.error.URLError, OSError) as exc:
+        print(f"edge-agent stats: cannot reach {url}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``edge-agent``."""
+    parser = argparse.ArgumentParser(prog="edge-agent", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"edge-agent {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run the agent")
+    run.add_argument("--config", "-c", help="JSON config file (default: built-in defaults)")
+    run.set_defaults(func=cmd_run)
+
+    check = commands.add_parser("check-config", help="validate a config file")
+    check.add_argument("file")
+    check.set_defaults(func=cmd_check_config)
+
+    publish = commands.add_parser("publish", help="publish events from a file or stdin")
+    publish.add_argument("file", nargs="?", default="-", help="NDJSON file, or - for stdin")
+    publish.add_argument("--config", "-c", help="config file naming the NATS servers")
+    publish.add_argument("--nats-url", help="NATS server URL (overrides the config)")
+    publish.set_defaults(func=cmd_publish)
+
+    stats = commands.add_parser("stats", help="show the graph stats of a running agent")
+    stats.add_argument("--url", help="the agent's API, e.g. http://127.0.0.1:8080")
+    stats.add_argument("--config", "-c", help="config file naming the API port")
+    stats.set_defaults(func=cmd_stats)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``edge-agent`` console script."""
+    args = build_parser().parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,158 @@
+"""Load a config file: expand ``${VAR}``, decode into typed Structs, check what types can't.
+
+This is the only module that reads config files or the environment for settings. Every
+problem is reported as ``key.path: cause`` so a typo names itself.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import msgspec
+
+from edge_agent.config.schema import COMPONENT_TYPES, ComponentConfig, Config
+from edge_agent.config.units import decode_hook
+from edge_agent.errors import ConfigError
+
+__all__ = ["STATE_DIR_ENV", "load_config", "load_config_bytes"]
+
+#: Environment variable that overrides ``state_dir`` (systemd sets it from ``StateDirectory``).
+STATE_DIR_ENV = "SEMSTREAMS_STATE_DIR"
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_MSGSPEC_AT = re.compile(r"^(?P<cause>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.DOTALL)
+_SUBJECT_PREFIX = "events.graph.entity."
+_T = TypeVar("_T")
+
+
+def load_config(path: Path | str | None, env: Mapping[str, str] | None = None) -> Config:
+    """Read, expand and validate a JSON config file; ``None`` gives the defaults.
+
+    Args:
+        path: the JSON file, or ``None`` for the built-in defaults.
+        env: the environment for ``${VAR}`` and ``SEMSTREAMS_STATE_DIR`` (default: ``os.environ``).
+
+    Returns:
+        The validated config.
+
+    Raises:
+        ConfigError: the file is unreadable or invalid; each problem names its key path.
+    """
+    if path is None:
+        return load_config_bytes(b"{}", env=env)
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from exc
+    return load_config_bytes(data, env=env)
+
+
+def load_config_bytes(data: bytes, env: Mapping[str, str] | None = None) -> Config:
+    """Like :func:`load_config`, from the JSON text itself."""
+    env = os.environ if env is None else env
+    try:
+        raw = msgspec.json.decode(data)
+    except msgspec.DecodeError as exc:
+        raise ConfigError([f"not valid JSON: {exc}"]) from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(["the config must be a JSON object"])
+    config = _convert(_expand(raw, env), Config, prefix="")
+    config = msgspec.structs.replace(
+        config,
+        components=[_typed_component(c, i) for i, c in enumerate(config.components)],
+    )
+    config = _apply_overrides(config, env)
+    problems = _check(config)
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def _expand(value: Any, env: Mapping[str, str]) -> Any:
+    """Replace ``${VAR}`` and ``${VAR:-default}`` in every string; unset variables become ''."""
+    if isinstance(value, str):
+        return _VAR.sub(lambda m: env.get(m[1], m[2] or ""), value)
+    if isinstance(value, list):
+        return [_expand(v, env) for v in value]
+    if isinstance(value, dict):
+        return {k: _expand(v, env) for k, v in value.items()}
+    return value
+
+
+def _convert(raw: Any, kind: type[_T], prefix: str) -> _T:
+    try:
+        return msgspec.convert(raw, type=kind, dec_hook=decode_hook)
+    except msgspec.ValidationError as exc:
+        raise ConfigError([_describe(str(exc), prefix)]) from exc
+
+
+def _describe(message: str, prefix: str) -> str:
+    """Turn a msgspec message into ``key.path: cause``."""
+    match = _MSGSPEC_AT.match(message)
+    cause, path = (match["cause"], match["path"] or "") if match else (message, "")
+    path = (prefix + path).lstrip(".")
+    if field := re.fullmatch(r"Object contains unknown field `([^`]*)`", cause):
+        return f"{_join(path, field[1])}: unknown key"
+    if field := re.fullmatch(r"Object missing required field `([^`]*)`", cause):
+        return f"{_join(path, field[1])}: required key is missing"
+    cause = cause[:1].lower() + cause[1:]
+    return f"{path or '(top level)'}: {cause}"
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _typed_component(component: ComponentConfig, index: int) -> ComponentConfig:
+    where = f"components[{index}]"
+    kind = COMPONENT_TYPES.get(component.type)
+    if kind is None:
+        known = ", ".join(sorted(COMPONENT_TYPES))
+        raise ConfigError([f"{where}.type: unknown component type {component.type!r} ({known})"])
+    typed = _convert(component.config, kind, prefix=f".{where}.config")
+    return msgspec.structs.replace(component, config=typed)
+
+
+def _apply_overrides(config: Config, env: Mapping[str, str]) -> Config:
+    state_dir = env.get(STATE_DIR_ENV) or config.state_dir
+    platform = config.platform
+    if not platform.id:
+        platform = msgspec.structs.replace(platform, id=socket.gethostname())
+    return msgspec.structs.replace(
+        config, state_dir=str(Path(state_dir).absolute()), platform=platform
+    )
+
+
+def _check(config: Config) -> list[str]:
+    """The rules a type can't express; each problem names its key."""
+    problems = []
+    graph = config.graph.config
+    subject = graph.input_subject
+    if not (subject.startswith(_SUBJECT_PREFIX) and len(subject) > len(_SUBJECT_PREFIX)):
+        problems.append(
+            f"graph.config.input_subject: {subject!r} must lie under {_SUBJECT_PREFIX}> "
+            "(e.g. events.graph.entity.drone)"
+        )
+    auth = config.services.service_manager.config.auth
+    if auth.type == "jwt" and not auth.jwt_secret:
+        problems.append(
+            "services.service-manager.config.auth.jwt_secret: must not be empty when type is "
+            "jwt (is the environment variable it names set?)"
+        )
+    seen: set[str] = set()
+    for index, component in enumerate(config.components):
+        if component.id in seen:
+            problems.append(f"components[{index}].id: duplicate id {component.id!r}")
+        seen.add(component.id)
+    for index, url in enumerate(config.nats.urls):
+        if not re.match(r"^(nats|tls|ws|wss)://[^/]+$", url):
+            problems.append(f"nats.urls[{index}]: {url!r} is not a nats:// or tls:// URL")
+    tls = config.nats.tls
+    if tls and bool(tls.cert_file) != bool(tls.key_file):
+        problems.append("nats.tls: cert_file and key_file must be given together")
+    return problems

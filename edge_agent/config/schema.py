@@ -1,0 +1,298 @@
+"""The config schema: frozen msgspec Structs mirroring the seed guide's JSON blocks.
+
+Every struct forbids unknown fields, so a misspelt key fails at start-up with its path.
+Defaults suit a Raspberry Pi edge (seed: "Edge configuration (Raspberry Pi)").
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from edge_agent.config.units import ByteSize, Duration
+
+__all__ = [
+    "COMPONENT_TYPES",
+    "ApiGatewayConfig",
+    "AuthConfig",
+    "ComponentConfig",
+    "Config",
+    "GraphConfig",
+    "GraphSettings",
+    "IndexesConfig",
+    "JetStreamConfig",
+    "LoggingConfig",
+    "MetricsConfig",
+    "NatsConfig",
+    "PlatformConfig",
+    "RateLimitConfig",
+    "ServicesConfig",
+    "SimulatorConfig",
+    "TelemetryConfig",
+    "TlsConfig",
+    "WebsocketInputConfig",
+    "WebsocketOutputConfig",
+]
+
+Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+Positive = Annotated[int, msgspec.Meta(ge=1)]
+Fraction = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
+
+
+class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Base of every config section: immutable, and unknown keys are errors."""
+
+
+class PlatformConfig(_Section, frozen=True):
+    """``platform``: what this instance is. ``id`` names the edge (default: the hostname)."""
+
+    type: str = "edge"
+    region: str = ""
+    id: str = ""
+
+
+class TlsConfig(_Section, frozen=True):
+    """``nats.tls``: client certificate and CA for a TLS connection to NATS."""
+
+    cert_file: str = ""
+    key_file: str = ""
+    ca_file: str = ""
+
+
+class JetStreamConfig(_Section, frozen=True):
+    """``nats.jetstream``: byte limits of the agent's streams on the local store."""
+
+    max_bytes: ByteSize = ByteSize(1 << 30)
+    dead_letter_max_bytes: ByteSize = ByteSize(64 << 20)
+
+
+class NatsConfig(_Section, frozen=True):
+    """``nats``: where the broker is, and whether the agent runs it itself.
+
+    ``embedded`` is ``"auto"`` (start a server when ``urls`` is empty or names only this
+    host and nothing answers there), ``true`` (always) or ``false`` (never).
+    """
+
+    urls: list[str] = msgspec.field(default_factory=list)
+    embedded: Literal["auto"] | bool = "auto"
+    port: Port = 4222
+    max_reconnect: Annotated[int, msgspec.Meta(ge=-1)] = -1
+    reconnect_wait: Duration = Duration(2.0)
+    nkey_seed: str = ""
+    tls: TlsConfig | None = None
+    jetstream: JetStreamConfig = JetStreamConfig()
+
+
+class IndexesConfig(_Section, frozen=True):
+    """``graph.config.indexer.indexes``: which secondary indexes the store keeps."""
+
+    predicate: bool = True
+    incoming: bool = True
+    alias: bool = False
+    spatial: bool = False
+    temporal: bool = False
+
+
+class BatchProcessingConfig(_Section, frozen=True):
+    """``graph.config.indexer.batch_processing``: events applied per SQLite transaction."""
+
+    size: Positive = 200
+
+
+class EmbeddingConfig(_Section, frozen=True):
+    """``graph.config.indexer.embedding``: vector embeddings (hub only)."""
+
+    enabled: bool = False
+    service_url: str = ""
+
+
+class IndexerConfig(_Section, frozen=True):
+    """``graph.config.indexer``."""
+
+    indexes: IndexesConfig = IndexesConfig()
+    batch_processing: BatchProcessingConfig = BatchProcessingConfig()
+    embedding: EmbeddingConfig = EmbeddingConfig()
+
+
+class DataManagerConfig(_Section, frozen=True):
+    """``graph.config.data_manager``: relationship rows written per SQL statement."""
+
+    edge_batch_size: Positive = 100
+
+
+class QuerierConfig(_Section, frozen=True):
+    """``graph.config.querier``: the query result cache."""
+
+    cache_enabled: bool = True
+    max_cache_size: Annotated[int, msgspec.Meta(ge=0)] = 10_000
+
+
+class GraphSettings(_Section, frozen=True):
+    """``graph.config``: the graph processor.
+
+    ``workers`` bounds the batches in flight between JetStream and the single SQLite
+    writer; ``queue_size`` bounds the events held in memory (it is also the consumer's
+    ``max_ack_pending``), so a full queue slows the consumer and never drops.
+    """
+
+    workers: Positive = 2
+    queue_size: Positive = 1000
+    input_subject: str = "events.graph.entity.>"
+    max_event_bytes: Annotated[int, msgspec.Meta(ge=256, le=1 << 20)] = 64 << 10
+    data_manager: DataManagerConfig = DataManagerConfig()
+    indexer: IndexerConfig = IndexerConfig()
+    querier: QuerierConfig = QuerierConfig()
+
+
+class GraphConfig(_Section, frozen=True):
+    """``graph``."""
+
+    config: GraphSettings = GraphSettings()
+
+
+class ComponentConfig(_Section, frozen=True):
+    """One entry of ``components``; ``config`` is decoded by the component's type."""
+
+    id: str
+    type: str
+    # A dict as read; the loader replaces it with the Struct of the component's type.
+    config: Any = msgspec.field(default_factory=dict)
+
+
+class SimulatorConfig(_Section, frozen=True):
+    """``components[].config`` of type ``simulator``: a small demo event source."""
+
+    entities: Positive = 20
+    interval: Duration = Duration(1.0)
+    seed: int = 1
+
+
+class AuthConfig(_Section, frozen=True):
+    """``services.service-manager.config.auth``."""
+
+    type: Literal["none", "jwt"] = "none"
+    jwt_secret: str = ""
+    jwt_issuer: str = ""
+
+
+class ServiceManagerSettings(_Section, frozen=True):
+    """``services.service-manager.config``: the HTTP API listener."""
+
+    http_port: Port = 8080
+    http_host: str = "127.0.0.1"
+    auth: AuthConfig = AuthConfig()
+
+
+class ServiceManagerConfig(_Section, frozen=True):
+    """``services.service-manager``."""
+
+    config: ServiceManagerSettings = ServiceManagerSettings()
+
+
+class MetricsSettings(_Section, frozen=True):
+    """``services.metrics.config``: a separate Prometheus listener.
+
+    ``/metrics`` is always served on the API port too.
+    """
+
+    port: Port = 9090
+    path: str = "/metrics"
+    include_go_metrics: bool = False
+
+
+class MetricsConfig(_Section, frozen=True):
+    """``services.metrics``."""
+
+    enabled: bool = False
+    config: MetricsSettings = MetricsSettings()
+
+
+class ServicesConfig(_Section, frozen=True):
+    """``services``."""
+
+    service_manager: ServiceManagerConfig = msgspec.field(
+        default_factory=ServiceManagerConfig, name="service-manager"
+    )
+    metrics: MetricsConfig = MetricsConfig()
+
+
+class RateLimitConfig(_Section, frozen=True):
+    """``api-gateway.config.rate_limit``."""
+
+    enabled: bool = False
+    requests_per_minute: Positive = 1000
+    burst: Positive = 50
+
+
+class ApiGatewaySettings(_Section, frozen=True):
+    """``api-gateway.config``."""
+
+    rate_limit: RateLimitConfig = RateLimitConfig()
+
+
+class ApiGatewayConfig(_Section, frozen=True):
+    """``api-gateway``."""
+
+    config: ApiGatewaySettings = ApiGatewaySettings()
+
+
+class LoggingConfig(_Section, frozen=True):
+    """``logging``: level, ``json`` or ``text``, ``stdout``/``stderr``/a file path, extra fields."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "debug", "info", "warning", "error"] = (
+        "INFO"
+    )
+    format: Literal["json", "text"] = "json"
+    output: str = "stdout"
+    fields: dict[str, str] = msgspec.field(default_factory=dict)
+
+
+class TelemetryConfig(_Section, frozen=True):
+    """``telemetry``: OpenTelemetry tracing."""
+
+    enabled: bool = False
+    exporter: Literal["otlp", "console"] = "otlp"
+    endpoint: str = ""
+    sample_rate: Fraction = 1.0
+
+
+class Config(_Section, frozen=True):
+    """The whole agent (or hub) configuration file."""
+
+    state_dir: str = "/var/lib/semstreams"
+    platform: PlatformConfig = PlatformConfig()
+    nats: NatsConfig = NatsConfig()
+    graph: GraphConfig = GraphConfig()
+    components: list[ComponentConfig] = msgspec.field(default_factory=list)
+    services: ServicesConfig = ServicesConfig()
+    api_gateway: ApiGatewayConfig = msgspec.field(
+        default_factory=ApiGatewayConfig, name="api-gateway"
+    )
+    logging: LoggingConfig = LoggingConfig()
+    telemetry: TelemetryConfig = TelemetryConfig()
+
+
+class WebsocketOutputConfig(_Section, frozen=True):
+    """``components[].config`` of type ``websocket_output``: the edge's link to the hub."""
+
+    url: str
+    filters: dict[str, Any] = msgspec.field(default_factory=dict)
+    token: str = ""
+    token_file: str = ""
+
+
+class WebsocketInputConfig(_Section, frozen=True):
+    """``components[].config`` of type ``websocket_input``: the hub's listener for edges."""
+
+    port: Port = 8080
+    path: str = "/edge-sync"
+    devices: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+#: Each component type and the struct its ``config`` decodes into.
+COMPONENT_TYPES: dict[str, type[_Section]] = {
+    "simulator": SimulatorConfig,
+    "websocket_output": WebsocketOutputConfig,
+    "websocket_input": WebsocketInputConfig,
+}

@@ -1,0 +1,85 @@
+"""Secondary indexes that config switches on and off (``graph.config.indexer.indexes``).
+
+Plain B-tree indexes are created or dropped. The spatial (R*Tree) and temporal (hourly
+bucket) indexes are tables the store fills while they are on; switching one on rebuilds
+it from the triples, switching it off empties it. ``index_state`` remembers what is
+built so a restart with the same config does no work.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+from edge_agent.config import IndexesConfig
+
+__all__ = ["LATITUDE", "LONGITUDE", "TEMPORAL_BUCKET_MS", "reconcile_indexes"]
+
+LATITUDE = "geo.location.latitude"
+LONGITUDE = "geo.location.longitude"
+TEMPORAL_BUCKET_MS = 3_600_000
+
+_BTREE = {
+    "predicate": [
+        "CREATE INDEX IF NOT EXISTS triples_by_predicate ON triples(predicate, object, subject)",
+        "CREATE INDEX IF NOT EXISTS edges_by_predicate ON edges(predicate, subject)",
+    ],
+    "incoming": ["CREATE INDEX IF NOT EXISTS edges_by_object ON edges(object, predicate, subject)"],
+    "alias": ["CREATE INDEX IF NOT EXISTS aliases_by_alias ON aliases(alias)"],
+}
+_BTREE_NAMES = {
+    "predicate": ["triples_by_predicate", "edges_by_predicate"],
+    "incoming": ["edges_by_object"],
+    "alias": ["aliases_by_alias"],
+}
+_REBUILD = {
+    "spatial": [
+        "DELETE FROM spatial",
+        f"""INSERT INTO spatial
+            SELECT e.rowid, lat.v, lat.v, lon.v, lon.v
+            FROM entities e
+            JOIN (SELECT subject, json_extract(object, '$') AS v FROM triples
+                  WHERE predicate = '{LATITUDE}' AND json_type(object) IN ('integer', 'real'))
+                 AS lat ON lat.subject = e.id
+            JOIN (SELECT subject, json_extract(object, '$') AS v FROM triples
+                  WHERE predicate = '{LONGITUDE}' AND json_type(object) IN ('integer', 'real'))
+                 AS lon ON lon.subject = e.id""",
+    ],
+    "temporal": [
+        "DELETE FROM temporal",
+        f"INSERT INTO temporal SELECT updated_at / {TEMPORAL_BUCKET_MS}, id FROM entities",
+    ],
+}
+_EMPTY = {"spatial": ["DELETE FROM spatial"], "temporal": ["DELETE FROM temporal"]}
+
+
+def reconcile_indexes(db: sqlite3.Connection, wanted: IndexesConfig) -> list[str]:
+    """Bring the built indexes in line with config, in one transaction.
+
+    Returns:
+        What changed, as ``"+name"`` (built) and ``"-name"`` (dropped).
+    """
+    built = {name: bool(on) for name, on in db.execute("SELECT name, enabled FROM index_state")}
+    changes = []
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        for name in ("predicate", "incoming", "alias", "spatial", "temporal"):
+            on = bool(getattr(wanted, name))
+            if built.get(name, False) == on and name in built:
+                continue
+            for sql in _statements(name, on):
+                db.execute(sql)
+            db.execute("INSERT OR REPLACE INTO index_state VALUES (?, ?)", (name, int(on)))
+            changes.append(("+" if on else "-") + name)
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    return changes
+
+
+def _statements(name: str, on: bool) -> list[str]:
+    if name in _BTREE:
+        if on:
+            return _BTREE[name]
+        return [f"DROP INDEX IF EXISTS {index}" for index in _BTREE_NAMES[name]]
+    return _REBUILD[name] if on else _EMPTY[name]

@@ -1,0 +1,96 @@
+"""Versioned schema migrations, recorded by name in ``schema_migrations``.
+
+Append new migrations to :data:`MIGRATIONS`; never edit or reorder an applied one.
+Secondary indexes that config switches on and off are not migrations: see
+``indexes.py``.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+
+__all__ = ["MIGRATIONS", "migrate"]
+
+
+# entities keeps a rowid so the R*Tree spatial index can refer to it by integer.
+_M001_INITIAL = """
+        CREATE TABLE entities (
+            id TEXT PRIMARY KEY,
+            type TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            priority INTEGER NOT NULL,
+            created_at INTEGER NOT NULL,
+            updated_at INTEGER NOT NULL,
+            origin TEXT NOT NULL
+        );
+        CREATE INDEX entities_by_type ON entities(type);
+        CREATE TABLE triples (
+            subject TEXT NOT NULL,
+            predicate TEXT NOT NULL,
+            object TEXT NOT NULL,
+            ts INTEGER NOT NULL,
+            source TEXT NOT NULL,
+            PRIMARY KEY (subject, predicate)
+        ) WITHOUT ROWID;
+        CREATE TABLE edges (
+            subject TEXT NOT NULL,
+            predicate TEXT NOT NULL,
+            object TEXT NOT NULL,
+            weight REAL NOT NULL,
+            ts INTEGER NOT NULL,
+            source TEXT NOT NULL,
+            PRIMARY KEY (subject, predicate, object)
+        ) WITHOUT ROWID;
+        CREATE TABLE aliases (
+            entity_id TEXT NOT NULL,
+            alias TEXT NOT NULL,
+            PRIMARY KEY (entity_id, alias)
+        ) WITHOUT ROWID;
+        CREATE VIRTUAL TABLE spatial USING rtree(entity_rowid, min_lat, max_lat, min_lon, max_lon);
+        CREATE TABLE temporal (
+            bucket INTEGER NOT NULL,
+            entity_id TEXT NOT NULL,
+            PRIMARY KEY (bucket, entity_id)
+        ) WITHOUT ROWID;
+        CREATE INDEX temporal_by_entity ON temporal(entity_id);
+        CREATE TABLE consumer_state (
+            consumer TEXT PRIMARY KEY,
+            stream_created TEXT NOT NULL,
+            applied_seq INTEGER NOT NULL
+        );
+        CREATE TABLE index_state (
+            name TEXT PRIMARY KEY,
+            enabled INTEGER NOT NULL
+        );
+        """
+
+
+#: Ordered (name, SQL script) pairs; each runs once, inside its own transaction.
+MIGRATIONS: list[tuple[str, str]] = [
+    ("001_initial", _M001_INITIAL),
+]
+
+
+def migrate(db: sqlite3.Connection) -> list[str]:
+    """Apply the migrations this database has not had yet.
+
+    Returns:
+        The names applied now, in order.
+    """
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (name TEXT PRIMARY KEY, applied_at REAL)"
+    )
+    done = {row[0] for row in db.execute("SELECT name FROM schema_migrations")}
+    applied = []
+    for name, script in MIGRATIONS:
+        if name in done:
+            continue
+        # executescript commits whatever is open first, so the script carries its own
+        # transaction: the migration and its record land together or not at all.
+        db.executescript(
+            f"BEGIN IMMEDIATE; {script}; "
+            f"INSERT INTO schema_migrations VALUES ('{name}', {time.time()}); COMMIT;"
+        )
+        applied.append(name)
+    return applied

