@@ -87,14 +87,21 @@ class Agent:
             self.nats_server = EmbeddedNatsServer(
                 self.state_dir,
                 port=port,
-                max_file_store=nats_config.jetstream.max_bytes
-                + nats_config.jetstream.dead_letter_max_bytes,
+                # Headroom over the streams' own limits, which are what bound the disk use:
+                # the server refuses a stream whose reservation does not fit.
+                max_file_store=2
+                * (nats_config.jetstream.max_bytes + nats_config.jetstream.dead_letter_max_bytes),
                 name=self.config.platform.id,
                 on_restart=self.metrics.nats_server_restarts.inc,
             )
             await self.nats_server.start()
             urls = [self.nats_server.url]
-        self.nc = await connect(nats_config, urls, name=f"edge-agent {self.config.platform.id}")
+        self.nc = await connect(
+            nats_config,
+            urls,
+            name=f"edge-agent {self.config.platform.id}",
+            on_reconnect=self._on_reconnect,
+        )
         self.js = self.nc.jetstream()
         await self._ensure_streams()
         self.store = GraphStore(
@@ -109,6 +116,7 @@ class Agent:
         )
         self.processor = GraphProcessor(self.js, self.store, graph, dead_letters, self.metrics)
         self._spawn(self.processor.run(), "graph-processor")
+        await asyncio.wait_for(self.processor.bound.wait(), _JETSTREAM_READY_TIMEOUT_S)
         self._spawn(self._watch_stream(), "stream-watch")
         self._start_components()
         await self._start_http()
@@ -140,6 +148,10 @@ class Agent:
             self.store.close()
         log.info("edge agent stopped")
 
+    def _on_reconnect(self) -> None:
+        if hasattr(self, "processor"):
+            self.processor.request_rebind()
+
     def _refuse_unsupported(self) -> None:
         """Refuse settings this version cannot honour where ignoring them would be unsafe."""
         if self.config.services.service_manager.config.auth.type != "none":
@@ -166,7 +178,7 @@ class Agent:
                 return
             except Exception as exc:
                 if time.monotonic() > deadline:
-                    raise NatsServerError(f"JetStream not available: {exc!r}") from exc
+                    raise NatsServerError(f"JetStream not available: {exc}") from exc
                 await asyncio.sleep(0.25)
 
     def _start_components(self) -> None:

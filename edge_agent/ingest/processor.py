@@ -5,7 +5,10 @@ Invariants:
   a batch's messages are acked only after its transaction commits and its refused
   events are stored as dead letters. A crash anywhere loses nothing.
 - The store records the last applied stream sequence in the same transaction, so a
-  batch redelivered after a crash is skipped: nothing is applied twice.
+  batch redelivered after a crash is skipped: nothing is applied twice. This needs
+  delivery in stream order, so the consumer is recreated whenever the processor
+  (re)binds — at start and after every NATS reconnect — and a recreated work-queue
+  consumer starts again at the oldest unacked message.
 - At most ``workers`` batches and ``queue_size`` events are in flight; when the writer
   falls behind, fetching waits. Nothing is dropped.
 - A batch that cannot be committed (disk full, I/O error) is retried with backoff and
@@ -35,7 +38,7 @@ from edge_agent.graph import ApplyResult, GraphStore
 from edge_agent.ingest.dead_letters import DeadLetters
 from edge_agent.metrics import Metrics
 from edge_agent.model import EntityEvent, decode_event
-from edge_agent.nats.client import ensure_consumer
+from edge_agent.nats.client import recreate_consumer
 from edge_agent.nats.subjects import ENTITY_STREAM, consumer_name
 
 __all__ = ["GraphProcessor", "ProcessorStatus"]
@@ -94,6 +97,17 @@ class GraphProcessor:
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="graph-writer")
         self._queue: asyncio.Queue[list[Msg]] = asyncio.Queue(maxsize=settings.workers)
         self._in_flight = 0
+        #: Set once the durable consumer exists and the processor is fetching.
+        self.bound = asyncio.Event()
+        self._rebind = False
+
+    def request_rebind(self) -> None:
+        """Recreate the consumer at the next fetch (after a NATS reconnect).
+
+        Messages delivered before an outage and not yet acked would otherwise come back
+        only after ``ack_wait``, behind newer ones.
+        """
+        self._rebind = True
 
     async def run(self) -> None:
         """Consume until cancelled; (re)binds the consumer after NATS outages."""
@@ -115,6 +129,7 @@ class GraphProcessor:
         while True:
             try:
                 await self._bind_and_fetch()
+                log.info("graph consumer rebinding after a reconnect")
             except (nats.errors.Error, OSError, TimeoutError) as exc:
                 self.status.last_error = f"consumer: {exc}"
                 log.warning("graph consumer interrupted (%s); retrying in %.1fs", exc, backoff)
@@ -127,17 +142,19 @@ class GraphProcessor:
         position = await self._on_writer(
             self._store.position, self.consumer, self.status.stream_created
         )
-        subscription = await ensure_consumer(
+        self._rebind = False
+        subscription = await recreate_consumer(
             self._js,
             durable=self.consumer,
             subject=self.settings.input_subject,
             max_ack_pending=self.settings.queue_size,
         )
         log.info("graph consumer %s bound at stream position %d", self.consumer, position)
+        self.bound.set()
         self.status.last_error = ""
         size = self.settings.indexer.batch_processing.size
         try:
-            while True:
+            while not self._rebind:
                 batch_size = max(1, min(size, self.settings.queue_size - self._in_flight))
                 try:
                     messages = await subscription.fetch(batch_size, timeout=_FETCH_TIMEOUT_S)

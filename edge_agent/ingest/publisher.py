@@ -12,7 +12,6 @@ from collections.abc import Iterable
 
 import msgspec
 from nats.js import JetStreamContext
-from nats.js.api import PubAck
 
 from edge_agent.errors import EventError, SemStreamsError
 from edge_agent.ingest.dead_letters import DeadLetters
@@ -24,6 +23,7 @@ __all__ = ["EventPublisher", "IngestProblem", "IngestResult", "PublishError", "s
 
 _ACK_TIMEOUT_S = 10.0
 _MAX_REPORTED_PROBLEMS = 100
+_WINDOW = 256
 
 
 class IngestProblem(msgspec.Struct, frozen=True):
@@ -105,7 +105,7 @@ class EventPublisher:
         Raises:
             PublishError: JetStream refused or did not ack some events.
         """
-        pending: list[asyncio.Future[PubAck]] = []
+        good: list[tuple[str, bytes]] = []
         problems: list[IngestProblem] = []
         rejected = 0
         for line, data in enumerate(events, start=1):
@@ -117,21 +117,27 @@ class EventPublisher:
                 if len(problems) < _MAX_REPORTED_PROBLEMS:
                     problems.append(IngestProblem(line, error.reason, error.detail))
                 continue
-            subject = entity_subject(event.entity_type)
-            pending.append(await self._js.publish_async(subject, data, stream=ENTITY_STREAM))
-        accepted = await self._await_acks(pending)
+            good.append((entity_subject(event.entity_type), data))
+        accepted = await self._publish_all(good)
         self._metrics.ingested.labels(path=path).inc(accepted)
         return IngestResult(accepted, rejected, problems)
 
-    async def _await_acks(self, pending: list[asyncio.Future[PubAck]]) -> int:
-        if not pending:
-            return 0
-        done, not_done = await asyncio.wait(pending, timeout=_ACK_TIMEOUT_S)
-        for future in not_done:
-            future.cancel()
-        failures = [f.exception() for f in done if f.exception() is not None]
-        accepted = len(done) - len(failures)
-        if not_done or failures:
-            cause = str(failures[0]) if failures else "no ack from JetStream in time"
-            raise PublishError(accepted, len(pending) - accepted, cause or "refused")
+    async def _publish_all(self, messages: list[tuple[str, bytes]]) -> int:
+        # Requests in windows rather than publish_async: nats-py leaves a publish_async
+        # future unresolved when JetStream answers with an error (e.g. stream full).
+        accepted = 0
+        failures: list[BaseException] = []
+        for start in range(0, len(messages), _WINDOW):
+            window = messages[start : start + _WINDOW]
+            results = await asyncio.gather(
+                *(
+                    self._js.publish(subject, data, stream=ENTITY_STREAM, timeout=_ACK_TIMEOUT_S)
+                    for subject, data in window
+                ),
+                return_exceptions=True,
+            )
+            failures += [r for r in results if isinstance(r, BaseException)]
+            accepted += sum(1 for r in results if not isinstance(r, BaseException))
+        if failures:
+            raise PublishError(accepted, len(failures), str(failures[0]) or repr(failures[0]))
         return accepted

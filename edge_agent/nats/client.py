@@ -7,6 +7,7 @@ import contextlib
 import logging
 import socket
 import ssl
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 import nats
@@ -20,7 +21,7 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import BadRequestError
+from nats.js.errors import NotFoundError
 
 from edge_agent.config import JetStreamConfig, NatsConfig
 from edge_agent.nats.subjects import (
@@ -33,10 +34,10 @@ from edge_agent.nats.subjects import (
 __all__ = [
     "connect",
     "embedded_port",
-    "ensure_consumer",
     "ensure_streams",
     "is_local_url",
     "port_answers",
+    "recreate_consumer",
 ]
 
 log = logging.getLogger(__name__)
@@ -95,13 +96,20 @@ def _tls_context(config: NatsConfig) -> ssl.SSLContext | None:
     return context
 
 
-async def connect(config: NatsConfig, urls: list[str], *, name: str) -> Client:
+async def connect(
+    config: NatsConfig,
+    urls: list[str],
+    *,
+    name: str,
+    on_reconnect: Callable[[], None] | None = None,
+) -> Client:
     """Connect with the configured reconnect policy, TLS and NKey seed.
 
     Args:
         config: the ``nats`` section.
         urls: the servers to use (the embedded server's URL, or ``config.urls``).
         name: the client name shown by the server.
+        on_reconnect: called after each reconnection.
     """
 
     async def disconnected() -> None:
@@ -109,6 +117,8 @@ async def connect(config: NatsConfig, urls: list[str], *, name: str) -> Client:
 
     async def reconnected() -> None:
         log.info("nats reconnected")
+        if on_reconnect:
+            on_reconnect()
 
     async def error(exc: Exception) -> None:
         log.warning("nats error: %s", exc)
@@ -128,10 +138,17 @@ async def connect(config: NatsConfig, urls: list[str], *, name: str) -> Client:
 
 
 async def _add_or_update(js: JetStreamContext, stream: StreamConfig) -> None:
+    assert stream.name is not None
     try:
+        current = (await js.stream_info(stream.name)).config
+    except NotFoundError:
         await js.add_stream(stream)
-    except BadRequestError:
-        # It exists with other settings (e.g. a new byte limit): update what can change.
+        return
+    if (current.max_bytes, current.subjects, current.discard) != (
+        stream.max_bytes,
+        stream.subjects,
+        stream.discard,
+    ):
         await js.update_stream(stream)
 
 
@@ -170,14 +187,20 @@ async def ensure_streams(js: JetStreamContext, limits: JetStreamConfig) -> None:
     )
 
 
-async def ensure_consumer(
+async def recreate_consumer(
     js: JetStreamContext, *, durable: str, subject: str, max_ack_pending: int
 ) -> JetStreamContext.PullSubscription:
-    """Create or update the durable pull consumer and bind to it.
+    """(Re)create the durable pull consumer and bind to it.
 
-    Acks are explicit, per message (a work-queue stream requires it), sent once the
-    message's batch is committed.
+    Recreating matters: on a work-queue stream the unacked messages stay when the
+    consumer goes, and a new consumer delivers them first, in stream order. Messages
+    left unacked by a crash or an outage are therefore never redelivered *after*
+    newer ones, which keeps the processor's stream position exact.
+
+    Acks are explicit, per message (a work-queue stream requires it).
     """
+    with contextlib.suppress(NotFoundError):
+        await js.delete_consumer(ENTITY_STREAM, durable)
     await js.add_consumer(
         ENTITY_STREAM,
         ConsumerConfig(
@@ -185,7 +208,7 @@ async def ensure_consumer(
             name=durable,
             filter_subject=subject,
             ack_policy=AckPolicy.EXPLICIT,
-            ack_wait=60.0,
+            ack_wait=300.0,
             max_ack_pending=max_ack_pending,
         ),
     )

@@ -1,0 +1,146 @@
+"""Test helpers: ports, waiting, events, configs and a real agent subprocess."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from edge_agent.config import Config, load_config_bytes
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def free_port() -> int:
+    """A TCP port on loopback that was free a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def event(entity_id: str, entity_type: str = "drone", **properties: Any) -> dict[str, Any]:
+    """A minimal valid entity event."""
+    return {"entity_id": entity_id, "entity_type": entity_type, "properties": properties}
+
+
+def ndjson(events: list[dict[str, Any]]) -> bytes:
+    """Events as NDJSON bytes."""
+    return b"".join(json.dumps(e).encode() + b"\n" for e in events)
+
+
+def config_dict(state_dir: Path, **sections: Any) -> dict[str, Any]:
+    """A loopback-only agent config on free ports, with ``sections`` merged on top."""
+    raw: dict[str, Any] = {
+        "state_dir": str(state_dir),
+        "platform": {"id": "test-edge"},
+        "nats": {"port": free_port(), "jetstream": {"max_bytes": "256MB"}},
+        "services": {"service-manager": {"config": {"http_port": free_port()}}},
+        "logging": {"level": "INFO", "format": "json", "output": "stderr"},
+    }
+    for key, value in sections.items():
+        if isinstance(value, dict) and isinstance(raw.get(key), dict):
+            raw[key] = {**raw[key], **value}
+        else:
+            raw[key] = value
+    return raw
+
+
+def make_config(state_dir: Path, **sections: Any) -> Config:
+    """A loaded :class:`Config` from :func:`config_dict`."""
+    return load_config_bytes(json.dumps(config_dict(state_dir, **sections)).encode())
+
+
+async def wait_for(
+    check: Callable[[], Awaitable[bool]], timeout: float = 30.0, what: str = "condition"
+) -> None:
+    """Poll an async predicate until it is true, or fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await check():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def http_json(url: str, data: bytes | None = None, timeout: float = 10.0) -> tuple[int, Any]:
+    """GET (or POST ``data``) and decode the JSON reply, whatever the status."""
+    request = urllib.request.Request(url, data=data, method="POST" if data is not None else "GET")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as reply:
+            return reply.status, json.loads(reply.read() or b"null")
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"null")
+
+
+class AgentProcess:
+    """``edge-agent run`` as a real child process, for kill -9 and restart tests."""
+
+    def __init__(self, config: dict[str, Any], workdir: Path) -> None:
+        self.config = config
+        self.config_path = workdir / "agent.json"
+        self.config_path.write_text(json.dumps(config))
+        self.log_path = workdir / "agent.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def api(self) -> str:
+        """The agent's API base URL."""
+        port = self.config["services"]["service-manager"]["config"]["http_port"]
+        return f"http://127.0.0.1:{port}"
+
+    @property
+    def nats_url(self) -> str:
+        """The embedded nats-server's URL."""
+        return f"nats://127.0.0.1:{self.config['nats']['port']}"
+
+    def start(self, timeout: float = 30.0) -> None:
+        """Start the agent and wait until ``/health`` answers."""
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "edge_agent.cli", "run", "--config", str(self.config_path)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"agent exited: {self.log_path.read_text()[-2000:]}")
+            try:
+                status, _ = http_json(f"{self.api}/health", timeout=1)
+                if status in (200, 503):
+                    return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"agent not up in {timeout}s: {self.log_path.read_text()[-2000:]}")
+
+    def kill(self) -> None:
+        """``kill -9`` the agent and reap it."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> int:
+        """SIGTERM, wait, return the exit code."""
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.terminate()
+        return self.proc.wait(30)
+
+    def stats(self) -> dict[str, Any]:
+        """``GET /graph/stats``."""
+        status, body = http_json(f"{self.api}/graph/stats")
+        assert status == 200, body
+        result: dict[str, Any] = body
+        return result
