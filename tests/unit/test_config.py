@@ -153,7 +153,11 @@ def test_component_config_is_typed() -> None:
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "edge_agent.cli", *args], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "edge_agent.cli", *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 
