@@ -18,7 +18,7 @@ from pathlib import Path
 import msgspec
 
 from edge_agent import __version__
-from edge_agent.config import Config, load_config
+from edge_agent.config import Config, Duration, load_config
 from edge_agent.errors import ConfigError, SemStreamsError
 
 __all__ = ["main"]
@@ -96,7 +96,11 @@ def cmd_publish(args: argparse.Namespace) -> int:
     events = _read_events(args.file)
 
     async def main() -> int:
-        nc = await connect(config.nats, urls, name="edge-agent publish")
+        # A command gives up after a few tries instead of waiting forever like the agent.
+        patient = msgspec.structs.replace(
+            config.nats, max_reconnect=3, reconnect_wait=Duration(0.5)
+        )
+        nc = await connect(patient, urls, name="edge-agent publish")
         try:
             js = nc.jetstream()
             metrics = Metrics()
@@ -118,9 +122,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
     try:
         return asyncio.run(main())
     except (OSError, SemStreamsError, TimeoutError) as exc:
-        print(
-            f"edge-agent publish: cannot reach NATS at {', '.join(urls)}: {exc!r}", file=sys.stderr
-        )
+        print(f"edge-agent publish: {exc}", file=sys.stderr)
         return EXIT_FAILURE
 
 

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from urllib.parse import urlsplit
 
 import nats
+import nats.errors
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import (
@@ -24,6 +25,7 @@ from nats.js.api import (
 from nats.js.errors import NotFoundError
 
 from edge_agent.config import JetStreamConfig, NatsConfig
+from edge_agent.errors import NatsServerError
 from edge_agent.nats.subjects import (
     DEAD_LETTER_STREAM,
     DEAD_LETTER_SUBJECTS,
@@ -110,6 +112,9 @@ async def connect(
         urls: the servers to use (the embedded server's URL, or ``config.urls``).
         name: the client name shown by the server.
         on_reconnect: called after each reconnection.
+
+    Raises:
+        NatsServerError: no server could be reached (after ``max_reconnect`` tries).
     """
 
     async def disconnected() -> None:
@@ -123,18 +128,21 @@ async def connect(
     async def error(exc: Exception) -> None:
         log.warning("nats error: %s", exc)
 
-    return await nats.connect(
-        servers=urls,
-        name=name,
-        max_reconnect_attempts=config.max_reconnect,
-        reconnect_time_wait=config.reconnect_wait,
-        allow_reconnect=True,
-        tls=_tls_context(config),
-        nkeys_seed=config.nkey_seed or None,
-        disconnected_cb=disconnected,
-        reconnected_cb=reconnected,
-        error_cb=error,
-    )
+    try:
+        return await nats.connect(
+            servers=urls,
+            name=name,
+            max_reconnect_attempts=config.max_reconnect,
+            reconnect_time_wait=config.reconnect_wait,
+            allow_reconnect=True,
+            tls=_tls_context(config),
+            nkeys_seed=config.nkey_seed or None,
+            disconnected_cb=disconnected,
+            reconnected_cb=reconnected,
+            error_cb=error,
+        )
+    except (nats.errors.Error, OSError, TimeoutError) as exc:
+        raise NatsServerError(f"cannot connect to NATS at {', '.join(urls)}: {exc}") from exc
 
 
 async def _add_or_update(js: JetStreamContext, stream: StreamConfig) -> None:
