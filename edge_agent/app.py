@@ -19,10 +19,12 @@ from starlette.routing import Route
 
 from edge_agent import __version__
 from edge_agent.api import build_app, views
+from edge_agent.api.nats_queries import serve_queries
 from edge_agent.api.server import HttpServer
 from edge_agent.config import Config, SimulatorConfig
 from edge_agent.errors import ConfigError, NatsServerError
 from edge_agent.graph import GraphStore
+from edge_agent.graph.querier import Querier
 from edge_agent.ingest.dead_letters import DeadLetters
 from edge_agent.ingest.processor import GraphProcessor
 from edge_agent.ingest.publisher import EventPublisher
@@ -56,6 +58,7 @@ class Agent:
         self.nc: Client | None = None
         self.js: JetStreamContext | None = None
         self.store: GraphStore
+        self.querier: Querier
         self.publisher: EventPublisher
         self.processor: GraphProcessor
         self._tasks: list[asyncio.Task[None]] = []
@@ -110,14 +113,30 @@ class Agent:
             indexes=graph.indexer.indexes,
             edge_batch_size=graph.data_manager.edge_batch_size,
         )
+        querier_config = graph.querier
+        self.querier = Querier(
+            self.store,
+            indexes=graph.indexer.indexes,
+            metrics=self.metrics,
+            cache_enabled=querier_config.cache_enabled,
+            max_cache_size=querier_config.max_cache_size,
+        )
         dead_letters = DeadLetters(self.js, self.metrics)
         self.publisher = EventPublisher(
             self.js, dead_letters, self.metrics, max_event_bytes=graph.max_event_bytes
         )
-        self.processor = GraphProcessor(self.js, self.store, graph, dead_letters, self.metrics)
+        self.processor = GraphProcessor(
+            self.js,
+            self.store,
+            graph,
+            dead_letters,
+            self.metrics,
+            on_commit=self.querier.invalidate,
+        )
         self._spawn(self.processor.run(), "graph-processor")
         await asyncio.wait_for(self.processor.bound.wait(), _JETSTREAM_READY_TIMEOUT_S)
         self._spawn(self._watch_stream(), "stream-watch")
+        await serve_queries(self.nc, self.querier)
         self._start_components()
         await self._start_http()
         self.started_at = time.time()

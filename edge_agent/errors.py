@@ -7,12 +7,24 @@ are converted at the edge of the capability that raised them, ``from`` the origi
     ├── ConfigError        a config file or value is wrong; the message names the key path
     ├── EventError         an entity event is malformed; ``reason`` is a metric label
     ├── GraphError         the SQLite store refused an operation
+    ├── QueryError         a graph query cannot be answered; ``status`` is its HTTP status
+    │   ├── NotFoundError      the entity asked for does not exist (404)
+    │   └── BadQueryError      the request is invalid, or needs an index that is off (400)
     └── NatsServerError    the embedded nats-server could not be started or reached
 """
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "EventError", "GraphError", "NatsServerError", "SemStreamsError"]
+__all__ = [
+    "BadQueryError",
+    "ConfigError",
+    "EventError",
+    "GraphError",
+    "NatsServerError",
+    "NotFoundError",
+    "QueryError",
+    "SemStreamsError",
+]
 
 
 class SemStreamsError(Exception):
@@ -48,3 +60,21 @@ class GraphError(SemStreamsError):
 
 class NatsServerError(SemStreamsError):
     """The embedded nats-server failed to start or to become ready."""
+
+
+class QueryError(SemStreamsError):
+    """A query that cannot be answered; ``status`` is the HTTP status to answer with."""
+
+    status = 400
+
+
+class NotFoundError(QueryError):
+    """The entity asked for does not exist."""
+
+    status = 404
+
+
+class BadQueryError(QueryError):
+    """The request is invalid, or needs an index that config has switched off."""
+
+    status = 400

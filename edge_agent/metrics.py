@@ -71,6 +71,16 @@ class Metrics:
             "Events written to the dead-letter stream.",
             registry=registry,
         )
+        self.cache_requests = Counter(
+            "semstreams_cache_requests",
+            "Query cache lookups.",
+            registry=registry,
+        )
+        self.cache_hits = Counter(
+            "semstreams_cache_hits",
+            "Query cache lookups answered from the cache.",
+            registry=registry,
+        )
         self.nats_server_restarts = Counter(
             "semstreams_nats_server_restarts",
             "Restarts of the embedded nats-server after it died.",

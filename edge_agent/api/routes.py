@@ -15,6 +15,8 @@ ROUTES = [
     Route("/metrics", views.metrics, methods=["GET"]),
     Route("/graph/stats", views.graph_stats, methods=["GET"]),
     Route("/graph/entities/{entity_id}", views.entity, methods=["GET"]),
+    Route("/graph/entities/{entity_id}/relationships", views.relationships, methods=["GET"]),
+    Route("/graph/query/{name}", views.query, methods=["POST"]),
     Route("/ingest", views.ingest, methods=["POST"]),
 ]
 

@@ -10,10 +10,21 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from edge_agent.graph import GraphStore
+from edge_agent.graph.querier import Querier
 from edge_agent.ingest.publisher import EventPublisher, PublishError, split_body
 from edge_agent.metrics import CONTENT_TYPE, Metrics
 
-__all__ = ["AgentServices", "entity", "graph_stats", "health", "ingest", "json_response", "metrics"]
+__all__ = [
+    "AgentServices",
+    "entity",
+    "graph_stats",
+    "health",
+    "ingest",
+    "json_response",
+    "metrics",
+    "query",
+    "relationships",
+]
 
 MAX_INGEST_BYTES = 8 << 20
 _encoder = msgspec.json.Encoder()
@@ -23,6 +34,7 @@ class AgentServices(Protocol):
     """What the views need from the running agent."""
 
     store: GraphStore
+    querier: Querier
     publisher: EventPublisher
     metrics: Metrics
 
@@ -67,13 +79,26 @@ async def graph_stats(request: Request) -> Response:
     return json_response({**counts, **await agent.stream_stats()})
 
 
+async def _query(request: Request, name: str, body: bytes) -> Response:
+    status, answer = await run_in_threadpool(_agent(request).querier.handle, name, body)
+    return Response(answer, status, media_type="application/json")
+
+
+async def query(request: Request) -> Response:
+    """``POST /graph/query/{name}``: any graph query, with the NATS service's JSON."""
+    return await _query(request, request.path_params["name"], await request.body())
+
+
 async def entity(request: Request) -> Response:
     """``GET /graph/entities/{entity_id}``: one entity's merged state, or 404."""
-    entity_id = request.path_params["entity_id"]
-    found = await run_in_threadpool(_agent(request).store.entity, entity_id)
-    if found is None:
-        return _error(404, f"entity {entity_id!r} not found")
-    return json_response(found)
+    body = _encoder.encode({"entity_id": request.path_params["entity_id"]})
+    return await _query(request, "entity", body)
+
+
+async def relationships(request: Request) -> Response:
+    """``GET /graph/entities/{entity_id}/relationships?direction=&predicate=``."""
+    fields = {"entity_id": request.path_params["entity_id"], **request.query_params}
+    return await _query(request, "relationships", _encoder.encode(fields))
 
 
 async def ingest(request: Request) -> Response:

@@ -64,6 +64,9 @@ FROM entities e,
         AND json_type(object) IN ('integer', 'real')) AS lon
 WHERE e.id = :id
 """
+_NEIGHBOURS = """
+SELECT object FROM edges WHERE subject = :id UNION SELECT subject FROM edges WHERE object = :id
+"""
 _DELETE_ENTITY = [
     "DELETE FROM spatial WHERE entity_rowid = (SELECT rowid FROM entities WHERE id = :id)",
     "DELETE FROM triples WHERE subject = :id",
@@ -82,11 +85,14 @@ class ApplyResult(msgspec.Struct, frozen=True):
         applied: events applied now (upserts and deletes).
         skipped: events at or below the consumer's position, already applied before.
         entity_ids: ids of the entities changed, in first-seen order.
+        touched: the changed entities and their neighbours across changed edges: every
+            node whose view of the graph (its state or its edges) this batch changed.
     """
 
     applied: int
     skipped: int
     entity_ids: list[str]
+    touched: frozenset[str] = frozenset()
 
 
 def iso_ms(ms: int) -> str:
@@ -189,7 +195,7 @@ class GraphStore:
                 "SELECT applied_seq FROM consumer_state WHERE consumer = ?", (consumer,)
             ).fetchone() or (0,)
             fresh = [(seq, event) for seq, event in batch if seq > position]
-            changed = self._apply_events([event for _, event in fresh], now_ms)
+            changed, touched = self._apply_events([event for _, event in fresh], now_ms)
             if fresh:
                 db.execute(
                     "UPDATE consumer_state SET applied_seq = ? WHERE consumer = ?",
@@ -200,23 +206,32 @@ class GraphStore:
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise GraphError(f"batch not applied: {exc}") from exc
-        return ApplyResult(len(fresh), len(batch) - len(fresh), changed)
+        return ApplyResult(len(fresh), len(batch) - len(fresh), changed, frozenset(touched))
 
-    def _apply_events(self, events: Sequence[EntityEvent], now_ms: int) -> list[str]:
+    def _apply_events(
+        self, events: Sequence[EntityEvent], now_ms: int
+    ) -> tuple[list[str], set[str]]:
         """Apply runs of upserts with executemany, and each delete between them."""
         changed: dict[str, None] = {}
+        touched: set[str] = set()
         run: list[EntityEvent] = []
         for event in events:
             changed[event.entity_id] = None
             if event.op == "upsert":
+                touched.update(rel.object for rel in event.relationships)
                 run.append(event)
                 continue
             self._upsert_run(run, now_ms)
             run = []
+            touched.update(
+                node
+                for (node,) in self._db.execute(_NEIGHBOURS, {"id": event.entity_id}).fetchall()
+            )
             for sql in _DELETE_ENTITY:
                 self._db.execute(sql, {"id": event.entity_id})
         self._upsert_run(run, now_ms)
-        return list(changed)
+        touched.update(changed)
+        return list(changed), touched
 
     def _upsert_run(self, run: Sequence[EntityEvent], now_ms: int) -> None:
         if not run:

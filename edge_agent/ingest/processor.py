@@ -77,6 +77,8 @@ class GraphProcessor:
         settings: ``graph.config``.
         dead_letters: where refused events go.
         metrics: the agent's metrics.
+        on_commit: called on the writer thread right after each commit with the ids the
+            batch touched (the query cache invalidates on it).
     """
 
     def __init__(
@@ -86,12 +88,15 @@ class GraphProcessor:
         settings: GraphSettings,
         dead_letters: DeadLetters,
         metrics: Metrics,
+        *,
+        on_commit: Callable[[frozenset[str]], None] | None = None,
     ) -> None:
         self._js = js
         self._store = store
         self.settings = settings
         self._dead_letters = dead_letters
         self._metrics = metrics
+        self._on_commit = on_commit
         self.consumer = consumer_name(settings.input_subject)
         self.status = ProcessorStatus()
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="graph-writer")
@@ -213,6 +218,8 @@ class GraphProcessor:
         decoded = self._decode(messages)
         now_ms = int(time.time() * 1000)
         result = self._store.apply(decoded.good, consumer=self.consumer, now_ms=now_ms)
+        if self._on_commit is not None:
+            self._on_commit(result.touched)
         return decoded, result
 
     def _decode(self, messages: list[Msg]) -> _Decoded:

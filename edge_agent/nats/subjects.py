@@ -10,6 +10,8 @@ __all__ = [
     "DEAD_LETTER_SUBJECTS",
     "ENTITY_STREAM",
     "ENTITY_SUBJECTS",
+    "QUERY_QUEUE_GROUP",
+    "QUERY_SUBJECTS",
     "consumer_name",
     "dead_letter_subject",
     "entity_subject",
@@ -19,6 +21,8 @@ ENTITY_STREAM: Final = "GRAPH_ENTITIES"
 ENTITY_SUBJECTS: Final = "events.graph.entity.>"
 DEAD_LETTER_STREAM: Final = "GRAPH_DEAD_LETTERS"
 DEAD_LETTER_SUBJECTS: Final = "deadletter.graph.entity.>"
+QUERY_SUBJECTS: Final = "graph.query.*"
+QUERY_QUEUE_GROUP: Final = "graph-query"
 
 
 def entity_subject(entity_type: str) -> str:
