@@ -29,8 +29,8 @@ def node(entity_id: str, entity_type: str = "drone", *edges: tuple[str, str, flo
 def db(tmp_path: Path) -> sqlite3.Connection:
     """A -> B -> D (weights 1, 1) and A -> C -> D (0.5, 1) plus A -> D direct at 0.1.
 
-    D's first-found path is the direct hop (0.8 × 0.1 = 0.08); its best path is A-B-D
-    (0.8 × 1 × 0.8 × 1 = 0.64).
+    D's first-found path is the direct hop (0.8 x 0.1 = 0.08); its best path is A-B-D
+    (0.8 x 1 x 0.8 x 1 = 0.64).
     """
     store = GraphStore(tmp_path / "g.db", origin="e", indexes=IndexesConfig())
     store.position("c", "s")
@@ -91,9 +91,7 @@ def test_limits_truncate_instead_of_failing(db: sqlite3.Connection) -> None:
 
 def test_timeout_returns_partial_result(db: sqlite3.Connection) -> None:
     ticks = iter([0.0, 0.0, 5.0, 5.0, 5.0])
-    result = run_path_query(
-        db, PathQuery(start_entity="A", timeout=1.0), clock=lambda: next(ticks)
-    )
+    result = run_path_query(db, PathQuery(start_entity="A", timeout=1.0), clock=lambda: next(ticks))
     assert result.truncated is True
     assert set(result.scores) == {"A", "B", "C", "D"}  # one level done before the deadline
 
