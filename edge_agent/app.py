@@ -9,8 +9,9 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from nats.aio.client import Client
 from nats.js import JetStreamContext
@@ -22,6 +23,7 @@ from edge_agent.api import build_app, views
 from edge_agent.api.nats_queries import serve_queries
 from edge_agent.api.server import HttpServer
 from edge_agent.config import Config, SimulatorConfig
+from edge_agent.config.runtime import change_graph_settings, runtime_values
 from edge_agent.errors import ConfigError, NatsServerError
 from edge_agent.graph import GraphStore
 from edge_agent.graph.querier import Querier
@@ -41,6 +43,7 @@ _STREAM_POLL_S = 2.0
 _JETSTREAM_READY_TIMEOUT_S = 20.0
 #: Component types the edge agent runs in this version; others are validated but idle.
 _RUNNABLE = {"simulator"}
+_T = TypeVar("_T")
 
 
 class Agent:
@@ -224,6 +227,30 @@ class Agent:
             server = HttpServer(app, host=service.http_host, port=metrics.config.port)
             await server.start()
             self._servers.append(server)
+
+    # ---- administration ------------------------------------------------------------
+
+    async def write(self, fn: Callable[..., _T], *args: Any) -> _T:
+        """Run ``fn(*args)`` on the graph's single writer thread."""
+        return await self.processor.run_on_writer(fn, *args)
+
+    def runtime_settings(self) -> dict[str, Any]:
+        """The settings ``POST /admin/config`` can change, with their values."""
+        return runtime_values(self.processor.settings)
+
+    async def change_settings(self, changes: dict[str, Any]) -> dict[str, Any]:
+        """Apply run-time settings to the processor, store and cache, all or nothing.
+
+        Raises:
+            ConfigError: an unknown key or a bad value, named.
+        """
+        settings = change_graph_settings(self.processor.settings, changes)
+        await self.processor.update_settings(settings)
+        self.store.edge_batch_size = settings.data_manager.edge_batch_size
+        self.querier.cache_enabled = settings.querier.cache_enabled
+        self.querier.cache.resize(settings.querier.max_cache_size)
+        log.info("run-time settings changed: %s", ", ".join(sorted(changes)))
+        return self.runtime_settings()
 
     # ---- status ----------------------------------------------------------------------
 

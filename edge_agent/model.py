@@ -22,6 +22,7 @@ __all__ = [
     "EntityEvent",
     "Relationship",
     "Scalar",
+    "check_id",
     "decode_event",
     "encode_event",
     "validate_event",
@@ -113,7 +114,7 @@ def validate_event(event: EntityEvent) -> None:
         EventError: with reason ``bad_id``, ``id_too_long``, ``bad_entity_type``,
             ``bad_priority``, ``unknown_op`` or ``missing_field``.
     """
-    _check_id(event.entity_id, "entity_id")
+    check_id(event.entity_id, "entity_id")
     if not _TYPE.fullmatch(event.entity_type):
         raise EventError(
             "bad_entity_type",
@@ -126,13 +127,18 @@ def validate_event(event: EntityEvent) -> None:
     if event.op == "upsert" and event.properties is msgspec.UNSET:
         raise EventError("missing_field", "Object missing required field `properties`")
     for relationship in event.relationships:
-        _check_id(relationship.object, "relationships[].object")
+        check_id(relationship.object, "relationships[].object")
     for alias in event.aliases:
         if not 0 < len(alias) <= MAX_ID_LENGTH:
             raise EventError("bad_id", f"alias must be 1-{MAX_ID_LENGTH} chars")
 
 
-def _check_id(value: str, field: str) -> None:
+def check_id(value: str, field: str) -> None:
+    """Check an entity id: 1-255 chars of ``[A-Za-z0-9._:-]``, starting alphanumeric.
+
+    Raises:
+        EventError: with reason ``id_too_long`` or ``bad_id``.
+    """
     if len(value) > MAX_ID_LENGTH:
         raise EventError("id_too_long", f"{field} is {len(value)} chars, the limit is 255")
     if not _ID.fullmatch(value):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from starlette.applications import Starlette
 from starlette.routing import Route
 
-from edge_agent.api import views
+from edge_agent.api import admin, views
 from edge_agent.api.views import AgentServices
 
 __all__ = ["ROUTES", "build_app"]
@@ -18,6 +18,9 @@ ROUTES = [
     Route("/graph/entities/{entity_id}/relationships", views.relationships, methods=["GET"]),
     Route("/graph/query/{name}", views.query, methods=["POST"]),
     Route("/ingest", views.ingest, methods=["POST"]),
+    Route("/admin/export", admin.admin_export, methods=["POST"]),
+    Route("/admin/import", admin.admin_import, methods=["POST"]),
+    Route("/admin/config", admin.admin_config, methods=["GET", "POST"]),
 ]
 
 

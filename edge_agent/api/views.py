@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
 
 import msgspec
 from starlette.concurrency import run_in_threadpool
@@ -28,6 +29,7 @@ __all__ = [
 
 MAX_INGEST_BYTES = 8 << 20
 _encoder = msgspec.json.Encoder()
+_T = TypeVar("_T")
 
 
 class AgentServices(Protocol):
@@ -46,41 +48,55 @@ class AgentServices(Protocol):
         """``{"dead_letters": n, "stream_pending": n}`` from JetStream."""
         ...
 
+    async def write(self, fn: Callable[..., _T], *args: Any) -> _T:
+        """Run ``fn(*args)`` on the graph's single writer thread."""
+        ...
+
+    def runtime_settings(self) -> dict[str, Any]:
+        """The settings ``POST /admin/config`` can change, with their values."""
+        ...
+
+    async def change_settings(self, changes: dict[str, Any]) -> dict[str, Any]:
+        """Apply run-time settings; raises ConfigError naming a bad key."""
+        ...
+
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     """A JSON response encoded with msgspec (Structs, dicts, lists)."""
     return Response(_encoder.encode(body), status, headers, media_type="application/json")
 
 
-def _error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+def error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    """A JSON error: ``{"error": message}``."""
     return json_response({"error": message}, status, headers)
 
 
-def _agent(request: Request) -> AgentServices:
+def agent_of(request: Request) -> AgentServices:
+    """The running agent behind this request's app."""
     agent: AgentServices = request.app.state.agent
     return agent
 
 
 async def health(request: Request) -> Response:
     """``GET /health``: 200 when healthy or degraded, 503 when unhealthy."""
-    report = await _agent(request).health()
+    report = await agent_of(request).health()
     return json_response(report, 503 if report["status"] == "unhealthy" else 200)
 
 
 async def metrics(request: Request) -> Response:
     """``GET /metrics``: Prometheus text format."""
-    return Response(_agent(request).metrics.exposition(), media_type=CONTENT_TYPE)
+    return Response(agent_of(request).metrics.exposition(), media_type=CONTENT_TYPE)
 
 
 async def graph_stats(request: Request) -> Response:
     """``GET /graph/stats``: graph counts plus JetStream backlog and dead letters."""
-    agent = _agent(request)
+    agent = agent_of(request)
     counts = await run_in_threadpool(agent.store.stats)
     return json_response({**counts, **await agent.stream_stats()})
 
 
 async def _query(request: Request, name: str, body: bytes) -> Response:
-    status, answer = await run_in_threadpool(_agent(request).querier.handle, name, body)
+    status, answer = await run_in_threadpool(agent_of(request).querier.handle, name, body)
     return Response(answer, status, media_type="application/json")
 
 
@@ -110,20 +126,18 @@ async def ingest(request: Request) -> Response:
     """
     declared = int(request.headers.get("content-length") or 0)
     if declared > MAX_INGEST_BYTES:
-        return _error(413, f"body over {MAX_INGEST_BYTES} bytes; split it into smaller requests")
+        return error(413, f"body over {MAX_INGEST_BYTES} bytes; split it into smaller requests")
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
         if len(body) > MAX_INGEST_BYTES:
-            return _error(
-                413, f"body over {MAX_INGEST_BYTES} bytes; split it into smaller requests"
-            )
+            return error(413, f"body over {MAX_INGEST_BYTES} bytes; split it into smaller requests")
     ndjson = "ndjson" in request.headers.get("content-type", "")
     events = split_body(bytes(body), ndjson=ndjson)
     if not events:
-        return _error(400, "no events in the request body")
+        return error(400, "no events in the request body")
     try:
-        result = await _agent(request).publisher.publish(events, path="http")
+        result = await agent_of(request).publisher.publish(events, path="http")
     except PublishError as exc:
         return json_response(
             {

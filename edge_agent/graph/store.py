@@ -22,9 +22,10 @@ from edge_agent.config import IndexesConfig
 from edge_agent.errors import GraphError
 from edge_agent.graph.indexes import LATITUDE, LONGITUDE, TEMPORAL_BUCKET_MS, reconcile_indexes
 from edge_agent.graph.migrations import migrate
+from edge_agent.graph.records import EntityRecord, import_record
 from edge_agent.model import EntityEvent
 
-__all__ = ["ApplyResult", "GraphStore", "iso_ms"]
+__all__ = ["ApplyResult", "GraphStore", "ImportResult", "iso_ms"]
 
 _RDF_TYPE = "rdf:type"
 _json = msgspec.json.Encoder()
@@ -76,6 +77,14 @@ _DELETE_ENTITY = [
     "DELETE FROM temporal WHERE entity_id = :id",
     "DELETE FROM entities WHERE id = :id",
 ]
+
+
+class ImportResult(msgspec.Struct, frozen=True):
+    """What one :meth:`GraphStore.import_records` call did; ``touched`` as in ApplyResult."""
+
+    applied: int
+    unchanged: int
+    touched: frozenset[str]
 
 
 class ApplyResult(msgspec.Struct, frozen=True):
@@ -269,7 +278,59 @@ class GraphStore:
         if self.indexes.spatial:
             db.executemany(_UPDATE_SPATIAL, located)
 
+    def import_records(self, records: Sequence[EntityRecord]) -> ImportResult:
+        """Import whole-entity records in one transaction (see :mod:`records`).
+
+        Raises:
+            GraphError: SQLite refused the transaction; nothing of it is applied.
+        """
+        db = self._db
+        applied: list[str] = []
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            for record in records:
+                if import_record(db, record) == "applied":
+                    applied.append(record.entity_id)
+                    self._refresh_indexes(record)
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise GraphError(f"import not applied: {exc}") from exc
+        touched = set(applied)
+        for record in records:
+            if record.entity_id in touched:
+                touched.update(edge[1] for edge in record.edges)
+        return ImportResult(len(applied), len(records) - len(applied), frozenset(touched))
+
+    def _refresh_indexes(self, record: EntityRecord) -> None:
+        params = {"id": record.entity_id}
+        if self.indexes.spatial:
+            self._db.execute(_DELETE_ENTITY[0], params)
+            self._db.execute(_UPDATE_SPATIAL, params)
+        if self.indexes.temporal:
+            bucket = int(record.updated_at.timestamp() * 1000) // TEMPORAL_BUCKET_MS
+            self._db.execute(
+                "INSERT OR IGNORE INTO temporal VALUES (?, ?)", (bucket, record.entity_id)
+            )
+
     # ---- reads (any thread) --------------------------------------------------------
+
+    @contextmanager
+    def snapshot(self) -> Iterator[sqlite3.Connection]:
+        """A dedicated read-only connection holding one consistent snapshot until closed.
+
+        For long reads (export) that span many pages: writes go on meanwhile, and the
+        reader sees none of them.
+        """
+        db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
+        try:
+            db.execute("BEGIN")
+            yield db
+        except sqlite3.Error as exc:
+            raise GraphError(f"read failed: {exc}") from exc
+        finally:
+            db.close()
 
     @contextmanager
     def reader(self) -> Iterator[sqlite3.Connection]:

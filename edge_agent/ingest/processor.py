@@ -100,11 +100,27 @@ class GraphProcessor:
         self.consumer = consumer_name(settings.input_subject)
         self.status = ProcessorStatus()
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="graph-writer")
-        self._queue: asyncio.Queue[list[Msg]] = asyncio.Queue(maxsize=settings.workers)
+        # Unbounded by itself: the fetcher waits on _room for fewer than `workers`
+        # batches queued, a bound that /admin/config can change at run time.
+        self._queue: asyncio.Queue[list[Msg]] = asyncio.Queue()
+        self._room = asyncio.Condition()
         self._in_flight = 0
         #: Set once the durable consumer exists and the processor is fetching.
         self.bound = asyncio.Event()
         self._rebind = False
+
+    async def update_settings(self, settings: GraphSettings) -> None:
+        """Take new ``graph.config`` values (workers, queue size, batch size) at run time.
+
+        A new queue size rebinds the consumer, whose ``max_ack_pending`` enforces it.
+        """
+        if settings.input_subject != self.settings.input_subject:
+            raise ValueError("input_subject cannot change at run time")
+        if settings.queue_size != self.settings.queue_size:
+            self.request_rebind()
+        self.settings = settings
+        async with self._room:
+            self._room.notify_all()
 
     def request_rebind(self) -> None:
         """Recreate the consumer at the next fetch (after a NATS reconnect).
@@ -144,7 +160,7 @@ class GraphProcessor:
     async def _bind_and_fetch(self) -> None:
         info = await self._js.stream_info(ENTITY_STREAM)
         self.status.stream_created = str(info.created)
-        position = await self._on_writer(
+        position = await self.run_on_writer(
             self._store.position, self.consumer, self.status.stream_created
         )
         self._rebind = False
@@ -157,9 +173,11 @@ class GraphProcessor:
         log.info("graph consumer %s bound at stream position %d", self.consumer, position)
         self.bound.set()
         self.status.last_error = ""
-        size = self.settings.indexer.batch_processing.size
         try:
             while not self._rebind:
+                async with self._room:
+                    await self._room.wait_for(lambda: self._queue.qsize() < self.settings.workers)
+                size = self.settings.indexer.batch_processing.size
                 batch_size = max(1, min(size, self.settings.queue_size - self._in_flight))
                 try:
                     messages = await subscription.fetch(batch_size, timeout=_FETCH_TIMEOUT_S)
@@ -177,6 +195,8 @@ class GraphProcessor:
     async def _apply_loop(self) -> None:
         while True:
             messages = await self._queue.get()
+            async with self._room:
+                self._room.notify_all()
             await self._apply_until_done(messages)
             self._in_flight -= len(messages)
             self._metrics.queue_depth.set(self._in_flight)
@@ -197,7 +217,7 @@ class GraphProcessor:
 
     async def _apply(self, messages: list[Msg]) -> None:
         started = time.perf_counter()
-        decoded, result = await self._on_writer(self._decode_and_apply, messages)
+        decoded, result = await self.run_on_writer(self._decode_and_apply, messages)
         for message, seq, error in decoded.bad:
             await self._dead_letters.put(
                 message.data,
@@ -233,7 +253,7 @@ class GraphProcessor:
                 decoded.bad.append((message, seq, error))
         return decoded
 
-    async def _on_writer(self, fn: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
+    async def run_on_writer(self, fn: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
         """Run ``fn`` on the single graph-writer thread."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._writer, functools.partial(fn, *args, **kwargs))
