@@ -6,12 +6,14 @@ from starlette.applications import Starlette
 from starlette.routing import Route
 
 from edge_agent.api import admin, views
+from edge_agent.api.openapi import openapi
 from edge_agent.api.views import AgentServices
 
 __all__ = ["ROUTES", "build_app"]
 
 ROUTES = [
     Route("/health", views.health, methods=["GET"]),
+    Route("/openapi.json", openapi, methods=["GET"]),
     Route("/metrics", views.metrics, methods=["GET"]),
     Route("/graph/stats", views.graph_stats, methods=["GET"]),
     Route("/graph/entities/{entity_id}", views.entity, methods=["GET"]),

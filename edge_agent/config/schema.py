@@ -20,6 +20,7 @@ __all__ = [
     "Config",
     "GraphConfig",
     "GraphSettings",
+    "HttpTlsConfig",
     "IndexesConfig",
     "JetStreamConfig",
     "LoggingConfig",
@@ -27,6 +28,7 @@ __all__ = [
     "NatsConfig",
     "PlatformConfig",
     "RateLimitConfig",
+    "ServiceManagerSettings",
     "ServicesConfig",
     "SimulatorConfig",
     "TelemetryConfig",
@@ -97,7 +99,7 @@ class IndexesConfig(_Section, frozen=True):
 class BatchProcessingConfig(_Section, frozen=True):
     """``graph.config.indexer.batch_processing``: events applied per SQLite transaction."""
 
-    size: Positive = 200
+    size: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 200
 
 
 class EmbeddingConfig(_Section, frozen=True):
@@ -118,14 +120,14 @@ class IndexerConfig(_Section, frozen=True):
 class DataManagerConfig(_Section, frozen=True):
     """``graph.config.data_manager``: relationship rows written per SQL statement."""
 
-    edge_batch_size: Positive = 100
+    edge_batch_size: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 100
 
 
 class QuerierConfig(_Section, frozen=True):
     """``graph.config.querier``: the query result cache."""
 
     cache_enabled: bool = True
-    max_cache_size: Annotated[int, msgspec.Meta(ge=0)] = 10_000
+    max_cache_size: Annotated[int, msgspec.Meta(ge=0, le=10_000_000)] = 10_000
 
 
 class GraphSettings(_Section, frozen=True):
@@ -136,8 +138,8 @@ class GraphSettings(_Section, frozen=True):
     ``max_ack_pending``), so a full queue slows the consumer and never drops.
     """
 
-    workers: Positive = 2
-    queue_size: Positive = 1000
+    workers: Annotated[int, msgspec.Meta(ge=1, le=256)] = 2
+    queue_size: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 1000
     input_subject: str = "events.graph.entity.>"
     max_event_bytes: Annotated[int, msgspec.Meta(ge=256, le=1 << 20)] = 64 << 10
     data_manager: DataManagerConfig = DataManagerConfig()
@@ -169,11 +171,26 @@ class SimulatorConfig(_Section, frozen=True):
 
 
 class AuthConfig(_Section, frozen=True):
-    """``services.service-manager.config.auth``."""
+    """``services.service-manager.config.auth``: bearer tokens on the HTTP API.
+
+    ``type: "jwt"`` requires an HS256 token signed with ``jwt_secret`` (at least 32
+    bytes), carrying ``exp`` and, when ``jwt_issuer`` is set, that ``iss``. Paths under
+    an ``open_paths`` prefix (whole segments: ``/health`` opens ``/health/x``, not
+    ``/healthz``) need no token and are never rate limited, so a load balancer or
+    Prometheus polling them is never refused.
+    """
 
     type: Literal["none", "jwt"] = "none"
     jwt_secret: str = ""
     jwt_issuer: str = ""
+    open_paths: tuple[str, ...] = ("/health", "/metrics")
+
+
+class HttpTlsConfig(_Section, frozen=True):
+    """``services.service-manager.config.tls``: serve the API over HTTPS (both or neither)."""
+
+    cert_file: str = ""
+    key_file: str = ""
 
 
 class ServiceManagerSettings(_Section, frozen=True):
@@ -182,6 +199,7 @@ class ServiceManagerSettings(_Section, frozen=True):
     http_port: Port = 8080
     http_host: str = "127.0.0.1"
     auth: AuthConfig = AuthConfig()
+    tls: HttpTlsConfig | None = None
 
 
 class ServiceManagerConfig(_Section, frozen=True):
@@ -218,7 +236,12 @@ class ServicesConfig(_Section, frozen=True):
 
 
 class RateLimitConfig(_Section, frozen=True):
-    """``api-gateway.config.rate_limit``."""
+    """``api-gateway.config.rate_limit``: a token bucket per client on the HTTP API.
+
+    Each client (the token's ``sub`` when authenticated, else its IP address) may make
+    ``burst`` requests at once, refilled at ``requests_per_minute``; beyond that the
+    answer is 429 with ``Retry-After``.
+    """
 
     enabled: bool = False
     requests_per_minute: Positive = 1000

@@ -1,0 +1,202 @@
+"""The OpenAPI document of the edge agent's HTTP API, built from the request Structs.
+
+Request and record schemas come from the same msgspec Structs that decode requests,
+so the document cannot drift from what the server accepts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+
+from edge_agent import __version__
+from edge_agent.api.admin import ExportRequest
+from edge_agent.api.views import json_response
+from edge_agent.graph.pathrag import PathQuery
+from edge_agent.graph.queries import (
+    AliasQuery,
+    EntityQuery,
+    PredicateQuery,
+    RelationshipsQuery,
+    SpatialQuery,
+    TemporalQuery,
+)
+from edge_agent.graph.records import EntityRecord
+from edge_agent.model import EntityEvent
+
+__all__ = ["openapi", "openapi_document"]
+
+_QUERIES: dict[str, tuple[type[msgspec.Struct], str]] = {
+    "path": (PathQuery, "PathRAG: scored traversal from a start entity"),
+    "entity": (EntityQuery, "One entity by id"),
+    "relationships": (RelationshipsQuery, "An entity's outgoing and incoming edges"),
+    "predicate": (PredicateQuery, "Entities having a predicate (equal to a value)"),
+    "alias": (AliasQuery, "The entity known by an alias (alias index)"),
+    "spatial": (SpatialQuery, "Entities in a box or within a radius (spatial index)"),
+    "temporal": (TemporalQuery, "Entities updated in a time range (temporal index)"),
+}
+_OBJECT = {"type": "object"}
+_ERROR = {
+    "description": "error",
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "properties": {"error": {"type": "string"}},
+                "required": ["error"],
+            }
+        }
+    },
+}
+
+
+def _json(schema: dict[str, Any], description: str = "ok") -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _body(schema: dict[str, Any], media: str = "application/json") -> dict[str, Any]:
+    return {"required": True, "content": {media: {"schema": schema}}}
+
+
+def _query_paths() -> dict[str, Any]:
+    paths = {}
+    for name, (kind, summary) in _QUERIES.items():
+        paths[f"/graph/query/{name}"] = {
+            "post": {
+                "summary": f"{summary} (also NATS graph.query.{name})",
+                "requestBody": _body(_ref(kind.__name__)),
+                "responses": {"200": _json(_OBJECT), "400": _ERROR, "404": _ERROR},
+            }
+        }
+    return paths
+
+
+def _entity_paths() -> dict[str, Any]:
+    entity_id = {
+        "name": "entity_id",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+    }
+    return {
+        "/graph/entities/{entity_id}": {
+            "get": {
+                "summary": "One entity's merged state",
+                "parameters": [entity_id],
+                "responses": {"200": _json(_OBJECT), "400": _ERROR, "404": _ERROR},
+            }
+        },
+        "/graph/entities/{entity_id}/relationships": {
+            "get": {
+                "summary": "An entity's edges",
+                "parameters": [
+                    entity_id,
+                    {
+                        "name": "direction",
+                        "in": "query",
+                        "schema": {"enum": ["outgoing", "incoming", "both"]},
+                    },
+                    {"name": "predicate", "in": "query", "schema": {"type": "string"}},
+                ],
+                "responses": {"200": _json(_OBJECT), "400": _ERROR},
+            }
+        },
+    }
+
+
+def _service_paths() -> dict[str, Any]:
+    ndjson = {"type": "string"}
+    return {
+        "/health": {
+            "get": {
+                "summary": "Per-component status: healthy or degraded (200), unhealthy (503)",
+                "responses": {"200": _json(_OBJECT), "503": _json(_OBJECT, "unhealthy")},
+            }
+        },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics",
+                "responses": {
+                    "200": {
+                        "description": "ok",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    }
+                },
+            }
+        },
+        "/graph/stats": {
+            "get": {"summary": "Graph and stream counts", "responses": {"200": _json(_OBJECT)}}
+        },
+        "/ingest": {
+            "post": {
+                "summary": "One JSON event, or NDJSON; 202 once JetStream has stored them",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {"schema": _ref("EntityEvent")},
+                        "application/x-ndjson": {"schema": ndjson},
+                    },
+                },
+                "responses": {
+                    "202": _json(_OBJECT, "accepted"),
+                    "400": _ERROR,
+                    "413": _ERROR,
+                    "503": _ERROR,
+                },
+            }
+        },
+        "/admin/export": {
+            "post": {
+                "summary": "Stream the graph (or one entity type) as JSONL records",
+                "requestBody": _body(_ref("ExportRequest")),
+                "responses": {
+                    "200": {
+                        "description": "JSONL of EntityRecord",
+                        "content": {"application/x-ndjson": {"schema": ndjson}},
+                    },
+                    "400": _ERROR,
+                },
+            }
+        },
+        "/admin/import": {
+            "post": {
+                "summary": "Import JSONL records; idempotent",
+                "requestBody": _body(ndjson, "application/x-ndjson"),
+                "responses": {"200": _json(_OBJECT), "400": _ERROR, "413": _ERROR},
+            }
+        },
+        "/admin/config": {
+            "get": {"summary": "Run-time settings", "responses": {"200": _json(_OBJECT)}},
+            "post": {
+                "summary": 'Change run-time settings, e.g. {"graph.workers": 16}',
+                "requestBody": _body(_OBJECT),
+                "responses": {"200": _json(_OBJECT), "400": _ERROR},
+            },
+        },
+    }
+
+
+def openapi_document() -> dict[str, Any]:
+    """The OpenAPI 3.1 document of the HTTP API."""
+    kinds = [kind for kind, _ in _QUERIES.values()] + [EntityEvent, EntityRecord, ExportRequest]
+    _, components = msgspec.json.schema_components(
+        kinds, ref_template="#/components/schemas/{name}"
+    )
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "SemStreams edge agent", "version": __version__},
+        "paths": {**_service_paths(), **_entity_paths(), **_query_paths()},
+        "components": {"schemas": components},
+    }
+
+
+async def openapi(request: Request) -> Response:
+    """``GET /openapi.json``: the OpenAPI document of this API."""
+    return json_response(openapi_document())
