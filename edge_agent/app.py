@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +22,7 @@ from starlette.routing import Route
 from edge_agent import __version__
 from edge_agent.api import build_app, views
 from edge_agent.api.nats_queries import serve_queries
+from edge_agent.api.security import server_ssl_context
 from edge_agent.api.server import HttpServer
 from edge_agent.config import Config, SimulatorConfig
 from edge_agent.config.runtime import change_graph_settings, runtime_values
@@ -35,6 +37,7 @@ from edge_agent.metrics import Metrics
 from edge_agent.nats.client import connect, embedded_port, ensure_streams
 from edge_agent.nats.server import EmbeddedNatsServer
 from edge_agent.nats.subjects import DEAD_LETTER_STREAM, ENTITY_STREAM
+from edge_agent.tracing import setup_tracing, shutdown_tracing
 
 __all__ = ["Agent"]
 
@@ -83,8 +86,11 @@ class Agent:
             SemStreamsError: a part could not start; the message says which.
             OSError: the HTTP port could not be bound.
         """
-        self._refuse_unsupported()
+        # Before anything starts, so a bad certificate fails fast and leaves nothing behind.
+        tls = self.config.services.service_manager.config.tls
+        api_ssl = server_ssl_context(tls) if tls and tls.cert_file else None
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        setup_tracing(self.config.telemetry, service=f"semstreams-edge {self.config.platform.id}")
         nats_config = self.config.nats
         graph = self.config.graph.config
         urls = list(nats_config.urls)
@@ -141,13 +147,14 @@ class Agent:
         self._spawn(self._watch_stream(), "stream-watch")
         await serve_queries(self.nc, self.querier)
         self._start_components()
-        await self._start_http()
+        await self._start_http(api_ssl)
         self.started_at = time.time()
         log.info(
-            "edge agent %s up: id=%s nats=%s api=http://%s:%d",
+            "edge agent %s up: id=%s nats=%s api=%s://%s:%d",
             __version__,
             self.config.platform.id,
             ",".join(urls),
+            "https" if api_ssl else "http",
             self.config.services.service_manager.config.http_host,
             self.http_port,
         )
@@ -168,25 +175,12 @@ class Agent:
             await self.nats_server.stop()
         if hasattr(self, "store"):
             self.store.close()
+        shutdown_tracing()
         log.info("edge agent stopped")
 
     def _on_reconnect(self) -> None:
         if hasattr(self, "processor"):
             self.processor.request_rebind()
-
-    def _refuse_unsupported(self) -> None:
-        """Refuse settings this version cannot honour where ignoring them would be unsafe."""
-        if self.config.services.service_manager.config.auth.type != "none":
-            raise ConfigError(
-                [
-                    "services.service-manager.config.auth: JWT auth is not supported by this "
-                    "version; refusing to serve the API unprotected"
-                ]
-            )
-        if self.config.api_gateway.config.rate_limit.enabled:
-            log.warning("api-gateway.config.rate_limit: not enforced by this version")
-        if self.config.telemetry.enabled:
-            log.warning("telemetry: tracing is not exported by this version")
 
     def _spawn(self, coro: Any, name: str) -> None:
         self._tasks.append(asyncio.create_task(coro, name=name))
@@ -215,9 +209,14 @@ class Agent:
             settings: SimulatorConfig = component.config
             self._spawn(run_simulator(settings, self.publisher), f"component {component.id}")
 
-    async def _start_http(self) -> None:
+    async def _start_http(self, ssl_context: ssl.SSLContext | None) -> None:
         service = self.config.services.service_manager.config
-        api = HttpServer(build_app(self), host=service.http_host, port=service.http_port)
+        app = build_app(
+            self, auth=service.auth, rate_limit=self.config.api_gateway.config.rate_limit
+        )
+        api = HttpServer(
+            app, host=service.http_host, port=service.http_port, ssl_context=ssl_context
+        )
         await api.start()
         self._servers.append(api)
         metrics = self.config.services.metrics

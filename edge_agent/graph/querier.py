@@ -30,6 +30,7 @@ from edge_agent.graph.queries import (
 )
 from edge_agent.graph.store import GraphStore
 from edge_agent.metrics import Metrics
+from edge_agent.tracing import span
 
 __all__ = ["QUERY_NAMES", "Querier"]
 
@@ -90,6 +91,13 @@ class Querier:
         Returns:
             (HTTP status, JSON body); errors are ``{"error": message}`` with 400/404/500.
         """
+        with span("graph.query", query=name) as current:
+            status, body = self._handle(name, body)
+            if current is not None:
+                current.set_attribute("status", status)
+            return status, body
+
+    def _handle(self, name: str, body: bytes) -> tuple[int, bytes]:
         kind = _REQUESTS.get(name)
         if kind is None:
             return 404, _encoder.encode({"error": f"unknown query {name!r}"})

@@ -40,6 +40,7 @@ from edge_agent.metrics import Metrics
 from edge_agent.model import EntityEvent, decode_event
 from edge_agent.nats.client import recreate_consumer
 from edge_agent.nats.subjects import ENTITY_STREAM, consumer_name
+from edge_agent.tracing import span
 
 __all__ = ["GraphProcessor", "ProcessorStatus"]
 
@@ -235,9 +236,13 @@ class GraphProcessor:
 
     def _decode_and_apply(self, messages: list[Msg]) -> tuple[_Decoded, ApplyResult]:
         """Decode and apply one batch; runs on the writer thread, off the event loop."""
-        decoded = self._decode(messages)
-        now_ms = int(time.time() * 1000)
-        result = self._store.apply(decoded.good, consumer=self.consumer, now_ms=now_ms)
+        with span("graph.apply_batch", messages=len(messages)) as current:
+            decoded = self._decode(messages)
+            now_ms = int(time.time() * 1000)
+            result = self._store.apply(decoded.good, consumer=self.consumer, now_ms=now_ms)
+            if current is not None:
+                current.set_attribute("applied", result.applied)
+                current.set_attribute("rejected", len(decoded.bad))
         if self._on_commit is not None:
             self._on_commit(result.touched)
         return decoded, result
