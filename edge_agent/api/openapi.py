@@ -15,29 +15,12 @@ from starlette.responses import Response
 from edge_agent import __version__
 from edge_agent.api.admin import ExportRequest
 from edge_agent.api.views import json_response
-from edge_agent.graph.pathrag import PathQuery
-from edge_agent.graph.queries import (
-    AliasQuery,
-    EntityQuery,
-    PredicateQuery,
-    RelationshipsQuery,
-    SpatialQuery,
-    TemporalQuery,
-)
+from edge_agent.graph.querier import QUERY_REQUESTS
 from edge_agent.graph.records import EntityRecord
 from edge_agent.model import EntityEvent
 
 __all__ = ["openapi", "openapi_document"]
 
-_QUERIES: dict[str, tuple[type[msgspec.Struct], str]] = {
-    "path": (PathQuery, "PathRAG: scored traversal from a start entity"),
-    "entity": (EntityQuery, "One entity by id"),
-    "relationships": (RelationshipsQuery, "An entity's outgoing and incoming edges"),
-    "predicate": (PredicateQuery, "Entities having a predicate (equal to a value)"),
-    "alias": (AliasQuery, "The entity known by an alias (alias index)"),
-    "spatial": (SpatialQuery, "Entities in a box or within a radius (spatial index)"),
-    "temporal": (TemporalQuery, "Entities updated in a time range (temporal index)"),
-}
 _OBJECT = {"type": "object"}
 _ERROR = {
     "description": "error",
@@ -67,7 +50,8 @@ def _body(schema: dict[str, Any], media: str = "application/json") -> dict[str, 
 
 def _query_paths() -> dict[str, Any]:
     paths = {}
-    for name, (kind, summary) in _QUERIES.items():
+    for name, kind in QUERY_REQUESTS.items():
+        summary = (kind.__doc__ or name).split(":", 1)[-1].strip().rstrip(".")
         paths[f"/graph/query/{name}"] = {
             "post": {
                 "summary": f"{summary} (also NATS graph.query.{name})",
@@ -185,7 +169,7 @@ def _service_paths() -> dict[str, Any]:
 
 def openapi_document() -> dict[str, Any]:
     """The OpenAPI 3.1 document of the HTTP API."""
-    kinds = [kind for kind, _ in _QUERIES.values()] + [EntityEvent, EntityRecord, ExportRequest]
+    kinds = [*QUERY_REQUESTS.values(), EntityEvent, EntityRecord, ExportRequest]
     _, components = msgspec.json.schema_components(
         kinds, ref_template="#/components/schemas/{name}"
     )

@@ -27,7 +27,7 @@ Direction = Literal["outgoing", "incoming", "both"]
 
 
 class PathQuery(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """A PathRAG request (the JSON body of ``POST /graph/query/path``)."""
+    """``graph.query.path``: PathRAG, a scored traversal from a start entity."""
 
     start_entity: Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
     direction: Direction = "outgoing"

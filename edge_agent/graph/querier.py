@@ -32,17 +32,18 @@ from edge_agent.graph.store import GraphStore
 from edge_agent.metrics import Metrics
 from edge_agent.tracing import span
 
-__all__ = ["QUERY_NAMES", "Querier"]
+__all__ = ["QUERY_NAMES", "QUERY_REQUESTS", "Querier"]
 
 _encoder = msgspec.json.Encoder()
 _T = TypeVar("_T")
 
 
-class _Empty(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """A request with no fields (``stats``)."""
+class StatsQuery(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """``graph.query.stats``: counts of entities, triples and edges (no fields)."""
 
 
-_REQUESTS: dict[str, type[msgspec.Struct]] = {
+#: Each query name and the Struct its JSON request decodes into.
+QUERY_REQUESTS: dict[str, type[msgspec.Struct]] = {
     "path": PathQuery,
     "entity": EntityQuery,
     "relationships": RelationshipsQuery,
@@ -50,10 +51,10 @@ _REQUESTS: dict[str, type[msgspec.Struct]] = {
     "alias": AliasQuery,
     "spatial": SpatialQuery,
     "temporal": TemporalQuery,
-    "stats": _Empty,
+    "stats": StatsQuery,
 }
 #: The queries served, as ``graph.query.<name>`` and ``POST /graph/query/<name>``.
-QUERY_NAMES = tuple(_REQUESTS)
+QUERY_NAMES = tuple(QUERY_REQUESTS)
 
 
 class Querier:
@@ -98,7 +99,7 @@ class Querier:
             return status, body
 
     def _handle(self, name: str, body: bytes) -> tuple[int, bytes]:
-        kind = _REQUESTS.get(name)
+        kind = QUERY_REQUESTS.get(name)
         if kind is None:
             return 404, _encoder.encode({"error": f"unknown query {name!r}"})
         try:

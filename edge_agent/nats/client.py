@@ -145,10 +145,31 @@ async def connect(
         raise NatsServerError(f"cannot connect to NATS at {', '.join(urls)}: {exc}") from exc
 
 
-async def _add_or_update(js: JetStreamContext, stream: StreamConfig) -> None:
-    assert stream.name is not None
+async def ensure_stream(
+    js: JetStreamContext,
+    name: str,
+    subjects: str,
+    *,
+    work_queue: bool,
+    max_bytes: int,
+) -> None:
+    """Create a file-backed stream, or update it when its limits or subjects changed.
+
+    A work queue refuses new messages when full (nothing held is dropped); any other
+    stream keeps the newest messages within its byte limit.
+    """
+    stream = StreamConfig(
+        name=name,
+        subjects=[subjects],
+        retention=RetentionPolicy.WORK_QUEUE if work_queue else RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        discard=DiscardPolicy.NEW if work_queue else DiscardPolicy.OLD,
+        max_bytes=max_bytes,
+        max_msg_size=_MAX_MESSAGE_BYTES,
+        duplicate_window=120.0,
+    )
     try:
-        current = (await js.stream_info(stream.name)).config
+        current = (await js.stream_info(name)).config
     except NotFoundError:
         await js.add_stream(stream)
         return
@@ -163,35 +184,18 @@ async def _add_or_update(js: JetStreamContext, stream: StreamConfig) -> None:
 async def ensure_streams(js: JetStreamContext, limits: JetStreamConfig) -> None:
     """Create or update the entity stream and the dead-letter stream.
 
-    The entity stream is a work queue that refuses new messages when full: an event is
-    either held until the graph has it or refused to its producer, never dropped.
-    Dead letters keep the newest within their byte limit.
+    The entity stream is a work queue: an event is either held until the graph has it
+    or refused to its producer, never dropped. Dead letters keep the newest.
     """
-    await _add_or_update(
-        js,
-        StreamConfig(
-            name=ENTITY_STREAM,
-            subjects=[ENTITY_SUBJECTS],
-            retention=RetentionPolicy.WORK_QUEUE,
-            storage=StorageType.FILE,
-            discard=DiscardPolicy.NEW,
-            max_bytes=limits.max_bytes,
-            max_msg_size=_MAX_MESSAGE_BYTES,
-            duplicate_window=120.0,
-        ),
+    await ensure_stream(
+        js, ENTITY_STREAM, ENTITY_SUBJECTS, work_queue=True, max_bytes=limits.max_bytes
     )
-    await _add_or_update(
+    await ensure_stream(
         js,
-        StreamConfig(
-            name=DEAD_LETTER_STREAM,
-            subjects=[DEAD_LETTER_SUBJECTS],
-            retention=RetentionPolicy.LIMITS,
-            storage=StorageType.FILE,
-            discard=DiscardPolicy.OLD,
-            max_bytes=limits.dead_letter_max_bytes,
-            max_msg_size=_MAX_MESSAGE_BYTES,
-            duplicate_window=120.0,
-        ),
+        DEAD_LETTER_STREAM,
+        DEAD_LETTER_SUBJECTS,
+        work_queue=False,
+        max_bytes=limits.dead_letter_max_bytes,
     )
 
 
