@@ -26,7 +26,7 @@ from edge_agent.api.security import server_ssl_context
 from edge_agent.api.server import HttpServer
 from edge_agent.config import Config, SimulatorConfig
 from edge_agent.config.runtime import change_graph_settings, runtime_values
-from edge_agent.errors import ConfigError, NatsServerError
+from edge_agent.errors import NatsServerError
 from edge_agent.graph import GraphStore
 from edge_agent.graph.querier import Querier
 from edge_agent.ingest.dead_letters import DeadLetters

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
+import ssl
 import sys
 import urllib.error
 import urllib.request
@@ -131,10 +132,21 @@ def cmd_stats(args: argparse.Namespace) -> int:
     url = args.url
     if url is None:
         service = _load(args.config).services.service_manager.config
-        url = f"http://{service.http_host}:{service.http_port}"
+        scheme = "https" if service.tls else "http"
+        url = f"{scheme}://{service.http_host}:{service.http_port}"
+    request = urllib.request.Request(f"{url.rstrip('/')}/graph/stats")
+    if args.token_file:
+        # A file, not an argument: a token on the command line shows in `ps`.
+        request.add_header("Authorization", f"Bearer {Path(args.token_file).read_text().strip()}")
+    context = ssl.create_default_context(cafile=args.cafile) if args.cafile else None
     try:
-        with urllib.request.urlopen(f"{url.rstrip('/')}/graph/stats", timeout=10) as reply:
+        with urllib.request.urlopen(request, timeout=10, context=context) as reply:
             print(reply.read().decode())
+    except urllib.error.HTTPError as exc:
+        print(
+            f"edge-agent stats: {url} answered {exc.code}: {exc.read().decode()}", file=sys.stderr
+        )
+        return EXIT_FAILURE
     except (urllib.error.URLError, OSError) as exc:
         print(f"edge-agent stats: cannot reach {url}: {exc}", file=sys.stderr)
         return EXIT_FAILURE
@@ -164,6 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     stats = commands.add_parser("stats", help="show the graph stats of a running agent")
     stats.add_argument("--url", help="the agent's API, e.g. http://127.0.0.1:8080")
     stats.add_argument("--config", "-c", help="config file naming the API port")
+    stats.add_argument("--token-file", help="file holding a JWT for an API with auth on")
+    stats.add_argument("--cafile", help="CA bundle to trust for an https API")
     stats.set_defaults(func=cmd_stats)
     return parser
 

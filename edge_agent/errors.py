@@ -4,6 +4,7 @@ Callers catch :class:`SemStreamsError`; library exceptions (sqlite3, nats, msgsp
 are converted at the edge of the capability that raised them, ``from`` the original::
 
     SemStreamsError
+    ├── AuthError          an HTTP request's bearer token is refused; ``reason`` says why
     ├── ConfigError        a config file or value is wrong; the message names the key path
     ├── EventError         an entity event is malformed; ``reason`` is a metric label
     ├── GraphError         the SQLite store refused an operation
@@ -16,6 +17,7 @@ are converted at the edge of the capability that raised them, ``from`` the origi
 from __future__ import annotations
 
 __all__ = [
+    "AuthError",
     "BadQueryError",
     "ConfigError",
     "EventError",
@@ -29,6 +31,17 @@ __all__ = [
 
 class SemStreamsError(Exception):
     """Base class of every error the agent raises on purpose."""
+
+
+class AuthError(SemStreamsError):
+    """A request's credentials are refused; ``reason`` is the short cause sent to the client.
+
+    The reason never quotes the token: it may be a valid credential for another service.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 class ConfigError(SemStreamsError):

@@ -86,6 +86,11 @@ class Metrics:
             "Restarts of the embedded nats-server after it died.",
             registry=registry,
         )
+        self.rate_limited = Counter(
+            "semstreams_rate_limited",
+            "HTTP requests refused with 429 by the per-client rate limit.",
+            registry=registry,
+        )
 
     def exposition(self) -> bytes:
         """The Prometheus text format of every metric."""

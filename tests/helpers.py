@@ -15,9 +15,13 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import jwt
+
 from edge_agent.config import Config, load_config_bytes
 
 FIXTURES = Path(__file__).parent / "fixtures"
+#: An HS256 secret long enough for the config loader (32 bytes or more).
+JWT_SECRET = "test-secret-0123456789abcdef0123456789"
 
 
 def free_port() -> int:
@@ -36,6 +40,19 @@ def event(entity_id: str, entity_type: str = "drone", **properties: Any) -> dict
 def ndjson(events: list[dict[str, Any]]) -> bytes:
     """Events as NDJSON bytes."""
     return b"".join(json.dumps(e).encode() + b"\n" for e in events)
+
+
+def token(
+    secret: str = JWT_SECRET, *, issuer: str = "semstreams", ttl: float = 300, **claims: Any
+) -> str:
+    """An HS256 JWT from ``issuer`` expiring in ``ttl`` seconds; ``claims`` override or add."""
+    payload: dict[str, Any] = {"iss": issuer, "exp": int(time.time() + ttl), **claims}
+    return jwt.encode({k: v for k, v in payload.items() if v is not None}, secret, "HS256")
+
+
+def bearer(raw: str | None = None, **kwargs: Any) -> dict[str, str]:
+    """An ``Authorization: Bearer`` header with ``raw`` or a fresh :func:`token`."""
+    return {"authorization": f"Bearer {raw if raw is not None else token(**kwargs)}"}
 
 
 def config_dict(state_dir: Path, **sections: Any) -> dict[str, Any]:
@@ -144,3 +161,19 @@ class AgentProcess:
         assert status == 200, body
         result: dict[str, Any] = body
         return result
+
+
+async def cli(*args: str, stdin: bytes = b"") -> tuple[int, str, str]:
+    """Run ``edge-agent ARGS`` in a child process; (exit code, stdout, stderr)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "edge_agent.cli",
+        *args,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(stdin), 60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()

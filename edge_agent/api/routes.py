@@ -7,7 +7,9 @@ from starlette.routing import Route
 
 from edge_agent.api import admin, views
 from edge_agent.api.openapi import openapi
+from edge_agent.api.security import security_middleware
 from edge_agent.api.views import AgentServices
+from edge_agent.config import AuthConfig, RateLimitConfig
 
 __all__ = ["ROUTES", "build_app"]
 
@@ -26,8 +28,16 @@ ROUTES = [
 ]
 
 
-def build_app(agent: AgentServices) -> Starlette:
-    """The ASGI app serving ``agent``."""
-    app = Starlette(routes=ROUTES)
+def build_app(
+    agent: AgentServices,
+    *,
+    auth: AuthConfig | None = None,
+    rate_limit: RateLimitConfig | None = None,
+) -> Starlette:
+    """The ASGI app serving ``agent``, behind the bearer auth and rate limit given (none)."""
+    middleware = security_middleware(
+        auth or AuthConfig(), rate_limit or RateLimitConfig(), agent.metrics
+    )
+    app = Starlette(routes=ROUTES, middleware=middleware)
     app.state.agent = agent
     return app

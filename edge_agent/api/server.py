@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 from collections.abc import Iterator
 from typing import Any
 
@@ -31,12 +32,16 @@ class HttpServer:
         app: the ASGI app.
         host: the address to bind.
         port: the port (0 picks a free one; see :attr:`port` after :meth:`start`).
+        ssl_context: serve HTTPS with this server context; ``None`` serves plain HTTP.
     """
 
-    def __init__(self, app: Any, *, host: str, port: int) -> None:
+    def __init__(
+        self, app: Any, *, host: str, port: int, ssl_context: ssl.SSLContext | None = None
+    ) -> None:
         self._app = app
         self.host = host
         self.port = port
+        self._ssl_context = ssl_context
         self._server: _Server | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -62,6 +67,11 @@ class HttpServer:
             access_log=False,
             timeout_graceful_shutdown=5,
         )
+        if self._ssl_context is not None:
+            # uvicorn builds a context only from file paths, with its own cipher string;
+            # load the config now and hand it ours. serve() skips load() once loaded.
+            config.load()
+            config.ssl = self._ssl_context
         self._server = _Server(config)
         self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name="http")
         while not self._server.started:

@@ -27,6 +27,7 @@ STATE_DIR_ENV = "SEMSTREAMS_STATE_DIR"
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _MSGSPEC_AT = re.compile(r"^(?P<cause>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.DOTALL)
 _SUBJECT_PREFIX = "events.graph.entity."
+_MIN_HS256_SECRET = 32
 _T = TypeVar("_T")
 
 
@@ -138,12 +139,7 @@ def _check(config: Config) -> list[str]:
             f"graph.config.input_subject: {subject!r} must lie under {_SUBJECT_PREFIX}> "
             "(e.g. events.graph.entity.drone)"
         )
-    auth = config.services.service_manager.config.auth
-    if auth.type == "jwt" and not auth.jwt_secret:
-        problems.append(
-            "services.service-manager.config.auth.jwt_secret: must not be empty when type is "
-            "jwt (is the environment variable it names set?)"
-        )
+    problems += _check_http(config)
     seen: set[str] = set()
     for index, component in enumerate(config.components):
         if component.id in seen:
@@ -155,4 +151,32 @@ def _check(config: Config) -> list[str]:
     tls = config.nats.tls
     if tls and bool(tls.cert_file) != bool(tls.key_file):
         problems.append("nats.tls: cert_file and key_file must be given together")
+    return problems
+
+
+def _check_http(config: Config) -> list[str]:
+    """The API listener's auth and TLS settings."""
+    problems = []
+    where = "services.service-manager.config"
+    service = config.services.service_manager.config
+    auth = service.auth
+    secret = auth.jwt_secret.encode()
+    if auth.type == "jwt" and not secret:
+        problems.append(
+            f"{where}.auth.jwt_secret: must not be empty when type is jwt "
+            "(is the environment variable it names set?)"
+        )
+    elif auth.type == "jwt" and len(secret) < _MIN_HS256_SECRET:
+        # RFC 7518 section 3.2: an HS256 key MUST be at least as long as the hash output.
+        problems.append(
+            f"{where}.auth.jwt_secret: too short for HS256 ({len(secret)} bytes); "
+            f"use at least {_MIN_HS256_SECRET} random bytes"
+        )
+    for index, prefix in enumerate(auth.open_paths):
+        if not prefix.startswith("/"):
+            problems.append(f"{where}.auth.open_paths[{index}]: {prefix!r} must start with /")
+    tls = service.tls
+    if tls and bool(tls.cert_file) != bool(tls.key_file):
+        missing, given = ("key_file", "cert_file") if tls.cert_file else ("cert_file", "key_file")
+        problems.append(f"{where}.tls.{missing}: required when {given} is set")
     return problems

@@ -183,7 +183,7 @@ class AuthConfig(_Section, frozen=True):
     type: Literal["none", "jwt"] = "none"
     jwt_secret: str = ""
     jwt_issuer: str = ""
-    open_paths: tuple[str, ...] = ("/health", "/metrics")
+    open_paths: tuple[str, ...] = ("/health", "/metrics", "/openapi.json")
 
 
 class HttpTlsConfig(_Section, frozen=True):

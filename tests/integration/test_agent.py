@@ -16,7 +16,7 @@ from edge_agent.model import REASONS
 from edge_agent.nats.server import EmbeddedNatsServer
 from edge_agent.nats.subjects import DEAD_LETTER_STREAM, ENTITY_STREAM
 from tests.conftest import StartAgent
-from tests.helpers import FIXTURES, event, free_port, ndjson, wait_for
+from tests.helpers import FIXTURES, JWT_SECRET, bearer, event, free_port, ndjson, wait_for
 
 
 def api(agent: Agent) -> httpx.AsyncClient:
@@ -216,10 +216,22 @@ async def test_auto_mode_connects_when_a_local_server_answers(
         await server.stop()
 
 
-async def test_jwt_auth_is_refused_rather_than_ignored(start_agent: StartAgent) -> None:
-    secret = {"type": "jwt", "jwt_secret": "s", "jwt_issuer": "semstreams"}
-    with pytest.raises(ConfigError, match="auth"):
-        await start_agent(services={"service-manager": {"config": {"auth": secret}}})
+async def test_jwt_auth_is_enforced(start_agent: StartAgent) -> None:
+    auth = {"type": "jwt", "jwt_secret": JWT_SECRET, "jwt_issuer": "semstreams"}
+    agent = await start_agent(
+        services={"service-manager": {"config": {"http_port": free_port(), "auth": auth}}}
+    )
+    async with api(agent) as client:
+        refused = await client.get("/graph/stats")
+        assert refused.status_code == 401
+        assert refused.json() == {"error": "missing bearer token"}
+        assert (await client.get("/graph/stats", headers=bearer())).status_code == 200
+
+
+async def test_short_jwt_secret_is_refused(start_agent: StartAgent) -> None:
+    auth = {"type": "jwt", "jwt_secret": "s", "jwt_issuer": "semstreams"}
+    with pytest.raises(ConfigError, match="jwt_secret"):
+        await start_agent(services={"service-manager": {"config": {"auth": auth}}})
 
 
 async def test_metrics_listener_from_services_metrics(start_agent: StartAgent) -> None:

@@ -4,25 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 
 from edge_agent.app import Agent
-from tests.helpers import FIXTURES, wait_for
-
-
-async def cli(*args: str, stdin: bytes = b"") -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "edge_agent.cli",
-        *args,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(stdin), 60)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+from tests.helpers import FIXTURES, cli, wait_for
 
 
 async def test_publish_file_then_stats(agent: Agent) -> None:

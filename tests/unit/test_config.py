@@ -15,7 +15,11 @@ from edge_agent.errors import ConfigError
 from tests.helpers import FIXTURES
 
 SEED = sorted((FIXTURES / "seed").glob("*.json"))
-SEED_ENV = {"JWT_SECRET": "s3cret", "INSTANCE_ID": "edge-7", "REGION": "us-west-2"}
+SEED_ENV = {
+    "JWT_SECRET": "s3cret-s3cret-s3cret-s3cret-s3cret",
+    "INSTANCE_ID": "edge-7",
+    "REGION": "us-west-2",
+}
 
 
 def problems(raw: dict[str, object], env: dict[str, str] | None = None) -> list[str]:
@@ -55,7 +59,11 @@ def test_seed_keys_take_effect() -> None:
         "region": "us-west-2",
     }
     jwt = load_config(FIXTURES / "seed/11-jwt-auth.json", env=SEED_ENV)
-    assert jwt.services.service_manager.config.auth.jwt_secret == "s3cret"
+    auth = jwt.services.service_manager.config.auth
+    assert auth.jwt_secret == SEED_ENV["JWT_SECRET"]
+    assert auth.jwt_issuer == "semstreams"
+    assert auth.open_paths == ("/health", "/metrics", "/openapi.json")
+    assert jwt.services.service_manager.config.tls is None
 
 
 def test_misspelt_key_names_its_path() -> None:
@@ -99,6 +107,30 @@ def test_misspelt_key_names_its_path() -> None:
         (
             {"services": {"service-manager": {"config": {"auth": {"type": "jwt"}}}}},
             "services.service-manager.config.auth.jwt_secret: must not be empty",
+        ),
+        (
+            {
+                "services": {
+                    "service-manager": {"config": {"auth": {"type": "jwt", "jwt_secret": "s"}}}
+                }
+            },
+            "services.service-manager.config.auth.jwt_secret: too short for HS256 (1 bytes)",
+        ),
+        (
+            {"services": {"service-manager": {"config": {"auth": {"open_paths": ["health"]}}}}},
+            "services.service-manager.config.auth.open_paths[0]: 'health' must start with /",
+        ),
+        (
+            {"services": {"service-manager": {"config": {"tls": {"cert_file": "c.pem"}}}}},
+            "services.service-manager.config.tls.key_file: required when cert_file is set",
+        ),
+        (
+            {"services": {"service-manager": {"config": {"tls": {"key_file": "k.pem"}}}}},
+            "services.service-manager.config.tls.cert_file: required when key_file is set",
+        ),
+        (
+            {"services": {"service-manager": {"config": {"tls": {"ca_file": "ca.pem"}}}}},
+            "services.service-manager.config.tls.ca_file: unknown key",
         ),
     ],
 )

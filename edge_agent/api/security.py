@@ -1,0 +1,331 @@
+"""Bearer-token auth, per-client rate limits and TLS for the HTTP API.
+
+Two pure parts and a thin ASGI shell:
+
+* :class:`JwtVerifier` turns an ``Authorization`` header into claims, or raises
+  :class:`~edge_agent.errors.AuthError` with a short reason for the client;
+* :class:`RateLimiter` keeps one token bucket per client key; callers pass the time
+  in, so it never reads a clock and its tests run in microseconds;
+* :class:`SecurityMiddleware` applies both to each HTTP request outside the open paths.
+
+Tokens and the secret are never logged or echoed: a reason names what was wrong with
+the token, never the token itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import ssl
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import jwt
+from starlette.datastructures import Headers
+from starlette.middleware import Middleware
+from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from edge_agent.config import AuthConfig, HttpTlsConfig, RateLimitConfig
+from edge_agent.errors import AuthError, ConfigError
+from edge_agent.metrics import Metrics
+
+__all__ = [
+    "LEEWAY_S",
+    "MAX_CLIENTS",
+    "JwtVerifier",
+    "RateLimiter",
+    "SecurityMiddleware",
+    "bearer_token",
+    "is_open",
+    "retry_after",
+    "security_middleware",
+    "server_ssl_context",
+]
+
+log = logging.getLogger(__name__)
+
+#: Clock skew tolerated on ``exp``, ``nbf`` and ``iat``: a Pi has no RTC, and its
+#: clock may be a little off from the token issuer's until NTP catches up.
+LEEWAY_S = 30.0
+#: Clients whose buckets are tracked at once; past this the least recently seen goes.
+MAX_CLIENTS = 10_000
+
+_MISSING = "missing bearer token"
+_ALGORITHMS = ["HS256"]
+# Checked in order, first match wins: InvalidSignatureError is a kind of DecodeError.
+_REASONS: tuple[tuple[type[jwt.PyJWTError], str], ...] = (
+    (jwt.ExpiredSignatureError, "token expired"),
+    (jwt.InvalidSignatureError, "bad signature"),
+    (jwt.InvalidIssuerError, "wrong issuer"),
+    (jwt.InvalidAudienceError, "wrong audience"),
+    (jwt.ImmatureSignatureError, "token not yet valid"),
+    (jwt.InvalidAlgorithmError, "algorithm not allowed (HS256 only)"),
+    (jwt.DecodeError, "malformed token"),
+)
+
+
+def bearer_token(authorization: str | None) -> str:
+    """The token of an ``Authorization: Bearer <token>`` header value.
+
+    Raises:
+        AuthError: the header is absent, or is not ``Bearer`` followed by a token.
+    """
+    if not authorization:
+        raise AuthError(_MISSING)
+    scheme, _, token = authorization.strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise AuthError("malformed authorization header: expected 'Bearer <token>'")
+    return token.strip()
+
+
+class JwtVerifier:
+    """Verify HS256 bearer tokens against one shared secret.
+
+    A token must carry ``exp``: a token that never expires cannot be revoked short of
+    changing the secret for every client. With an ``issuer``, ``iss`` must equal it.
+
+    Args:
+        secret: the HMAC key (the config loader requires at least 32 bytes).
+        issuer: the required ``iss``; empty accepts any issuer.
+        leeway: seconds of clock skew tolerated on the time claims.
+    """
+
+    def __init__(self, secret: str, issuer: str = "", *, leeway: float = LEEWAY_S) -> None:
+        self._secret = secret
+        self._issuer = issuer
+        self._leeway = leeway
+        self._require = ["exp", "iss"] if issuer else ["exp"]
+
+    def __repr__(self) -> str:
+        return f"JwtVerifier(issuer={self._issuer!r})"
+
+    def verify(self, authorization: str | None) -> dict[str, Any]:
+        """The claims of the token in an ``Authorization`` header value.
+
+        Raises:
+            AuthError: no token, or a token that is malformed, expired, not yet valid,
+                badly signed, of another algorithm, or from the wrong issuer.
+        """
+        token = bearer_token(authorization)
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                self._secret,
+                algorithms=_ALGORITHMS,
+                issuer=self._issuer or None,
+                leeway=self._leeway,
+                options={"require": self._require, "enforce_minimum_key_length": True},
+            )
+        except jwt.MissingRequiredClaimError as exc:
+            raise AuthError(f"token has no {exc.claim} claim") from exc
+        except jwt.PyJWTError as exc:
+            reason = next((r for kind, r in _REASONS if isinstance(exc, kind)), "invalid token")
+            raise AuthError(reason) from exc
+        return claims
+
+
+class RateLimiter:
+    """One token bucket per client key, given the time on every call.
+
+    A bucket starts with ``burst`` tokens, each request takes one, and tokens come back
+    at ``rate`` per second up to ``burst``. A bucket idle long enough to have refilled
+    is the same as a new one, so it is forgotten; past ``max_clients`` buckets the least
+    recently seen is forgotten too, which gives that client a fresh burst: memory stays
+    bounded at the cost of exactness under a flood of distinct clients.
+
+    Args:
+        rate: tokens per second (> 0).
+        burst: bucket size (>= 1).
+        max_clients: buckets kept at most (>= 1).
+
+    Raises:
+        ValueError: a non-positive rate, burst or max_clients.
+    """
+
+    def __init__(self, rate: float, burst: int, *, max_clients: int = MAX_CLIENTS) -> None:
+        if rate <= 0 or burst < 1 or max_clients < 1:
+            raise ValueError("rate, burst and max_clients must be positive")
+        self.rate = rate
+        self.burst = burst
+        self.max_clients = max_clients
+        self._refill_s = burst / rate
+        # key -> (tokens, time of the last update); ordered least recently seen first.
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+
+    @classmethod
+    def per_minute(cls, requests_per_minute: int, burst: int, **kwargs: Any) -> RateLimiter:
+        """A limiter from the config's ``requests_per_minute`` and ``burst``."""
+        return cls(requests_per_minute / 60.0, burst, **kwargs)
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def acquire(self, key: str, now: float) -> float:
+        """Take a token from ``key``'s bucket at time ``now`` (seconds, never decreasing).
+
+        Returns:
+            0.0 when the request may go ahead; else the seconds until a token is back.
+        """
+        tokens, then = self._buckets.pop(key, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + max(0.0, now - then) * self.rate)
+        if tokens >= 1.0:
+            tokens, wait = tokens - 1.0, 0.0
+        else:
+            wait = (1.0 - tokens) / self.rate
+        self._buckets[key] = (tokens, now)
+        self._forget(now)
+        return wait
+
+    def _forget(self, now: float) -> None:
+        # The front is the least recently seen: once it is neither idle nor over the
+        # bound, nothing behind it is.
+        while self._buckets:
+            _, then = next(iter(self._buckets.values()))
+            if len(self._buckets) <= self.max_clients and now - then < self._refill_s:
+                return
+            self._buckets.popitem(last=False)
+
+
+def retry_after(wait: float) -> int:
+    """A ``Retry-After`` value: whole seconds, at least 1."""
+    return max(1, math.ceil(wait))
+
+
+def is_open(path: str, prefixes: Sequence[str]) -> bool:
+    """Whether ``path`` lies under one of ``prefixes``, in whole segments.
+
+    ``/health`` opens ``/health`` and ``/health/x`` but not ``/healthz``.
+    """
+    return any(path == p or path.startswith(p.rstrip("/") + "/") for p in prefixes)
+
+
+class SecurityMiddleware:
+    """ASGI middleware: bearer auth, then the client's rate limit, on each HTTP request.
+
+    Paths under ``open_paths`` skip both. A client is the token's ``sub`` when the
+    token is valid, else its IP address; a refused token is charged to the IP's bucket
+    before the 401, so guessing tokens is rate limited too. Refusals are JSON
+    ``{"error": reason}``: 401 with ``WWW-Authenticate: Bearer``, or 429 with
+    ``Retry-After``. A valid token's claims are in ``request.auth``.
+
+    Args:
+        app: the app to protect.
+        verifier: checks tokens; ``None`` lets every request through unauthenticated.
+        limiter: the per-client buckets; ``None`` means no limit.
+        open_paths: path prefixes that need no token and are never limited.
+        metrics: counts 401s as ``semstreams_errors_total{reason="auth"}`` and 429s
+            as ``semstreams_rate_limited_total``.
+        clock: the time for the limiter (monotonic seconds).
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        verifier: JwtVerifier | None,
+        limiter: RateLimiter | None,
+        open_paths: Sequence[str],
+        metrics: Metrics,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._app = app
+        self._verifier = verifier
+        self._limiter = limiter
+        self._open_paths = tuple(open_paths)
+        self._metrics = metrics
+        self._clock = clock
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not is_open(scope["path"], self._open_paths):
+            refusal = self._refusal(scope)
+            if refusal is not None:
+                await refusal(scope, receive, send)
+                return
+        await self._app(scope, receive, send)
+
+    def _refusal(self, scope: Scope) -> Response | None:
+        """The 401 or 429 answer to this request, or None to let it through."""
+        claims: dict[str, Any] | None = None
+        failure: AuthError | None = None
+        if self._verifier is not None:
+            try:
+                claims = self._verifier.verify(Headers(scope=scope).get("authorization"))
+            except AuthError as exc:
+                failure = exc
+        client = scope["client"][0] if scope.get("client") else "unknown"
+        if self._limiter is not None:
+            sub = claims.get("sub") if claims else None
+            key = f"sub:{sub}" if isinstance(sub, str) and sub else f"ip:{client}"
+            wait = self._limiter.acquire(key, self._clock())
+            if wait > 0:
+                self._metrics.rate_limited.inc()
+                seconds = retry_after(wait)
+                if log.isEnabledFor(logging.DEBUG):
+                    log.debug("< 429 %s %s: over the rate limit", key, scope["path"])
+                return JSONResponse(
+                    {"error": f"rate limit exceeded; retry in {seconds} s"},
+                    429,
+                    {"Retry-After": str(seconds)},
+                )
+        if failure is not None:
+            self._metrics.errors.labels(reason="auth").inc()
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("< 401 %s %s: %s", client, scope["path"], failure.reason)
+            challenge = 'Bearer realm="semstreams"'
+            if failure.reason != _MISSING:
+                challenge += ', error="invalid_token"'
+            return JSONResponse({"error": failure.reason}, 401, {"WWW-Authenticate": challenge})
+        if claims is not None:
+            scope["auth"] = claims
+        return None
+
+
+def security_middleware(
+    auth: AuthConfig, rate_limit: RateLimitConfig, metrics: Metrics
+) -> list[Middleware]:
+    """The middleware that ``auth`` and ``rate_limit`` ask for (none when both are off)."""
+    verifier = JwtVerifier(auth.jwt_secret, auth.jwt_issuer) if auth.type == "jwt" else None
+    limiter = (
+        RateLimiter.per_minute(rate_limit.requests_per_minute, rate_limit.burst)
+        if rate_limit.enabled
+        else None
+    )
+    if verifier is None and limiter is None:
+        return []
+    return [
+        Middleware(
+            SecurityMiddleware,
+            verifier=verifier,
+            limiter=limiter,
+            open_paths=auth.open_paths,
+            metrics=metrics,
+        )
+    ]
+
+
+def server_ssl_context(tls: HttpTlsConfig) -> ssl.SSLContext:
+    """A server TLS context (TLS 1.2 or later) from the listener's cert and key files.
+
+    Raises:
+        ConfigError: a file is missing or unreadable, or the pair does not load;
+            the message names the key.
+    """
+    where = "services.service-manager.config.tls"
+    for key in ("cert_file", "key_file"):
+        path = getattr(tls, key)
+        if not Path(path).is_file():
+            raise ConfigError([f"{where}.{key}: {path!r} is not a file"])
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(tls.cert_file, tls.key_file)
+    except ssl.SSLError as exc:
+        cause = exc.reason or exc.strerror or str(exc)
+        raise ConfigError([f"{where}: cannot load cert_file and key_file: {cause}"]) from exc
+    except OSError as exc:
+        raise ConfigError([f"{where}: cannot read cert_file or key_file: {exc}"]) from exc
+    return context
