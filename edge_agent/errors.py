@@ -11,7 +11,10 @@ are converted at the edge of the capability that raised them, ``from`` the origi
     ├── QueryError         a graph query cannot be answered; ``status`` is its HTTP status
     │   ├── NotFoundError      the entity asked for does not exist (404)
     │   └── BadQueryError      the request is invalid, or needs an index that is off (400)
-    └── NatsServerError    the embedded nats-server could not be started or reached
+    ├── NatsServerError    the embedded nats-server could not be started or reached
+    └── ProtocolError      the sync link broke its protocol
+        ├── LocalProtocolError   we tried something illegal (a bug)
+        └── RemoteProtocolError  the peer did; close the link with this reason
 """
 
 from __future__ import annotations
@@ -22,9 +25,12 @@ __all__ = [
     "ConfigError",
     "EventError",
     "GraphError",
+    "LocalProtocolError",
     "NatsServerError",
     "NotFoundError",
+    "ProtocolError",
     "QueryError",
+    "RemoteProtocolError",
     "SemStreamsError",
 ]
 
@@ -91,3 +97,15 @@ class BadQueryError(QueryError):
     """The request is invalid, or needs an index that config has switched off."""
 
     status = 400
+
+
+class ProtocolError(SemStreamsError):
+    """The sync protocol was broken."""
+
+
+class LocalProtocolError(ProtocolError):
+    """This side tried something the protocol forbids in its state (a bug here)."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer sent something malformed or out of protocol; close with this reason."""

@@ -15,9 +15,15 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from edge_agent.config.schema import COMPONENT_TYPES, ComponentConfig, Config
+from edge_agent.config.schema import (
+    COMPONENT_TYPES,
+    ComponentConfig,
+    Config,
+    WebsocketOutputConfig,
+)
 from edge_agent.config.units import decode_hook
 from edge_agent.errors import ConfigError
+from edge_agent.sync.filters import compile_filter
 
 __all__ = ["STATE_DIR_ENV", "load_config", "load_config_bytes"]
 
@@ -145,6 +151,13 @@ def _check(config: Config) -> list[str]:
         if component.id in seen:
             problems.append(f"components[{index}].id: duplicate id {component.id!r}")
         seen.add(component.id)
+        if isinstance(component.config, WebsocketOutputConfig):
+            try:
+                compile_filter(
+                    component.config.filters, where=f"components[{index}].config.filters"
+                )
+            except ValueError as exc:
+                problems.append(str(exc))
     for index, url in enumerate(config.nats.urls):
         if not re.match(r"^(nats|tls|ws|wss)://[^/]+$", url):
             problems.append(f"nats.urls[{index}]: {url!r} is not a nats:// or tls:// URL")

@@ -97,6 +97,21 @@ def test_misspelt_key_names_its_path() -> None:
             "components[0].config.entitys: unknown key",
         ),
         (
+            {
+                "components": [
+                    {
+                        "id": "out",
+                        "type": "websocket_output",
+                        "config": {
+                            "url": "wss://hub:8080/edge-sync",
+                            "filters": {"priority": {"gte": 3, "around": 1}},
+                        },
+                    }
+                ]
+            },
+            "components[0].config.filters.priority.around: unknown operator",
+        ),
+        (
             {"components": [{"id": "a", "type": "websocket_output", "config": {}}]},
             "components[0].config.url: required key is missing",
         ),

@@ -1,0 +1,134 @@
+"""Sync frames: tagged msgspec Structs, encoded as msgpack, one per WebSocket message.
+
+Compatibility rules: a new field gets a default, a tag is never reused, and decoders
+ignore unknown fields, so an edge and a hub one version apart still understand each
+other.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import msgspec
+
+from edge_agent.errors import RemoteProtocolError
+from edge_agent.model import Scalar
+
+__all__ = [
+    "ENCODINGS",
+    "PROTOCOL_VERSION",
+    "Ack",
+    "Batch",
+    "EntityDelta",
+    "Frame",
+    "Hello",
+    "Nack",
+    "Slow",
+    "Welcome",
+    "decode_frame",
+    "encode_frame",
+]
+
+PROTOCOL_VERSION: Final = 1
+#: Payload encodings, most preferred first.
+ENCODINGS: Final = ("zstd", "zlib", "none")
+
+
+class _Frame(msgspec.Struct, frozen=True, kw_only=True, tag_field="t", tag=str.lower):
+    """Base of every frame; the tag ``t`` is the lower-case class name."""
+
+
+class Hello(_Frame, frozen=True):
+    """Edge → hub, first frame: who I am, my credential, what I have had acked."""
+
+    edge_id: str
+    token: str = ""
+    version: int = PROTOCOL_VERSION
+    acked_seq: int = 0
+    encodings: tuple[str, ...] = ENCODINGS
+
+
+class Welcome(_Frame, frozen=True):
+    """Hub → edge: accepted with the hub's high-water mark and limits, or refused."""
+
+    accepted: bool
+    hwm: int = 0
+    reason: str = ""
+    max_batch_bytes: int = 1 << 20
+    max_bytes_per_second: int = 0
+    encoding: str = "zstd"
+
+
+class Batch(_Frame, frozen=True):
+    """Edge → hub: ``count`` entity deltas, compressed, under a monotonic ``seq``."""
+
+    seq: int
+    encoding: str
+    count: int
+    payload: bytes
+
+
+class Ack(_Frame, frozen=True):
+    """Hub → edge: batch ``seq`` is durable on the hub."""
+
+    seq: int
+
+
+class Nack(_Frame, frozen=True):
+    """Hub → edge: batch ``seq`` was not taken; send it again after ``retry_after`` s."""
+
+    seq: int
+    reason: str
+    retry_after: float = 1.0
+
+
+class Slow(_Frame, frozen=True):
+    """Hub → edge: back-pressure; keep at most ``window`` batches in flight."""
+
+    window: int = 1
+    max_bytes_per_second: int = 0
+
+
+Frame = Hello | Welcome | Batch | Ack | Nack | Slow
+
+
+class EntityDelta(msgspec.Struct, frozen=True, array_like=True):
+    """What changed in one entity since the hub last acked it (array-encoded: compact).
+
+    ``triples`` are (predicate, value, timestamp ms, source); ``edges`` are
+    (predicate, object, weight, timestamp ms, source). A deleted entity has none.
+    """
+
+    entity_id: str
+    entity_type: str
+    version: int
+    updated_at: int
+    priority: int
+    triples: list[tuple[str, Scalar, int, str]] = msgspec.field(default_factory=list)
+    edges: list[tuple[str, str, float, int, str]] = msgspec.field(default_factory=list)
+    aliases: list[str] = msgspec.field(default_factory=list)
+    deleted: bool = False
+
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(Frame)
+
+
+def encode_frame(frame: Frame) -> bytes:
+    """One frame as the bytes of one binary WebSocket message."""
+    return _encoder.encode(frame)
+
+
+def decode_frame(data: bytes, *, max_bytes: int) -> Frame:
+    """Decode one frame.
+
+    Raises:
+        RemoteProtocolError: the frame is over ``max_bytes``, malformed or unknown.
+    """
+    if len(data) > max_bytes:
+        raise RemoteProtocolError(f"frame of {len(data)} bytes is over the {max_bytes} limit")
+    try:
+        frame: Frame = _decoder.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise RemoteProtocolError(f"malformed frame: {exc}") from exc
+    return frame

@@ -1,0 +1,253 @@
+"""The sync protocol without sockets: frames, codec, filters, both state machines."""
+
+from __future__ import annotations
+
+import ast
+import zlib
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from edge_agent.errors import LocalProtocolError, RemoteProtocolError
+from edge_agent.sync.codec import decode_deltas, encode_deltas
+from edge_agent.sync.filters import compile_filter
+from edge_agent.sync.frames import (
+    Ack,
+    Batch,
+    EntityDelta,
+    Hello,
+    Nack,
+    Slow,
+    Welcome,
+    decode_frame,
+    encode_frame,
+)
+from edge_agent.sync.protocol import EdgeProtocol, HubProtocol, State
+
+SYNC = Path(__file__).resolve().parents[3] / "edge_agent" / "sync"
+
+
+def exchange(src: EdgeProtocol | HubProtocol, dst: EdgeProtocol | HubProtocol) -> list[object]:
+    """Deliver everything ``src`` has to send to ``dst``; return what ``dst`` received."""
+    for chunk in src.data_to_send():
+        dst.receive_data(chunk)
+    return list(dst.events_received())
+
+
+def connected(hwm: int = 0, window: int = 3) -> tuple[EdgeProtocol, HubProtocol]:
+    edge, hub = EdgeProtocol("edge-1", "t0k3n", window=window), HubProtocol()
+    [hello] = exchange(edge, hub)
+    assert isinstance(hello, Hello) and hello.token == "t0k3n"
+    hub.accept(hwm)
+    [welcome] = exchange(hub, edge)
+    assert isinstance(welcome, Welcome) and welcome.accepted
+    return edge, hub
+
+
+def delta(entity_id: str = "UAV-1", **fields: object) -> EntityDelta:
+    base = {
+        "entity_id": entity_id,
+        "entity_type": "drone",
+        "version": 3,
+        "updated_at": 1_700_000_000_000,
+        "priority": 5,
+        "triples": [("battery", 80.5, 1_700_000_000_000, "sim"), ("geo.lat", 37.7, 1, "sim")],
+        "edges": [("member_of", "fleet-west", 1.0, 1, "sim")],
+        **fields,
+    }
+    return EntityDelta(**base)  # type: ignore[arg-type]
+
+
+def test_the_sync_core_does_no_io() -> None:
+    banned = {"asyncio", "socket", "websockets", "nats", "sqlite3", "threading"}
+    for path in SYNC.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            assert not {n.split(".")[0] for n in names} & banned, path.name
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        Hello(edge_id="e", token="t", acked_seq=7),
+        Welcome(accepted=True, hwm=9, encoding="zlib"),
+        Welcome(accepted=False, reason="bad credential"),
+        Batch(seq=3, encoding="zstd", count=2, payload=b"\x00\x01"),
+        Ack(seq=3),
+        Nack(seq=4, reason="busy", retry_after=2.5),
+        Slow(window=1, max_bytes_per_second=8000),
+    ],
+)
+def test_frames_round_trip(frame: object) -> None:
+    assert decode_frame(encode_frame(frame), max_bytes=1 << 20) == frame  # type: ignore[arg-type]
+
+
+def test_unknown_fields_are_tolerated_for_mixed_versions() -> None:
+    newer = msgspec.msgpack.encode({"t": "ack", "seq": 5, "added_in_v2": [1, 2]})
+    assert decode_frame(newer, max_bytes=100) == Ack(seq=5)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"\xc1garbage", "malformed frame"),
+        (msgspec.msgpack.encode({"t": "teleport"}), "malformed frame"),
+        (msgspec.msgpack.encode({"t": "ack"}), "malformed frame"),
+        (b"x" * 101, "over the 100 limit"),
+    ],
+)
+def test_bad_frames(data: bytes, message: str) -> None:
+    with pytest.raises(RemoteProtocolError, match=message):
+        decode_frame(data, max_bytes=100)
+
+
+@pytest.mark.parametrize("encoding", ["zstd", "zlib", "none"])
+def test_codec_round_trip(encoding: str) -> None:
+    deltas = [delta(f"UAV-{i}") for i in range(50)] + [delta("gone", deleted=True, triples=[])]
+    payload, raw = encode_deltas(deltas, encoding)
+    assert decode_deltas(payload, encoding, max_bytes=raw) == deltas
+    if encoding != "none":
+        assert len(payload) < raw / 3
+
+
+def test_codec_refuses_bombs_and_garbage() -> None:
+    bomb = zlib.compress(b"\x00" * 10_000_000)
+    with pytest.raises(RemoteProtocolError, match="expands past"):
+        decode_deltas(bomb, "zlib", max_bytes=1 << 20)
+    with pytest.raises(RemoteProtocolError, match="corrupt zlib"):
+        decode_deltas(b"not zlib", "zlib", max_bytes=1 << 20)
+    with pytest.raises(RemoteProtocolError, match="corrupt zstd"):
+        decode_deltas(b"not zstd", "zstd", max_bytes=1 << 20)
+    with pytest.raises(RemoteProtocolError, match="unknown payload encoding"):
+        decode_deltas(b"", "brotli", max_bytes=1 << 20)
+    with pytest.raises(RemoteProtocolError, match="malformed batch"):
+        decode_deltas(b"\x93\x01\x02\x03", "none", max_bytes=1 << 20)
+
+
+def test_handshake_resume_and_window() -> None:
+    edge, hub = connected(hwm=10, window=2)
+    assert edge.state == hub.state == State.SYNCING
+    assert edge.hwm == 10
+    with pytest.raises(LocalProtocolError, match="at/below"):
+        edge.send_batch(10, 1, b"")
+    edge.send_batch(11, 1, b"a")
+    edge.send_batch(12, 1, b"b")
+    assert not edge.can_send()
+    with pytest.raises(LocalProtocolError, match="window of 2"):
+        edge.send_batch(13, 1, b"c")
+    received = exchange(edge, hub)
+    assert [b.seq for b in received] == [11, 12]  # type: ignore[attr-defined]
+    hub.ack(11)
+    hub.nack(12, "store busy", retry_after=3)
+    answers = exchange(hub, edge)
+    assert answers == [Ack(seq=11), Nack(seq=12, reason="store busy", retry_after=3)]
+    assert edge.in_flight == set() and edge.hwm == 11 and hub.hwm == 11
+    assert edge.can_send()
+
+
+def test_hub_recognises_a_resend() -> None:
+    _, hub = connected(hwm=5)
+    assert hub.is_duplicate(Batch(seq=5, encoding="none", count=0, payload=b""))
+    assert not hub.is_duplicate(Batch(seq=6, encoding="none", count=0, payload=b""))
+
+
+def test_slow_only_shrinks_the_window() -> None:
+    edge, hub = connected(window=4)
+    hub.slow(window=1)
+    exchange(hub, edge)
+    assert edge.window == 1
+    hub.slow(window=8)
+    exchange(hub, edge)
+    assert edge.window == 1
+
+
+def test_refusal_closes_without_reading_batches() -> None:
+    edge, hub = EdgeProtocol("edge-1", "wrong"), HubProtocol()
+    exchange(edge, hub)
+    hub.refuse("bad credential")
+    exchange(hub, edge)
+    assert edge.state == hub.state == State.CLOSED
+    assert edge.refusal == "bad credential"
+    with pytest.raises(RemoteProtocolError, match="unexpected Batch frame while closed"):
+        hub.receive_data(encode_frame(Batch(seq=1, encoding="none", count=0, payload=b"")))
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        Batch(seq=1, encoding="none", count=0, payload=b""),  # before Welcome
+        Ack(seq=1),  # a hub frame sent to the hub
+    ],
+)
+def test_out_of_protocol_frames_on_the_hub(frame: object) -> None:
+    hub = HubProtocol()
+    with pytest.raises(RemoteProtocolError, match="unexpected"):
+        hub.receive_data(encode_frame(frame))  # type: ignore[arg-type]
+
+
+def test_hub_refuses_replays_and_second_hello() -> None:
+    edge, hub = connected()
+    edge.send_batch(1, 0, b"")
+    [data] = edge.data_to_send()
+    hub.receive_data(data)
+    with pytest.raises(RemoteProtocolError, match="sent twice"):
+        hub.receive_data(data)
+    other = HubProtocol()
+    hello = encode_frame(Hello(edge_id="e"))
+    other.receive_data(hello)
+    with pytest.raises(RemoteProtocolError, match="second Hello"):
+        other.receive_data(hello)
+    with pytest.raises(RemoteProtocolError, match="version 9"):
+        HubProtocol().receive_data(encode_frame(Hello(edge_id="e", version=9)))
+
+
+def test_edge_refuses_acks_for_unknown_batches() -> None:
+    edge, _ = connected()
+    with pytest.raises(RemoteProtocolError, match="not in flight"):
+        edge.receive_data(encode_frame(Ack(seq=99)))
+
+
+def test_hub_cannot_ack_what_it_never_got() -> None:
+    _, hub = connected()
+    with pytest.raises(LocalProtocolError, match="no batch 4"):
+        hub.ack(4)
+
+
+def test_filters_select_entities_and_predicates() -> None:
+    spec = {
+        "priority": {"gte": 3},
+        "entity_type": {"in": ["drone"]},
+        "entity_id": {"prefix": "UAV-"},
+        "properties.battery": {"lt": 90},
+        "predicate": {"ne": "geo.lat"},
+    }
+    rule = compile_filter(spec)
+    kept = rule.apply(delta(), {"battery": 80.5})
+    assert kept is not None
+    assert [t[0] for t in kept.triples] == ["battery"]
+    assert [e[0] for e in kept.edges] == ["member_of"]
+    assert rule.apply(delta(priority=2), {"battery": 80.5}) is None
+    assert rule.apply(delta(entity_type="fleet"), {"battery": 1}) is None
+    assert rule.apply(delta("X-1"), {"battery": 1}) is None
+    assert rule.apply(delta(), {"battery": 95}) is None
+    assert rule.apply(delta(), {}) is None  # a missing property never matches
+    assert rule.apply(delta(), {"battery": "low"}) is None  # nor a value of another type
+    assert compile_filter({}).apply(delta(), {}) == delta()
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"colour": {"eq": 1}}, "filters.colour: unknown field"),
+        ({"priority": {"greater": 1}}, "filters.priority.greater: unknown operator"),
+        ({"priority": 3}, "filters.priority: expected an object"),
+        ({"entity_type": {"in": "drone"}}, "filters.entity_type.in: expected a list"),
+        ({"entity_id": {"prefix": 1}}, "filters.entity_id.prefix: expected a string"),
+    ],
+)
+def test_bad_filters_name_the_key(spec: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message.replace(".", r"\.")):
+        compile_filter(spec)
