@@ -140,10 +140,15 @@ class Agent:
             graph,
             dead_letters,
             self.metrics,
+            instance=self.config.platform.id,
             on_commit=self.querier.invalidate,
         )
         self._spawn(self.processor.run(), "graph-processor")
-        await asyncio.wait_for(self.processor.bound.wait(), _JETSTREAM_READY_TIMEOUT_S)
+        try:
+            await asyncio.wait_for(self.processor.bound.wait(), _JETSTREAM_READY_TIMEOUT_S)
+        except TimeoutError as exc:
+            cause = self.processor.status.last_error or "no answer from JetStream"
+            raise NatsServerError(f"graph consumer not ready: {cause}") from exc
         self._spawn(self._watch_stream(), "stream-watch")
         await serve_queries(self.nc, self.querier)
         self._start_components()

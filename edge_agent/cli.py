@@ -63,10 +63,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         agent = Agent(config)
+        # A signal during start-up (say, waiting for an external NATS) stops it too.
+        starting = asyncio.create_task(agent.start())
+        stopping = asyncio.create_task(stop.wait())
         try:
-            await agent.start()
-            await stop.wait()
+            await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if starting.done():
+                starting.result()
+                await stopping
         finally:
+            starting.cancel()
+            stopping.cancel()
             await agent.stop()
 
     try:

@@ -62,7 +62,16 @@ def setup_tracing(config: TelemetryConfig, *, service: str, exporter: Any = None
         sampler=ParentBased(TraceIdRatioBased(config.sample_rate)),
     )
     if exporter is None:
-        provider.add_span_processor(BatchSpanProcessor(_otlp_exporter(config)))
+        try:
+            exporter = _otlp_exporter(config)
+        except ImportError as exc:
+            raise ConfigError(
+                [
+                    "telemetry.exporter: the OTLP exporter is not installed "
+                    "(pip install 'semstreams-edge[otel]')"
+                ]
+            ) from exc
+        provider.add_span_processor(BatchSpanProcessor(exporter))
     else:
         provider.add_span_processor(SimpleSpanProcessor(exporter))
     _state.provider = provider

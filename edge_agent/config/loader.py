@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -55,7 +55,7 @@ def load_config(path: Path | str | None, env: Mapping[str, str] | None = None) -
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
-        raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from exc
+        raise ConfigError([f"cannot read the file: {exc.strerror}"]) from exc
     return load_config_bytes(data, env=env)
 
 
@@ -83,11 +83,21 @@ def load_config_bytes(data: bytes, env: Mapping[str, str] | None = None) -> Conf
 def _expand(value: Any, env: Mapping[str, str]) -> Any:
     """Replace ``${VAR}`` and ``${VAR:-default}`` in every string; unset variables become ''."""
     if isinstance(value, str):
-        return _VAR.sub(lambda m: env.get(m[1], m[2] or ""), value)
+        return _VAR.sub(_substitute(env), value)
     if isinstance(value, list):
         return [_expand(v, env) for v in value]
     if isinstance(value, dict):
         return {k: _expand(v, env) for k, v in value.items()}
+    return value
+
+
+def _substitute(env: Mapping[str, str]) -> Callable[[re.Match[str]], str]:
+    """``${VAR}``: its value or ''; ``${VAR:-default}``: the default when unset or empty."""
+
+    def value(match: re.Match[str]) -> str:
+        found = env.get(match[1], "")
+        return found if found or match[2] is None else match[2]
+
     return value
 
 
@@ -158,9 +168,13 @@ def _check(config: Config) -> list[str]:
                 )
             except ValueError as exc:
                 problems.append(str(exc))
+    if config.nats.embedded is False and not config.nats.urls:
+        problems.append("nats.urls: must name a server when nats.embedded is false")
     for index, url in enumerate(config.nats.urls):
         if not re.match(r"^(nats|tls|ws|wss)://[^/]+$", url):
-            problems.append(f"nats.urls[{index}]: {url!r} is not a nats:// or tls:// URL")
+            problems.append(
+                f"nats.urls[{index}]: {url!r} is not a nats://, tls://, ws:// or wss:// URL"
+            )
     tls = config.nats.tls
     if tls and bool(tls.cert_file) != bool(tls.key_file):
         problems.append("nats.tls: cert_file and key_file must be given together")

@@ -67,6 +67,8 @@ class JetStreamConfig(_Section, frozen=True):
 
     max_bytes: ByteSize = ByteSize(1 << 30)
     dead_letter_max_bytes: ByteSize = ByteSize(64 << 20)
+    #: Stream replicas: 1 on an edge; 3 on a NATS cluster (R3) for high availability.
+    replicas: Annotated[int, msgspec.Meta(ge=1, le=5)] = 1
 
 
 class NatsConfig(_Section, frozen=True):

@@ -14,9 +14,12 @@ from collections import OrderedDict, deque
 from collections.abc import Hashable, Iterable
 from typing import Any
 
-__all__ = ["QueryCache"]
+__all__ = ["MAX_DEPENDENCIES", "QueryCache"]
 
 _RECENT_WRITES = 256
+#: Results that depend on more entities than this are not cached: their dependency
+#: index would cost more memory than recomputing them costs time.
+MAX_DEPENDENCIES = 4096
 
 
 class QueryCache:
@@ -58,7 +61,11 @@ class QueryCache:
             Whether the result was cached.
         """
         with self._lock:
-            if self.max_size == 0 or self._written_since(token, depends_on):
+            if (
+                self.max_size == 0
+                or len(depends_on) > MAX_DEPENDENCIES
+                or self._written_since(token, depends_on)
+            ):
                 return False
             self._drop(key)
             self._entries[key] = (value, depends_on)

@@ -23,12 +23,15 @@ _BTREE = {
         "CREATE INDEX IF NOT EXISTS triples_by_predicate ON triples(predicate, object, subject)",
         "CREATE INDEX IF NOT EXISTS edges_by_predicate ON edges(predicate, subject)",
     ],
-    "incoming": ["CREATE INDEX IF NOT EXISTS edges_by_object ON edges(object, predicate, subject)"],
+    # Covering (weight included): a traversal reads incoming edges from the index alone.
+    "incoming": [
+        "CREATE INDEX IF NOT EXISTS edges_incoming ON edges(object, predicate, subject, weight)"
+    ],
     "alias": ["CREATE INDEX IF NOT EXISTS aliases_by_alias ON aliases(alias)"],
 }
 _BTREE_NAMES = {
     "predicate": ["triples_by_predicate", "edges_by_predicate"],
-    "incoming": ["edges_by_object"],
+    "incoming": ["edges_incoming"],
     "alias": ["aliases_by_alias"],
 }
 _REBUILD = {
@@ -46,9 +49,11 @@ _REBUILD = {
     ],
     "temporal": [
         "DELETE FROM temporal",
-        f"INSERT INTO temporal SELECT updated_at / {TEMPORAL_BUCKET_MS}, id FROM entities",
+        f"INSERT INTO temporal SELECT id, updated_at / {TEMPORAL_BUCKET_MS} FROM entities",
     ],
 }
+#: Index definitions replaced by better ones, and the switch that builds the new one.
+_RETIRED = {"edges_by_object": "incoming"}
 _EMPTY = {"spatial": ["DELETE FROM spatial"], "temporal": ["DELETE FROM temporal"]}
 
 
@@ -58,6 +63,7 @@ def reconcile_indexes(db: sqlite3.Connection, wanted: IndexesConfig) -> list[str
     Returns:
         What changed, as ``"+name"`` (built) and ``"-name"`` (dropped).
     """
+    _retire(db)
     built = {name: bool(on) for name, on in db.execute("SELECT name, enabled FROM index_state")}
     changes = []
     db.execute("BEGIN IMMEDIATE")
@@ -83,3 +89,11 @@ def _statements(name: str, on: bool) -> list[str]:
             return _BTREE[name]
         return [f"DROP INDEX IF EXISTS {index}" for index in _BTREE_NAMES[name]]
     return _REBUILD[name] if on else _EMPTY[name]
+
+
+def _retire(db: sqlite3.Connection) -> None:
+    """Drop a retired index definition and forget its switch, so the new one is built."""
+    for index, switch in _RETIRED.items():
+        if db.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (index,)).fetchone():
+            db.execute(f"DROP INDEX {index}")
+            db.execute("DELETE FROM index_state WHERE name = ?", (switch,))

@@ -66,9 +66,25 @@ _M001_INITIAL = """
         """
 
 
+# The temporal index keeps each entity's latest update bucket, one row per entity:
+# bounded on a device that runs for months, and the same whether filled by writes or
+# rebuilt from the entities.
+_M002_TEMPORAL_LATEST = """
+        DROP TABLE temporal;
+        CREATE TABLE temporal (
+            entity_id TEXT PRIMARY KEY,
+            bucket INTEGER NOT NULL
+        ) WITHOUT ROWID;
+        CREATE INDEX temporal_by_bucket ON temporal(bucket, entity_id);
+        INSERT INTO temporal
+            SELECT id, updated_at / 3600000 FROM entities
+            WHERE (SELECT enabled FROM index_state WHERE name = 'temporal') = 1
+"""
+
 #: Ordered (name, SQL script) pairs; each runs once, inside its own transaction.
 MIGRATIONS: list[tuple[str, str]] = [
     ("001_initial", _M001_INITIAL),
+    ("002_temporal_latest", _M002_TEMPORAL_LATEST),
 ]
 
 

@@ -68,6 +68,7 @@ class UnknownEntity(LookupError):
     """The start entity does not exist."""
 
 
+_FRONTIER_CHUNK = 64
 _OUT = "SELECT subject, object, weight FROM edges WHERE subject IN ({ids})"
 _IN = "SELECT object, subject, weight FROM edges WHERE object IN ({ids})"
 
@@ -88,45 +89,75 @@ def run_path_query(
     Raises:
         UnknownEntity: ``start_entity`` does not exist.
     """
-    start = query.start_entity
-    if not _types(db, [start]):
-        raise UnknownEntity(start)
-    deadline = clock() + query.timeout
-    wanted_types = set(query.entity_types)
-    best: dict[str, float] = {start: 1.0}
-    path: dict[str, tuple[str, ...]] = {start: (start,)}
-    visited = {start}
-    frontier = {start: 1.0}
-    truncated = False
+    if not _types(db, [query.start_entity]):
+        raise UnknownEntity(query.start_entity)
+    search = _Search(db, query, deadline=clock() + query.timeout)
+    frontier = {query.start_entity: 1.0}
     for _ in range(query.max_depth):
-        if not frontier:
-            break
-        if clock() > deadline:
-            truncated = True
-            break
-        steps = _neighbours(db, frontier, query)
-        candidates = {node for _, node, _ in steps} - visited
-        types = _types(db, candidates) if wanted_types else {}
-        visited |= candidates
         improved: dict[str, float] = {}
-        for source, node, weight in steps:
-            if node in path[source]:
-                continue  # simple paths only
-            if wanted_types and node not in best and types.get(node) not in wanted_types:
-                continue
-            score = frontier[source] * query.decay_factor * weight
-            if score <= best.get(node, 0.0):
-                continue
-            if node not in best and len(best) >= query.max_nodes:
-                truncated = True
-                continue
-            best[node] = score
-            path[node] = (*path[source], node)
-            improved[node] = score
+        # Best-scored nodes first, a chunk at a time, so that when max_nodes fills up
+        # the answer holds the strongest neighbours and the rest is never read.
+        ranked = sorted(frontier, key=lambda node: (-frontier[node], node))
+        for chunk in chunks(ranked, _FRONTIER_CHUNK):
+            if search.full or clock() > search.deadline:
+                search.truncated = True
+                break
+            search.expand({node: frontier[node] for node in chunk}, improved)
         frontier = improved
+        if not frontier or search.truncated:
+            break
     return _result(
-        db, best=best, path=path, visited=visited, truncated=truncated, max_paths=query.max_paths
+        db,
+        best=search.best,
+        path=search.path,
+        visited=search.visited,
+        truncated=search.truncated,
+        max_paths=query.max_paths,
     )
+
+
+class _Search:
+    """The state of one PathRAG walk: best scores, their paths, what was looked at."""
+
+    def __init__(self, db: sqlite3.Connection, query: PathQuery, *, deadline: float) -> None:
+        start = query.start_entity
+        self.db = db
+        self.query = query
+        self.deadline = deadline
+        self.wanted_types = set(query.entity_types)
+        self.best: dict[str, float] = {start: 1.0}
+        self.path: dict[str, tuple[str, ...]] = {start: (start,)}
+        self.visited = {start}
+        self.truncated = False
+
+    @property
+    def full(self) -> bool:
+        return len(self.best) >= self.query.max_nodes
+
+    def expand(self, sources: dict[str, float], improved: dict[str, float]) -> None:
+        """Relax every edge out of ``sources``; nodes whose score improved go to ``improved``."""
+        steps = _neighbours(self.db, sources, self.query)
+        # Strongest first: when max_nodes fills up, the weakest are the ones left out.
+        steps.sort(key=lambda step: -sources[step[0]] * step[2])
+        candidates = {node for _, node, _ in steps} - self.visited
+        types = _types(self.db, candidates) if self.wanted_types else {}
+        self.visited |= candidates
+        decay = self.query.decay_factor
+        for source, node, weight in steps:
+            if node in self.path[source]:
+                continue  # simple paths only
+            known = node in self.best
+            if not known and self.wanted_types and types.get(node) not in self.wanted_types:
+                continue
+            score = sources[source] * decay * weight
+            if score <= self.best.get(node, 0.0):
+                continue
+            if not known and self.full:
+                self.truncated = True
+                continue
+            self.best[node] = score
+            self.path[node] = (*self.path[source], node)
+            improved[node] = score
 
 
 def _neighbours(

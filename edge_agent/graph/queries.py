@@ -84,7 +84,7 @@ class SpatialQuery(_Request, frozen=True):
 
 
 class TemporalQuery(_Request, frozen=True):
-    """``graph.query.temporal``: entities updated in [start, end] (RFC 3339 timestamps)."""
+    """``graph.query.temporal``: entities last updated in [start, end] (RFC 3339)."""
 
     start: str
     end: str
@@ -222,10 +222,12 @@ def _haversine_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
 
 
 def temporal(db: sqlite3.Connection, start_ms: int, end_ms: int, limit: int) -> dict[str, Any]:
-    """Entities updated between ``start_ms`` and ``end_ms``, at one-hour bucket precision."""
+    """Entities whose latest update lies between ``start_ms`` and ``end_ms``."""
+    # The hourly buckets narrow the search; updated_at decides exactly.
     rows = db.execute(
-        "SELECT DISTINCT entity_id FROM temporal WHERE bucket BETWEEN ? AND ?"
-        " ORDER BY entity_id LIMIT ?",
-        (start_ms // TEMPORAL_BUCKET_MS, end_ms // TEMPORAL_BUCKET_MS, limit + 1),
+        "SELECT t.entity_id FROM temporal t JOIN entities e ON e.id = t.entity_id"
+        " WHERE t.bucket BETWEEN ? AND ? AND e.updated_at BETWEEN ? AND ?"
+        " ORDER BY t.entity_id LIMIT ?",
+        (start_ms // TEMPORAL_BUCKET_MS, end_ms // TEMPORAL_BUCKET_MS, start_ms, end_ms, limit + 1),
     )
     return _listing(db, [i for (i,) in rows], limit)

@@ -65,6 +65,10 @@ FROM entities e,
         AND json_type(object) IN ('integer', 'real')) AS lon
 WHERE e.id = :id
 """
+_UPSERT_TEMPORAL = """
+INSERT INTO temporal (entity_id, bucket) VALUES (?, ?)
+ON CONFLICT (entity_id) DO UPDATE SET bucket = max(bucket, excluded.bucket)
+"""
 _NEIGHBOURS = """
 SELECT object FROM edges WHERE subject = :id UNION SELECT subject FROM edges WHERE object = :id
 """
@@ -249,7 +253,7 @@ class GraphStore:
         triples: list[tuple[str, str, str, int, str]] = []
         edges: list[tuple[str, str, str, float, int, str]] = []
         aliases: list[tuple[str, str]] = []
-        temporal: list[tuple[int, str]] = []
+        temporal: list[tuple[str, int]] = []
         located: list[dict[str, str]] = []
         origin = self.origin
         for event in run:
@@ -264,7 +268,7 @@ class GraphStore:
             for rel in event.relationships:
                 edges.append((eid, rel.predicate, rel.object, rel.weight, ts, source))
             aliases.extend((eid, alias) for alias in event.aliases)
-            temporal.append((ts // TEMPORAL_BUCKET_MS, eid))
+            temporal.append((eid, ts // TEMPORAL_BUCKET_MS))
             if LATITUDE in properties or LONGITUDE in properties:
                 located.append({"id": eid})
         db = self._db
@@ -274,7 +278,7 @@ class GraphStore:
             db.executemany(_UPSERT_EDGE, edges[start : start + self.edge_batch_size])
         db.executemany("INSERT OR IGNORE INTO aliases VALUES (?, ?)", aliases)
         if self.indexes.temporal:
-            db.executemany("INSERT OR IGNORE INTO temporal VALUES (?, ?)", temporal)
+            db.executemany(_UPSERT_TEMPORAL, temporal)
         if self.indexes.spatial:
             db.executemany(_UPDATE_SPATIAL, located)
 
@@ -310,9 +314,7 @@ class GraphStore:
             self._db.execute(_UPDATE_SPATIAL, params)
         if self.indexes.temporal:
             bucket = int(record.updated_at.timestamp() * 1000) // TEMPORAL_BUCKET_MS
-            self._db.execute(
-                "INSERT OR IGNORE INTO temporal VALUES (?, ?)", (bucket, record.entity_id)
-            )
+            self._db.execute(_UPSERT_TEMPORAL, (record.entity_id, bucket))
 
     # ---- reads (any thread) --------------------------------------------------------
 

@@ -78,6 +78,7 @@ class GraphProcessor:
         settings: ``graph.config``.
         dead_letters: where refused events go.
         metrics: the agent's metrics.
+        instance: this agent's ``platform.id``; it names the durable consumer.
         on_commit: called on the writer thread right after each commit with the ids the
             batch touched (the query cache invalidates on it).
     """
@@ -90,6 +91,7 @@ class GraphProcessor:
         dead_letters: DeadLetters,
         metrics: Metrics,
         *,
+        instance: str,
         on_commit: Callable[[frozenset[str]], None] | None = None,
     ) -> None:
         self._js = js
@@ -98,7 +100,7 @@ class GraphProcessor:
         self._dead_letters = dead_letters
         self._metrics = metrics
         self._on_commit = on_commit
-        self.consumer = consumer_name(settings.input_subject)
+        self.consumer = consumer_name(settings.input_subject, instance)
         self.status = ProcessorStatus()
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="graph-writer")
         # Unbounded by itself: the fetcher waits on _room for fewer than `workers`

@@ -152,6 +152,7 @@ async def ensure_stream(
     *,
     work_queue: bool,
     max_bytes: int,
+    replicas: int = 1,
 ) -> None:
     """Create a file-backed stream, or update it when its limits or subjects changed.
 
@@ -167,16 +168,18 @@ async def ensure_stream(
         max_bytes=max_bytes,
         max_msg_size=_MAX_MESSAGE_BYTES,
         duplicate_window=120.0,
+        num_replicas=replicas,
     )
     try:
         current = (await js.stream_info(name)).config
     except NotFoundError:
         await js.add_stream(stream)
         return
-    if (current.max_bytes, current.subjects, current.discard) != (
+    if (current.max_bytes, current.subjects, current.discard, current.num_replicas) != (
         stream.max_bytes,
         stream.subjects,
         stream.discard,
+        stream.num_replicas,
     ):
         await js.update_stream(stream)
 
@@ -188,7 +191,12 @@ async def ensure_streams(js: JetStreamContext, limits: JetStreamConfig) -> None:
     or refused to its producer, never dropped. Dead letters keep the newest.
     """
     await ensure_stream(
-        js, ENTITY_STREAM, ENTITY_SUBJECTS, work_queue=True, max_bytes=limits.max_bytes
+        js,
+        ENTITY_STREAM,
+        ENTITY_SUBJECTS,
+        work_queue=True,
+        max_bytes=limits.max_bytes,
+        replicas=limits.replicas,
     )
     await ensure_stream(
         js,
@@ -196,6 +204,7 @@ async def ensure_streams(js: JetStreamContext, limits: JetStreamConfig) -> None:
         DEAD_LETTER_SUBJECTS,
         work_queue=False,
         max_bytes=limits.dead_letter_max_bytes,
+        replicas=limits.replicas,
     )
 
 

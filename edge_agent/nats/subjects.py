@@ -35,11 +35,19 @@ def dead_letter_subject(reason: str) -> str:
     return f"deadletter.graph.entity.{reason}"
 
 
-def consumer_name(input_subject: str) -> str:
-    """The durable consumer name for a processor reading ``input_subject``.
+def consumer_name(input_subject: str, instance: str) -> str:
+    """The durable consumer of the processor of ``instance`` reading ``input_subject``.
 
-    Instances that share an input subject share the consumer (and split its work);
-    instances scaled per entity type get one each.
+    Each instance owns its consumer: the processor's stream position lives in its own
+    SQLite file, so two instances must never split one consumer's messages. Two
+    instances asking for overlapping subjects of the work-queue stream are refused
+    by the server (each entity type has its own processor when scaling out).
     """
     tail = input_subject.removeprefix("events.graph.entity.")
-    return "graph-processor-" + (re.sub(r"[^A-Za-z0-9_-]", "_", tail) if tail != ">" else "all")
+    subject = "all" if tail == ">" else tail
+    return _token(f"graph-{instance}-{subject}")
+
+
+def _token(name: str) -> str:
+    """A valid consumer name: no dots, wildcards or spaces."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", name)

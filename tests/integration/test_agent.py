@@ -142,7 +142,7 @@ async def test_bad_input_on_nats_is_dead_lettered_and_good_events_around_it_appl
 
 async def test_input_subject_narrows_the_consumer(start_agent: StartAgent) -> None:
     agent = await start_agent(graph={"config": {"input_subject": "events.graph.entity.drone"}})
-    assert agent.processor.consumer == "graph-processor-drone"
+    assert agent.processor.consumer == "graph-test-edge-drone"
     async with api(agent) as client:
         body = ndjson([event("d1", "drone"), event("s1", "sensor"), event("d2", "drone")])
         assert (await client.post("/ingest", content=body)).status_code == 202

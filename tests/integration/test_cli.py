@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
+from pathlib import Path
 
 from edge_agent.app import Agent
-from tests.helpers import FIXTURES, cli, wait_for
+from tests.helpers import FIXTURES, cli, config_dict, wait_for
 
 
 async def test_publish_file_then_stats(agent: Agent) -> None:
@@ -48,3 +50,35 @@ async def test_stats_without_an_agent_fails_clearly() -> None:
     code, _, err = await cli("stats", "--url", "http://127.0.0.1:1")
     assert code == 1
     assert "cannot reach" in err
+
+
+async def test_sigterm_while_waiting_for_an_external_nats(tmp_path: Path) -> None:
+    config = config_dict(
+        tmp_path / "state", nats={"urls": ["nats://127.0.0.1:1"], "embedded": False}
+    )
+    path = tmp_path / "agent.json"
+    path.write_text(json.dumps(config))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "edge_agent.cli",
+        "run",
+        "--config",
+        str(path),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    await asyncio.sleep(2)
+    assert proc.returncode is None  # still trying to reach NATS
+    proc.terminate()
+    await asyncio.wait_for(proc.wait(), 10)
+    assert proc.returncode == 0
+
+
+async def test_no_embedded_server_and_no_urls_is_a_config_error(tmp_path: Path) -> None:
+    config = config_dict(tmp_path / "state", nats={"embedded": False})
+    path = tmp_path / "agent.json"
+    path.write_text(json.dumps(config))
+    code, _, err = await cli("check-config", str(path))
+    assert code == 2
+    assert "nats.urls: must name a server when nats.embedded is false" in err

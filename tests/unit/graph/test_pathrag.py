@@ -99,3 +99,16 @@ def test_timeout_returns_partial_result(db: sqlite3.Connection) -> None:
 def test_unknown_start_entity(db: sqlite3.Connection) -> None:
     with pytest.raises(UnknownEntity):
         run_path_query(db, PathQuery(start_entity="nobody"))
+
+
+def test_a_full_answer_keeps_the_strongest_neighbours(tmp_path: Path) -> None:
+    store = GraphStore(tmp_path / "star.db", origin="e", indexes=IndexesConfig())
+    store.position("c", "s")
+    spokes = [("link", f"S{i:03d}", (i % 97) / 97 + 0.01) for i in range(300)]
+    store.apply([(1, node("hub", "drone", *spokes))], consumer="c", now_ms=0)
+    db = sqlite3.connect(store.path)
+    result = run_path_query(db, PathQuery(start_entity="hub", max_depth=1, max_nodes=11))
+    assert result.truncated is True
+    kept = sorted(result.scores.values(), reverse=True)[1:]
+    strongest = sorted((0.8 * w for _, _, w in spokes), reverse=True)[:10]
+    assert kept == pytest.approx(strongest)

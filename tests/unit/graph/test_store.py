@@ -7,10 +7,12 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from edge_agent.config import IndexesConfig
 from edge_agent.graph import GraphStore
+from edge_agent.graph.migrations import MIGRATIONS
 from edge_agent.model import EntityEvent, decode_event
 
 ALL_INDEXES = IndexesConfig(predicate=True, incoming=True, alias=True, spatial=True, temporal=True)
@@ -51,11 +53,11 @@ def count(store: GraphStore, sql: str, *args: Any) -> int:
 
 def test_migrations_are_recorded_once(tmp_path: Path) -> None:
     first = GraphStore(tmp_path / "g.db", origin="e", indexes=IndexesConfig())
-    assert first.migrations_applied == ["001_initial"]
+    assert first.migrations_applied == ["001_initial", "002_temporal_latest"]
     first.close()
     again = GraphStore(tmp_path / "g.db", origin="e", indexes=IndexesConfig())
     assert again.migrations_applied == []
-    assert count(again, "SELECT count(*) FROM schema_migrations") == 1
+    assert count(again, "SELECT count(*) FROM schema_migrations") == 2
 
 
 def test_update_merges_properties_and_bumps_version(store: GraphStore) -> None:
@@ -171,7 +173,7 @@ def test_indexes_follow_config_across_restarts(tmp_path: Path) -> None:
     assert count(store, "SELECT count(*) FROM spatial") == 1  # rebuilt from the triples
     names = {n for (n,) in sqlite3.connect(path).execute("SELECT name FROM sqlite_master")}
     assert "triples_by_predicate" not in names
-    assert "edges_by_object" in names
+    assert "edges_incoming" in names
     store.close()
     assert (
         GraphStore(
@@ -192,3 +194,34 @@ def test_stats_counts_by_type(store: GraphStore) -> None:
     assert stats["by_type"] == {"drone": 1, "fleet": 1}
     assert stats["edges"] == 1
     assert stats["triples"] == 3  # two rdf:type triples and one property
+
+
+def test_temporal_index_keeps_the_latest_update_like_a_rebuild(tmp_path: Path) -> None:
+    path = tmp_path / "g.db"
+    store = GraphStore(path, origin="e", indexes=ALL_INDEXES)
+    store.position("c", "s")
+    feed = Feed(store)
+    for hour in (1, 5, 3):  # the late event (hour 3) does not move the entity back
+        feed(ev("UAV-1", timestamp=f"2024-01-01T{hour:02d}:30:00Z"))
+    written = sqlite3.connect(path).execute("SELECT * FROM temporal").fetchall()
+    assert len(written) == 1
+    store.close()
+    without = msgspec.structs.replace(ALL_INDEXES, temporal=False)
+    GraphStore(path, origin="e", indexes=without).close()
+    rebuilt = GraphStore(path, origin="e", indexes=ALL_INDEXES)
+    assert rebuilt.index_changes == ["+temporal"]
+    assert sqlite3.connect(path).execute("SELECT * FROM temporal").fetchall() == written
+
+
+def test_migration_002_turns_bucket_history_into_latest_only(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE schema_migrations (name TEXT PRIMARY KEY, applied_at REAL)")
+        db.executescript(MIGRATIONS[0][1])
+        db.execute("INSERT INTO schema_migrations VALUES ('001_initial', 0)")
+        db.execute("INSERT INTO index_state VALUES ('temporal', 1)")
+        db.execute("INSERT INTO entities VALUES ('A', 't', 2, 1, 0, 7200000, 'e')")
+        db.executemany("INSERT INTO temporal VALUES (?, 'A')", [(0,), (1,), (2,)])
+    store = GraphStore(path, origin="e", indexes=ALL_INDEXES)
+    assert store.migrations_applied == ["002_temporal_latest"]
+    assert sqlite3.connect(path).execute("SELECT * FROM temporal").fetchall() == [("A", 2)]
