@@ -69,8 +69,8 @@ class UnknownEntity(LookupError):
 
 
 _FRONTIER_CHUNK = 64
-_OUT = "SELECT subject, object, weight FROM edges WHERE subject IN ({ids})"
-_IN = "SELECT object, subject, weight FROM edges WHERE object IN ({ids})"
+_OUT = "SELECT subject, object, weight FROM edges WHERE subject IN ({ids}){predicates}"
+_IN = "SELECT object, subject, weight FROM edges WHERE object IN ({ids}){predicates}"
 
 
 def run_path_query(
@@ -143,21 +143,22 @@ class _Search:
         types = _types(self.db, candidates) if self.wanted_types else {}
         self.visited |= candidates
         decay = self.query.decay_factor
+        wanted = self.wanted_types
+        full = self.full
         for source, node, weight in steps:
             if node in self.path[source]:
                 continue  # simple paths only
             known = node in self.best
-            if not known and self.wanted_types and types.get(node) not in self.wanted_types:
+            if not known and (full or (wanted and types.get(node) not in wanted)):
+                self.truncated |= full
                 continue
             score = sources[source] * decay * weight
             if score <= self.best.get(node, 0.0):
                 continue
-            if not known and self.full:
-                self.truncated = True
-                continue
             self.best[node] = score
             self.path[node] = (*self.path[source], node)
             improved[node] = score
+            full = self.full
 
 
 def _neighbours(
@@ -165,14 +166,14 @@ def _neighbours(
 ) -> list[tuple[str, str, float]]:
     """(from, to, weight) for every edge leaving the frontier in the asked direction."""
     templates = {"outgoing": [_OUT], "incoming": [_IN], "both": [_OUT, _IN]}[query.direction]
-    predicate_clause = ""
+    predicates = ""
     if query.predicates:
-        predicate_clause = f" AND predicate IN ({','.join('?' * len(query.predicates))})"
+        predicates = f" AND predicate IN ({','.join('?' * len(query.predicates))})"
     steps: list[tuple[str, str, float]] = []
     for chunk in chunks(sorted(frontier)):
         marks = ",".join("?" * len(chunk))
         for template in templates:
-            sql = template.format(ids=marks) + predicate_clause
+            sql = template.format(ids=marks, predicates=predicates)
             steps.extend(db.execute(sql, [*chunk, *query.predicates]))
     return steps
 
