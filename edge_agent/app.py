@@ -141,6 +141,7 @@ class Agent:
             dead_letters,
             self.metrics,
             instance=self.config.platform.id,
+            owns_stream=self.nats_server is not None,
             on_commit=self.querier.invalidate,
         )
         self._spawn(self.processor.run(), "graph-processor")

@@ -142,10 +142,15 @@ def cmd_stats(args: argparse.Namespace) -> int:
         scheme = "https" if service.tls else "http"
         url = f"{scheme}://{service.http_host}:{service.http_port}"
     request = urllib.request.Request(f"{url.rstrip('/')}/graph/stats")
-    if args.token_file:
-        # A file, not an argument: a token on the command line shows in `ps`.
-        request.add_header("Authorization", f"Bearer {Path(args.token_file).read_text().strip()}")
-    context = ssl.create_default_context(cafile=args.cafile) if args.cafile else None
+    try:
+        if args.token_file:
+            # A file, not an argument: a token on the command line shows in `ps`.
+            token = Path(args.token_file).read_text().strip()
+            request.add_header("Authorization", f"Bearer {token}")
+        context = ssl.create_default_context(cafile=args.cafile) if args.cafile else None
+    except OSError as exc:
+        print(f"edge-agent stats: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
     try:
         with urllib.request.urlopen(request, timeout=10, context=context) as reply:
             print(reply.read().decode())

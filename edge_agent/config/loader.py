@@ -6,6 +6,7 @@ problem is reported as ``key.path: cause`` so a typo names itself.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import socket
@@ -27,7 +28,8 @@ from edge_agent.sync.filters import compile_filter
 
 __all__ = ["STATE_DIR_ENV", "load_config", "load_config_bytes"]
 
-#: Environment variable that overrides ``state_dir`` (systemd sets it from ``StateDirectory``).
+#: Environment variable that overrides ``state_dir``; a systemd unit sets it from
+#: ``StateDirectory`` (``Environment=SEMSTREAMS_STATE_DIR=%S/semstreams``).
 STATE_DIR_ENV = "SEMSTREAMS_STATE_DIR"
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -175,6 +177,11 @@ def _check(config: Config) -> list[str]:
             problems.append(
                 f"nats.urls[{index}]: {url!r} is not a nats://, tls://, ws:// or wss:// URL"
             )
+    if config.telemetry.enabled and importlib.util.find_spec("opentelemetry.sdk") is None:
+        problems.append(
+            "telemetry.enabled: the OpenTelemetry packages are not installed "
+            "(pip install 'semstreams-edge[otel]')"
+        )
     tls = config.nats.tls
     if tls and bool(tls.cert_file) != bool(tls.key_file):
         problems.append("nats.tls: cert_file and key_file must be given together")

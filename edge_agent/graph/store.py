@@ -314,7 +314,10 @@ class GraphStore:
             self._db.execute(_UPDATE_SPATIAL, params)
         if self.indexes.temporal:
             bucket = int(record.updated_at.timestamp() * 1000) // TEMPORAL_BUCKET_MS
-            self._db.execute(_UPSERT_TEMPORAL, (record.entity_id, bucket))
+            # The record's updated_at is the truth, even when older than what was here.
+            self._db.execute(
+                "INSERT OR REPLACE INTO temporal VALUES (?, ?)", (record.entity_id, bucket)
+            )
 
     # ---- reads (any thread) --------------------------------------------------------
 

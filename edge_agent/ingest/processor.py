@@ -38,7 +38,7 @@ from edge_agent.graph import ApplyResult, GraphStore
 from edge_agent.ingest.dead_letters import DeadLetters
 from edge_agent.metrics import Metrics
 from edge_agent.model import EntityEvent, decode_event
-from edge_agent.nats.client import recreate_consumer
+from edge_agent.nats.client import recreate_consumer, remove_stale_consumers
 from edge_agent.nats.subjects import ENTITY_STREAM, consumer_name
 from edge_agent.tracing import span
 
@@ -79,6 +79,8 @@ class GraphProcessor:
         dead_letters: where refused events go.
         metrics: the agent's metrics.
         instance: this agent's ``platform.id``; it names the durable consumer.
+        owns_stream: the stream is this agent's alone (embedded server): stale graph
+            consumers that would block this one are removed.
         on_commit: called on the writer thread right after each commit with the ids the
             batch touched (the query cache invalidates on it).
     """
@@ -92,6 +94,7 @@ class GraphProcessor:
         metrics: Metrics,
         *,
         instance: str,
+        owns_stream: bool = False,
         on_commit: Callable[[frozenset[str]], None] | None = None,
     ) -> None:
         self._js = js
@@ -100,6 +103,7 @@ class GraphProcessor:
         self._dead_letters = dead_letters
         self._metrics = metrics
         self._on_commit = on_commit
+        self._owns_stream = owns_stream
         self.consumer = consumer_name(settings.input_subject, instance)
         self.status = ProcessorStatus()
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="graph-writer")
@@ -167,6 +171,11 @@ class GraphProcessor:
             self._store.position, self.consumer, self.status.stream_created
         )
         self._rebind = False
+        if self._owns_stream:
+            for stale in await remove_stale_consumers(
+                self._js, keep=self.consumer, subject=self.settings.input_subject
+            ):
+                log.warning("removed stale consumer %s that overlapped %s", stale, self.consumer)
         subscription = await recreate_consumer(
             self._js,
             durable=self.consumer,

@@ -40,6 +40,8 @@ __all__ = [
     "is_local_url",
     "port_answers",
     "recreate_consumer",
+    "remove_stale_consumers",
+    "subjects_overlap",
 ]
 
 log = logging.getLogger(__name__)
@@ -234,3 +236,34 @@ async def recreate_consumer(
         ),
     )
     return await js.pull_subscribe_bind(durable=durable, stream=ENTITY_STREAM)
+
+
+async def remove_stale_consumers(js: JetStreamContext, *, keep: str, subject: str) -> list[str]:
+    """Delete graph consumers other than ``keep`` whose subjects overlap ``subject``.
+
+    For an agent that owns its stream (the embedded server): a consumer left under a
+    former name (another ``platform.id``, an older version) would otherwise block the
+    new one, since a work-queue stream refuses overlapping consumers.
+
+    Returns:
+        The names deleted.
+    """
+    removed = []
+    for info in await js.consumers_info(ENTITY_STREAM):
+        name = info.name or ""
+        filtered = info.config.filter_subject or ENTITY_SUBJECTS
+        if name.startswith("graph-") and name != keep and subjects_overlap(filtered, subject):
+            await js.delete_consumer(ENTITY_STREAM, name)
+            removed.append(name)
+    return removed
+
+
+def subjects_overlap(first: str, second: str) -> bool:
+    """Whether two NATS subjects (with ``*`` and ``>`` wildcards) can match one subject."""
+    left, right = first.split("."), second.split(".")
+    for a, b in zip(left, right, strict=False):
+        if ">" in (a, b):
+            return True
+        if a != b and "*" not in (a, b):
+            return False
+    return len(left) == len(right)

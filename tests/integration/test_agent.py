@@ -16,7 +16,16 @@ from edge_agent.model import REASONS
 from edge_agent.nats.server import EmbeddedNatsServer
 from edge_agent.nats.subjects import DEAD_LETTER_STREAM, ENTITY_STREAM
 from tests.conftest import StartAgent
-from tests.helpers import FIXTURES, JWT_SECRET, bearer, event, free_port, ndjson, wait_for
+from tests.helpers import (
+    FIXTURES,
+    JWT_SECRET,
+    bearer,
+    event,
+    free_port,
+    make_config,
+    ndjson,
+    wait_for,
+)
 
 
 def api(agent: Agent) -> httpx.AsyncClient:
@@ -257,3 +266,21 @@ async def test_simulator_component_feeds_the_graph(start_agent: StartAgent) -> N
     await wait_for(lambda: _has(agent, 8), what="5 drones and 3 fleets")
     drone = await asyncio.to_thread(agent.store.entity, "UAV-000")
     assert drone is not None and drone["entity_type"] == "drone"
+
+
+async def test_a_stale_consumer_of_a_former_name_is_removed(tmp_path: Any) -> None:
+    state = tmp_path / "shared-state"
+    first = Agent(make_config(state, platform={"id": "old-name"}))
+    await first.start()
+    await first.stop()
+    second = Agent(make_config(state, platform={"id": "new-name"}))
+    await second.start()
+    try:
+        assert second.js is not None
+        names = [c.name for c in await second.js.consumers_info(ENTITY_STREAM)]
+        assert names == ["graph-new-name-all"]
+        async with api(second) as client:
+            assert (await client.post("/ingest", content=ndjson([event("n1")]))).status_code == 202
+            await wait_for(lambda: _has(second, 1), what="applied by the renamed agent")
+    finally:
+        await second.stop()

@@ -82,3 +82,11 @@ async def test_no_embedded_server_and_no_urls_is_a_config_error(tmp_path: Path) 
     code, _, err = await cli("check-config", str(path))
     assert code == 2
     assert "nats.urls: must name a server when nats.embedded is false" in err
+
+
+async def test_stats_with_a_missing_token_file_fails_clearly(tmp_path: Path) -> None:
+    missing = str(tmp_path / "no-token")
+    code, _, err = await cli("stats", "--url", "http://127.0.0.1:1", "--token-file", missing)
+    assert code == 1
+    assert "No such file" in err
+    assert "Traceback" not in err

@@ -5,6 +5,10 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
+from edge_agent.nats.client import subjects_overlap
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -36,3 +40,18 @@ def test_only_the_config_package_reads_settings_from_the_environment() -> None:
 def test_sql_stays_inside_the_graph_package() -> None:
     users = {Path(p).parent.name for p, m in imported_modules("edge_agent") if m == "sqlite3"}
     assert users == {"graph"}
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "overlap"),
+    [
+        ("events.graph.entity.>", "events.graph.entity.drone", True),
+        ("events.graph.entity.drone", "events.graph.entity.sensor", False),
+        ("events.graph.entity.*", "events.graph.entity.drone", True),
+        ("events.graph.entity.drone", "events.graph.entity.drone.v2", False),
+        ("events.graph.entity.drone.>", "events.graph.entity.drone", False),
+    ],
+)
+def test_subjects_overlap(first: str, second: str, overlap: bool) -> None:
+    assert subjects_overlap(first, second) is overlap
+    assert subjects_overlap(second, first) is overlap

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,8 @@ import pytest
 from edge_agent.config import IndexesConfig
 from edge_agent.graph import GraphStore
 from edge_agent.graph.migrations import MIGRATIONS
+from edge_agent.graph.queries import temporal
+from edge_agent.graph.records import export_records
 from edge_agent.model import EntityEvent, decode_event
 
 ALL_INDEXES = IndexesConfig(predicate=True, incoming=True, alias=True, spatial=True, temporal=True)
@@ -225,3 +228,16 @@ def test_migration_002_turns_bucket_history_into_latest_only(tmp_path: Path) -> 
     store = GraphStore(path, origin="e", indexes=ALL_INDEXES)
     assert store.migrations_applied == ["002_temporal_latest"]
     assert sqlite3.connect(path).execute("SELECT * FROM temporal").fetchall() == [("A", 2)]
+
+
+def test_importing_an_older_record_moves_the_temporal_index_back(store: GraphStore) -> None:
+    Feed(store)(ev("UAV-1", timestamp="2024-06-01T12:00:00Z"))
+    with store.snapshot() as db:
+        [record] = list(export_records(db, None))
+    older = msgspec.structs.replace(
+        record, version=1, updated_at=datetime(2024, 1, 1, 8, 30, tzinfo=UTC)
+    )
+    assert store.import_records([older]).applied == 1
+    with store.reader() as db:
+        found = temporal(db, 1704096000000, 1704099600000, 10)  # 2024-01-01 08:00-09:00
+    assert [e["entity_id"] for e in found["entities"]] == ["UAV-1"]
