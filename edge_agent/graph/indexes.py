@@ -18,20 +18,20 @@ LATITUDE = "geo.location.latitude"
 LONGITUDE = "geo.location.longitude"
 TEMPORAL_BUCKET_MS = 3_600_000
 
+# No index holds a value that updates rewrite (a triple's object, an edge's weight):
+# each such column would cost an index delete and insert on every reading, which
+# measured as 3x fewer applied events/s (docs/benchmarks.md).
 _BTREE = {
     "predicate": [
-        "CREATE INDEX IF NOT EXISTS triples_by_predicate ON triples(predicate, object, subject)",
+        "CREATE INDEX IF NOT EXISTS triples_predicate ON triples(predicate, subject)",
         "CREATE INDEX IF NOT EXISTS edges_by_predicate ON edges(predicate, subject)",
     ],
-    # Covering (weight included): a traversal reads incoming edges from the index alone.
-    "incoming": [
-        "CREATE INDEX IF NOT EXISTS edges_incoming ON edges(object, predicate, subject, weight)"
-    ],
+    "incoming": ["CREATE INDEX IF NOT EXISTS edges_to ON edges(object, predicate, subject)"],
     "alias": ["CREATE INDEX IF NOT EXISTS aliases_by_alias ON aliases(alias)"],
 }
 _BTREE_NAMES = {
-    "predicate": ["triples_by_predicate", "edges_by_predicate"],
-    "incoming": ["edges_incoming"],
+    "predicate": ["triples_predicate", "edges_by_predicate"],
+    "incoming": ["edges_to"],
     "alias": ["aliases_by_alias"],
 }
 _REBUILD = {
@@ -53,7 +53,11 @@ _REBUILD = {
     ],
 }
 #: Index definitions replaced by better ones, and the switch that builds the new one.
-_RETIRED = {"edges_by_object": "incoming"}
+_RETIRED = {
+    "edges_by_object": "incoming",
+    "edges_incoming": "incoming",
+    "triples_by_predicate": "predicate",
+}
 _EMPTY = {"spatial": ["DELETE FROM spatial"], "temporal": ["DELETE FROM temporal"]}
 
 

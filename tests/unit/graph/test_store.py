@@ -175,8 +175,8 @@ def test_indexes_follow_config_across_restarts(tmp_path: Path) -> None:
     assert set(store.index_changes) == {"+spatial", "-predicate"}
     assert count(store, "SELECT count(*) FROM spatial") == 1  # rebuilt from the triples
     names = {n for (n,) in sqlite3.connect(path).execute("SELECT name FROM sqlite_master")}
-    assert "triples_by_predicate" not in names
-    assert "edges_incoming" in names
+    assert "triples_predicate" not in names
+    assert "edges_to" in names
     store.close()
     assert (
         GraphStore(
