@@ -112,7 +112,7 @@ class Agent:
             nats_config,
             urls,
             name=f"edge-agent {self.config.platform.id}",
-            on_reconnect=self._on_reconnect,
+            on_resync=self._on_resync,
         )
         self.js = self.nc.jetstream()
         await self._ensure_streams()
@@ -135,7 +135,7 @@ class Agent:
             self.js, dead_letters, self.metrics, max_event_bytes=graph.max_event_bytes
         )
         self.processor = GraphProcessor(
-            self.js,
+            self.nc,
             self.store,
             graph,
             dead_letters,
@@ -184,7 +184,7 @@ class Agent:
         shutdown_tracing()
         log.info("edge agent stopped")
 
-    def _on_reconnect(self) -> None:
+    def _on_resync(self) -> None:
         if hasattr(self, "processor"):
             self.processor.request_rebind()
 

@@ -1,16 +1,17 @@
 """The graph processor: JetStream durable pull consumer → SQLite, one transaction per batch.
 
 Invariants:
-- Batches are applied in the order they were fetched, by a single writer thread, and
+- Batches are applied in the order they were received, by a single writer thread, and
   a batch's messages are acked only after its transaction commits and its refused
   events are stored as dead letters. A crash anywhere loses nothing.
 - The store records the last applied stream sequence in the same transaction, so a
   batch redelivered after a crash is skipped: nothing is applied twice. This needs
   delivery in stream order, so the consumer is recreated whenever the processor
-  (re)binds — at start and after every NATS reconnect — and a recreated work-queue
-  consumer starts again at the oldest unacked message.
-- At most ``workers`` batches and ``queue_size`` events are in flight; when the writer
-  falls behind, fetching waits. Nothing is dropped.
+  (re)binds — at start, after every NATS reconnect, and if the client ever dropped a
+  message — and a recreated work-queue consumer starts again at the oldest unacked one.
+- At most ``workers`` batches wait for the writer and ``queue_size`` events are
+  unacked (the consumer's ``max_ack_pending``); when the writer falls behind, delivery
+  waits. Nothing is dropped.
 - A batch that cannot be committed (disk full, I/O error) is retried with backoff and
   never skipped, so later events of an entity never overtake earlier ones.
 """
@@ -28,9 +29,8 @@ from dataclasses import dataclass, field
 from typing import ParamSpec, TypeVar
 
 import nats.errors
+from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.js import JetStreamContext
-from nats.js.errors import FetchTimeoutError
 
 from edge_agent.config import GraphSettings
 from edge_agent.errors import EventError, GraphError
@@ -45,7 +45,7 @@ from edge_agent.tracing import span
 __all__ = ["GraphProcessor", "ProcessorStatus"]
 
 log = logging.getLogger(__name__)
-_FETCH_TIMEOUT_S = 1.0
+_LINGER_S = 0.005
 _RETRY_INITIAL_S = 0.2
 _RETRY_MAX_S = 10.0
 _P = ParamSpec("_P")
@@ -73,7 +73,7 @@ class GraphProcessor:
     """Consumes ``GRAPH_ENTITIES`` into the graph store.
 
     Args:
-        js: the JetStream context.
+        nc: the NATS connection.
         store: the graph store; only this processor writes to it.
         settings: ``graph.config``.
         dead_letters: where refused events go.
@@ -87,7 +87,7 @@ class GraphProcessor:
 
     def __init__(
         self,
-        js: JetStreamContext,
+        nc: Client,
         store: GraphStore,
         settings: GraphSettings,
         dead_letters: DeadLetters,
@@ -97,7 +97,8 @@ class GraphProcessor:
         owns_stream: bool = False,
         on_commit: Callable[[frozenset[str]], None] | None = None,
     ) -> None:
-        self._js = js
+        self._nc = nc
+        self._js = nc.jetstream()
         self._store = store
         self.settings = settings
         self._dead_letters = dead_letters
@@ -107,14 +108,16 @@ class GraphProcessor:
         self.consumer = consumer_name(settings.input_subject, instance)
         self.status = ProcessorStatus()
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="graph-writer")
-        # Unbounded by itself: the fetcher waits on _room for fewer than `workers`
+        # Unbounded by itself: _enqueue waits on _room for fewer than `workers`
         # batches queued, a bound that /admin/config can change at run time.
         self._queue: asyncio.Queue[list[Msg]] = asyncio.Queue()
         self._room = asyncio.Condition()
         self._in_flight = 0
-        #: Set once the durable consumer exists and the processor is fetching.
+        #: Set once the durable consumer exists and the processor is receiving.
         self.bound = asyncio.Event()
-        self._rebind = False
+        self._rebind = asyncio.Event()
+        self._received: list[Msg] = []
+        self._enqueue_lock = asyncio.Lock()
 
     async def update_settings(self, settings: GraphSettings) -> None:
         """Take new ``graph.config`` values (workers, queue size, batch size) at run time.
@@ -130,19 +133,19 @@ class GraphProcessor:
             self._room.notify_all()
 
     def request_rebind(self) -> None:
-        """Recreate the consumer at the next fetch (after a NATS reconnect).
+        """Recreate the consumer now (after a NATS reconnect or a dropped message).
 
         Messages delivered before an outage and not yet acked would otherwise come back
         only after ``ack_wait``, behind newer ones.
         """
-        self._rebind = True
+        self._rebind.set()
 
     async def run(self) -> None:
         """Consume until cancelled; (re)binds the consumer after NATS outages."""
         self.status.running = True
         applier = asyncio.create_task(self._apply_loop(), name="graph-apply")
         try:
-            await self._fetch_loop()
+            await self._receive_loop()
         finally:
             applier.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -150,57 +153,79 @@ class GraphProcessor:
             self.status.running = False
             self._writer.shutdown(wait=True)
 
-    # ---- fetching ------------------------------------------------------------------
+    # ---- receiving -----------------------------------------------------------------
 
-    async def _fetch_loop(self) -> None:
+    async def _receive_loop(self) -> None:
         backoff = _RETRY_INITIAL_S
         while True:
             try:
-                await self._bind_and_fetch()
-                log.info("graph consumer rebinding after a reconnect")
+                await self._bind_and_receive()
+                log.info("graph consumer rebinding")
             except (nats.errors.Error, OSError, TimeoutError) as exc:
                 self.status.last_error = f"consumer: {exc}"
                 log.warning("graph consumer interrupted (%s); retrying in %.1fs", exc, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, _RETRY_MAX_S)
 
-    async def _bind_and_fetch(self) -> None:
+    async def _bind_and_receive(self) -> None:
         info = await self._js.stream_info(ENTITY_STREAM)
         self.status.stream_created = str(info.created)
         position = await self.run_on_writer(
             self._store.position, self.consumer, self.status.stream_created
         )
-        self._rebind = False
+        self._rebind.clear()
         if self._owns_stream:
             for stale in await remove_stale_consumers(
                 self._js, keep=self.consumer, subject=self.settings.input_subject
             ):
                 log.warning("removed stale consumer %s that overlapped %s", stale, self.consumer)
+        self._received = []
         subscription = await recreate_consumer(
-            self._js,
+            self._nc,
             durable=self.consumer,
             subject=self.settings.input_subject,
             max_ack_pending=self.settings.queue_size,
+            max_event_bytes=self.settings.max_event_bytes,
+            on_message=self._on_message,
         )
         log.info("graph consumer %s bound at stream position %d", self.consumer, position)
         self.bound.set()
         self.status.last_error = ""
+        lingering = asyncio.create_task(self._linger(), name="graph-linger")
         try:
-            while not self._rebind:
-                async with self._room:
-                    await self._room.wait_for(lambda: self._queue.qsize() < self.settings.workers)
-                size = self.settings.indexer.batch_processing.size
-                batch_size = max(1, min(size, self.settings.queue_size - self._in_flight))
-                try:
-                    messages = await subscription.fetch(batch_size, timeout=_FETCH_TIMEOUT_S)
-                except (TimeoutError, FetchTimeoutError):
-                    continue
-                self._in_flight += len(messages)
-                self._metrics.queue_depth.set(self._in_flight)
-                await self._queue.put(messages)
+            await self._rebind.wait()
         finally:
-            with contextlib.suppress(Exception):
+            lingering.cancel()
+            with contextlib.suppress(Exception, asyncio.CancelledError):
                 await subscription.unsubscribe()
+            # What was received but not queued is unacked: the new consumer sends it again.
+            self._received = []
+
+    async def _on_message(self, message: Msg) -> None:
+        """Collect pushed messages into batches of ``batch_processing.size``."""
+        self._received.append(message)
+        if len(self._received) >= self.settings.indexer.batch_processing.size:
+            await self._enqueue()
+
+    async def _linger(self) -> None:
+        """Queue a partial batch once messages stop arriving for a moment."""
+        while True:
+            await asyncio.sleep(_LINGER_S)
+            if self._received:
+                await self._enqueue()
+
+    async def _enqueue(self) -> None:
+        # One enqueuer at a time, in arrival order (asyncio.Lock is FIFO); waiting for
+        # room here stalls delivery, and max_ack_pending stops the server sending more.
+        async with self._enqueue_lock:
+            async with self._room:
+                await self._room.wait_for(lambda: self._queue.qsize() < self.settings.workers)
+            messages, self._received = self._received, []
+            if not messages:
+                return
+            self._in_flight += len(messages)
+            self._metrics.queue_depth.set(self._in_flight)
+            self._queue.put_nowait(messages)
 
     # ---- applying ------------------------------------------------------------------
 

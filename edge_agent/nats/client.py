@@ -7,12 +7,14 @@ import contextlib
 import logging
 import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit
 
 import nats
 import nats.errors
 from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.api import (
     AckPolicy,
@@ -105,7 +107,7 @@ async def connect(
     urls: list[str],
     *,
     name: str,
-    on_reconnect: Callable[[], None] | None = None,
+    on_resync: Callable[[], None] | None = None,
 ) -> Client:
     """Connect with the configured reconnect policy, TLS and NKey seed.
 
@@ -113,7 +115,8 @@ async def connect(
         config: the ``nats`` section.
         urls: the servers to use (the embedded server's URL, or ``config.urls``).
         name: the client name shown by the server.
-        on_reconnect: called after each reconnection.
+        on_resync: called after a reconnection, or when the client dropped messages
+            (slow consumer): consumers must be rebound to get them again, in order.
 
     Raises:
         NatsServerError: no server could be reached (after ``max_reconnect`` tries).
@@ -124,11 +127,13 @@ async def connect(
 
     async def reconnected() -> None:
         log.info("nats reconnected")
-        if on_reconnect:
-            on_reconnect()
+        if on_resync:
+            on_resync()
 
     async def error(exc: Exception) -> None:
         log.warning("nats error: %s", exc)
+        if isinstance(exc, nats.errors.SlowConsumerError) and on_resync:
+            on_resync()
 
     try:
         return await nats.connect(
@@ -211,31 +216,48 @@ async def ensure_streams(js: JetStreamContext, limits: JetStreamConfig) -> None:
 
 
 async def recreate_consumer(
-    js: JetStreamContext, *, durable: str, subject: str, max_ack_pending: int
-) -> JetStreamContext.PullSubscription:
-    """(Re)create the durable pull consumer and bind to it.
+    nc: Client,
+    *,
+    durable: str,
+    subject: str,
+    max_ack_pending: int,
+    max_event_bytes: int,
+    on_message: Callable[[Msg], Awaitable[None]],
+) -> Subscription:
+    """(Re)create the durable push consumer and subscribe ``on_message`` to it.
 
     Recreating matters: on a work-queue stream the unacked messages stay when the
     consumer goes, and a new consumer delivers them first, in stream order. Messages
     left unacked by a crash or an outage are therefore never redelivered *after*
     newer ones, which keeps the processor's stream position exact.
 
+    Push, not pull: nats-py hands pushed messages to a callback about three times
+    faster than it fetches them. ``max_ack_pending`` bounds what is in flight, and the
+    subscription's buffer is sized to hold all of it, so the client never drops.
     Acks are explicit, per message (a work-queue stream requires it).
     """
+    js = nc.jetstream()
     with contextlib.suppress(NotFoundError):
         await js.delete_consumer(ENTITY_STREAM, durable)
+    inbox = nc.new_inbox()
     await js.add_consumer(
         ENTITY_STREAM,
         ConsumerConfig(
             durable_name=durable,
             name=durable,
             filter_subject=subject,
+            deliver_subject=inbox,
             ack_policy=AckPolicy.EXPLICIT,
             ack_wait=300.0,
             max_ack_pending=max_ack_pending,
         ),
     )
-    return await js.pull_subscribe_bind(durable=durable, stream=ENTITY_STREAM)
+    return await nc.subscribe(
+        inbox,
+        cb=on_message,
+        pending_msgs_limit=2 * max_ack_pending + 1024,
+        pending_bytes_limit=(max_ack_pending + 1024) * (max_event_bytes + 1024),
+    )
 
 
 async def remove_stale_consumers(js: JetStreamContext, *, keep: str, subject: str) -> list[str]:

@@ -51,7 +51,9 @@ async def publish_rounds(url: str) -> None:
 
 
 async def test_kill_9_mid_apply_loses_nothing_and_applies_nothing_twice(tmp_path: Path) -> None:
-    config = config_dict(tmp_path / "state", graph={"config": {"workers": 2}})
+    # Small batches keep the agent well behind the publisher, so the kill lands mid-apply.
+    small = {"workers": 1, "indexer": {"batch_processing": {"size": 20}}}
+    config = config_dict(tmp_path / "state", graph={"config": small})
     agent = AgentProcess(config, tmp_path)
     agent.start()
     await publish_rounds(agent.nats_url)
