@@ -101,7 +101,7 @@ class IndexesConfig(_Section, frozen=True):
 class BatchProcessingConfig(_Section, frozen=True):
     """``graph.config.indexer.batch_processing``: events applied per SQLite transaction."""
 
-    size: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 200
+    size: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 500
 
 
 class EmbeddingConfig(_Section, frozen=True):
@@ -140,8 +140,11 @@ class GraphSettings(_Section, frozen=True):
     ``max_ack_pending``), so a full queue slows the consumer and never drops.
     """
 
-    workers: Annotated[int, msgspec.Meta(ge=1, le=256)] = 2
-    queue_size: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 1000
+    # Defaults measured on 2 cores: 1,000 unacked events left the writer idle while
+    # acks made their round trip (6,300 events/s drained); 5,000 and 4 batches kept it
+    # busy (9,500 events/s).
+    workers: Annotated[int, msgspec.Meta(ge=1, le=256)] = 4
+    queue_size: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 5000
     input_subject: str = "events.graph.entity.>"
     max_event_bytes: Annotated[int, msgspec.Meta(ge=256, le=1 << 20)] = 64 << 10
     data_manager: DataManagerConfig = DataManagerConfig()
