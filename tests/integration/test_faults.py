@@ -143,3 +143,32 @@ async def test_embedded_nats_server_killed_under_load_recovers(start_agent: Star
 
 async def _acked_at_least(acked: set[int], n: int) -> bool:
     return len(acked) >= n
+
+
+async def test_sigterm_under_load_stops_promptly_and_loses_nothing(tmp_path: Path) -> None:
+    small = {"workers": 1, "indexer": {"batch_processing": {"size": 20}}}
+    agent = AgentProcess(config_dict(tmp_path / "state", graph={"config": small}), tmp_path)
+    agent.start()
+    await publish_rounds(agent.nats_url)
+
+    async def busy() -> bool:
+        return processed(agent) >= 2_000
+
+    await wait_for(busy, what="the agent busy applying")
+    assert agent.proc is not None
+    started = asyncio.get_running_loop().time()
+    agent.proc.terminate()
+    code = await asyncio.to_thread(agent.proc.wait, 30)
+    assert code == 0
+    assert asyncio.get_running_loop().time() - started < 10
+    agent.start()
+
+    async def all_applied() -> bool:
+        stats = agent.stats()
+        return stats["stream_pending"] == 0 and stats["entities"] == ENTITIES
+
+    await wait_for(all_applied, timeout=120, what="every event applied after restart")
+    assert agent.stop() == 0
+    with sqlite3.connect(tmp_path / "state/graph.db") as db:
+        versions = db.execute("SELECT version, count(*) FROM entities GROUP BY version").fetchall()
+    assert versions == [(ROUNDS, ENTITIES)]
