@@ -50,6 +50,25 @@ async def publish_rounds(url: str) -> None:
     await client.close()
 
 
+async def restart_and_check_every_round_applied_once(agent: AgentProcess, db_path: Path) -> None:
+    """Restart the agent, let it drain, and check exactly-once, in-order application."""
+    agent.start()
+
+    async def all_applied() -> bool:
+        stats = agent.stats()
+        return stats["stream_pending"] == 0 and stats["entities"] == ENTITIES
+
+    await wait_for(all_applied, timeout=120, what="every event applied after restart")
+    assert agent.stop() == 0
+    with sqlite3.connect(db_path) as db:
+        versions = db.execute("SELECT version, count(*) FROM entities GROUP BY version").fetchall()
+        rounds = db.execute(
+            "SELECT object, count(*) FROM triples WHERE predicate = 'round' GROUP BY object"
+        ).fetchall()
+    assert versions == [(ROUNDS, ENTITIES)]  # every event applied exactly once
+    assert rounds == [(str(ROUNDS - 1), ENTITIES)]  # and in order: the last round wins
+
+
 async def test_kill_9_mid_apply_loses_nothing_and_applies_nothing_twice(tmp_path: Path) -> None:
     # Small batches keep the agent well behind the publisher, so the kill lands mid-apply.
     small = {"workers": 1, "indexer": {"batch_processing": {"size": 20}}}
@@ -73,21 +92,7 @@ async def test_kill_9_mid_apply_loses_nothing_and_applies_nothing_twice(tmp_path
 
     await wait_for(nats_gone, timeout=15, what="the orphaned nats-server to exit")
 
-    agent.start()
-
-    async def all_applied() -> bool:
-        stats = agent.stats()
-        return stats["stream_pending"] == 0 and stats["entities"] == ENTITIES
-
-    await wait_for(all_applied, timeout=120, what="every event applied after restart")
-    assert agent.stop() == 0
-    with sqlite3.connect(tmp_path / "state/graph.db") as db:
-        versions = db.execute("SELECT version, count(*) FROM entities GROUP BY version").fetchall()
-        rounds = db.execute(
-            "SELECT object, count(*) FROM triples WHERE predicate = 'round' GROUP BY object"
-        ).fetchall()
-    assert versions == [(ROUNDS, ENTITIES)]  # every event applied exactly once
-    assert rounds == [(str(ROUNDS - 1), ENTITIES)]  # and in order: the last round wins
+    await restart_and_check_every_round_applied_once(agent, tmp_path / "state/graph.db")
 
 
 async def test_embedded_nats_server_killed_under_load_recovers(start_agent: StartAgent) -> None:
@@ -161,14 +166,4 @@ async def test_sigterm_under_load_stops_promptly_and_loses_nothing(tmp_path: Pat
     code = await asyncio.to_thread(agent.proc.wait, 30)
     assert code == 0
     assert asyncio.get_running_loop().time() - started < 10
-    agent.start()
-
-    async def all_applied() -> bool:
-        stats = agent.stats()
-        return stats["stream_pending"] == 0 and stats["entities"] == ENTITIES
-
-    await wait_for(all_applied, timeout=120, what="every event applied after restart")
-    assert agent.stop() == 0
-    with sqlite3.connect(tmp_path / "state/graph.db") as db:
-        versions = db.execute("SELECT version, count(*) FROM entities GROUP BY version").fetchall()
-    assert versions == [(ROUNDS, ENTITIES)]
+    await restart_and_check_every_round_applied_once(agent, tmp_path / "state/graph.db")
