@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 
@@ -30,29 +30,56 @@ __all__ = ["ApplyResult", "GraphStore", "ImportResult", "iso_ms"]
 _RDF_TYPE = "rdf:type"
 _json = msgspec.json.Encoder()
 
-_UPSERT_ENTITY = """
-INSERT INTO entities (id, type, version, priority, created_at, updated_at, origin)
-VALUES (?, ?, 1, ?, ?, ?, ?)
-ON CONFLICT (id) DO UPDATE SET
-    type = excluded.type,
-    version = version + 1,
-    priority = excluded.priority,
-    updated_at = max(updated_at, excluded.updated_at),
-    origin = excluded.origin
-"""
+
+class _Upsert(NamedTuple):
+    """A multi-row upsert: ``head``, then one ``row`` per row, then ``tail``."""
+
+    head: str
+    row: str
+    tail: str
+
+
+_UPSERT_ENTITY = _Upsert(
+    "INSERT INTO entities (id, type, version, priority, created_at, updated_at, origin) VALUES",
+    "(?, ?, 1, ?, ?, ?, ?)",
+    """ON CONFLICT (id) DO UPDATE SET
+        type = excluded.type,
+        version = version + 1,
+        priority = excluded.priority,
+        updated_at = max(updated_at, excluded.updated_at),
+        origin = excluded.origin""",
+)
 # The newer timestamp wins per predicate; an equal one is a re-statement and also wins.
-_UPSERT_TRIPLE = """
-INSERT INTO triples (subject, predicate, object, ts, source) VALUES (?, ?, ?, ?, ?)
-ON CONFLICT (subject, predicate) DO UPDATE SET
-    object = excluded.object, ts = excluded.ts, source = excluded.source
-WHERE excluded.ts >= triples.ts
-"""
-_UPSERT_EDGE = """
-INSERT INTO edges (subject, predicate, object, weight, ts, source) VALUES (?, ?, ?, ?, ?, ?)
-ON CONFLICT (subject, predicate, object) DO UPDATE SET
-    weight = excluded.weight, ts = excluded.ts, source = excluded.source
-WHERE excluded.ts >= edges.ts
-"""
+_UPSERT_TRIPLE = _Upsert(
+    "INSERT INTO triples (subject, predicate, object, ts, source) VALUES",
+    "(?, ?, ?, ?, ?)",
+    """ON CONFLICT (subject, predicate) DO UPDATE SET
+        object = excluded.object, ts = excluded.ts, source = excluded.source
+    WHERE excluded.ts >= triples.ts""",
+)
+_UPSERT_EDGE = _Upsert(
+    "INSERT INTO edges (subject, predicate, object, weight, ts, source) VALUES",
+    "(?, ?, ?, ?, ?, ?)",
+    """ON CONFLICT (subject, predicate, object) DO UPDATE SET
+        weight = excluded.weight, ts = excluded.ts, source = excluded.source
+    WHERE excluded.ts >= edges.ts""",
+)
+# One statement per few hundred rows, where executemany steps into SQLite once per row:
+# each step releases and retakes the GIL, and while the event loop is busy every retake
+# waits. 500 rows x 7 parameters stays far inside SQLite's 32,766.
+_ROWS_PER_STATEMENT = 500
+
+
+def _upsert_rows(
+    db: sqlite3.Connection, upsert: _Upsert, rows: Sequence[tuple[Any, ...]], chunk: int
+) -> None:
+    """Run ``upsert`` over ``rows`` in order, ``chunk`` rows per statement."""
+    for start in range(0, len(rows), chunk):
+        part = rows[start : start + chunk]
+        sql = f"{upsert.head} {','.join([upsert.row] * len(part))} {upsert.tail}"
+        db.execute(sql, [value for row in part for value in row])
+
+
 _UPDATE_SPATIAL = f"""
 INSERT OR REPLACE INTO spatial
 SELECT e.rowid, lat.v, lat.v, lon.v, lon.v
@@ -272,10 +299,9 @@ class GraphStore:
             if LATITUDE in properties or LONGITUDE in properties:
                 located.append({"id": eid})
         db = self._db
-        db.executemany(_UPSERT_ENTITY, entities)
-        db.executemany(_UPSERT_TRIPLE, triples)
-        for start in range(0, len(edges), self.edge_batch_size):
-            db.executemany(_UPSERT_EDGE, edges[start : start + self.edge_batch_size])
+        _upsert_rows(db, _UPSERT_ENTITY, entities, _ROWS_PER_STATEMENT)
+        _upsert_rows(db, _UPSERT_TRIPLE, triples, _ROWS_PER_STATEMENT)
+        _upsert_rows(db, _UPSERT_EDGE, edges, self.edge_batch_size)
         db.executemany("INSERT OR IGNORE INTO aliases VALUES (?, ?)", aliases)
         if self.indexes.temporal:
             db.executemany(_UPSERT_TEMPORAL, temporal)
