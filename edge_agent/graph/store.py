@@ -156,7 +156,7 @@ class GraphStore:
         path: the database file (created with its directory if missing).
         origin: the id written into ``origin`` of entities this store applies.
         indexes: which secondary indexes to keep.
-        edge_batch_size: relationship rows per ``executemany`` call.
+        edge_batch_size: relationship rows per SQL statement.
     """
 
     def __init__(
