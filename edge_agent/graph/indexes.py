@@ -11,6 +11,7 @@ from __future__ import annotations
 import sqlite3
 
 from edge_agent.config import IndexesConfig
+from edge_agent.graph.sql import write_transaction
 
 __all__ = ["LATITUDE", "LONGITUDE", "TEMPORAL_BUCKET_MS", "reconcile_indexes"]
 
@@ -70,8 +71,7 @@ def reconcile_indexes(db: sqlite3.Connection, wanted: IndexesConfig) -> list[str
     _retire(db)
     built = {name: bool(on) for name, on in db.execute("SELECT name, enabled FROM index_state")}
     changes = []
-    db.execute("BEGIN IMMEDIATE")
-    try:
+    with write_transaction(db):
         for name in ("predicate", "incoming", "alias", "spatial", "temporal"):
             on = bool(getattr(wanted, name))
             if built.get(name, False) == on and name in built:
@@ -80,10 +80,6 @@ def reconcile_indexes(db: sqlite3.Connection, wanted: IndexesConfig) -> list[str
                 db.execute(sql)
             db.execute("INSERT OR REPLACE INTO index_state VALUES (?, ?)", (name, int(on)))
             changes.append(("+" if on else "-") + name)
-        db.execute("COMMIT")
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
     return changes
 
 

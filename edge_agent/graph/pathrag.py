@@ -169,12 +169,13 @@ def _neighbours(
     predicates = ""
     if query.predicates:
         predicates = f" AND predicate IN ({','.join('?' * len(query.predicates))})"
+    # The caller passes at most _FRONTIER_CHUNK sources: one statement per direction.
+    sources = list(frontier)
+    marks = ",".join("?" * len(sources))
     steps: list[tuple[str, str, float]] = []
-    for chunk in chunks(sorted(frontier)):
-        marks = ",".join("?" * len(chunk))
-        for template in templates:
-            sql = template.format(ids=marks, predicates=predicates)
-            steps.extend(db.execute(sql, [*chunk, *query.predicates]))
+    for template in templates:
+        sql = template.format(ids=marks, predicates=predicates)
+        steps.extend(db.execute(sql, [*sources, *query.predicates]))
     return steps
 
 

@@ -23,6 +23,7 @@ from edge_agent.errors import GraphError
 from edge_agent.graph.indexes import LATITUDE, LONGITUDE, TEMPORAL_BUCKET_MS, reconcile_indexes
 from edge_agent.graph.migrations import migrate
 from edge_agent.graph.records import EntityRecord, import_record
+from edge_agent.graph.sql import write_transaction
 from edge_agent.model import EntityEvent
 
 __all__ = ["ApplyResult", "GraphStore", "ImportResult", "iso_ms"]
@@ -228,23 +229,19 @@ class GraphStore:
         Raises:
             GraphError: SQLite refused the transaction; nothing of the batch is applied.
         """
-        db = self._db
         try:
-            db.execute("BEGIN IMMEDIATE")
-            (position,) = db.execute(
-                "SELECT applied_seq FROM consumer_state WHERE consumer = ?", (consumer,)
-            ).fetchone() or (0,)
-            fresh = [(seq, event) for seq, event in batch if seq > position]
-            changed, touched = self._apply_events([event for _, event in fresh], now_ms)
-            if fresh:
-                db.execute(
-                    "UPDATE consumer_state SET applied_seq = ? WHERE consumer = ?",
-                    (fresh[-1][0], consumer),
-                )
-            db.execute("COMMIT")
+            with write_transaction(self._db) as db:
+                (position,) = db.execute(
+                    "SELECT applied_seq FROM consumer_state WHERE consumer = ?", (consumer,)
+                ).fetchone() or (0,)
+                fresh = [(seq, event) for seq, event in batch if seq > position]
+                changed, touched = self._apply_events([event for _, event in fresh], now_ms)
+                if fresh:
+                    db.execute(
+                        "UPDATE consumer_state SET applied_seq = ? WHERE consumer = ?",
+                        (fresh[-1][0], consumer),
+                    )
         except sqlite3.Error as exc:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
             raise GraphError(f"batch not applied: {exc}") from exc
         return ApplyResult(len(fresh), len(batch) - len(fresh), changed, frozenset(touched))
 
@@ -314,18 +311,14 @@ class GraphStore:
         Raises:
             GraphError: SQLite refused the transaction; nothing of it is applied.
         """
-        db = self._db
         applied: list[str] = []
         try:
-            db.execute("BEGIN IMMEDIATE")
-            for record in records:
-                if import_record(db, record) == "applied":
-                    applied.append(record.entity_id)
-                    self._refresh_indexes(record)
-            db.execute("COMMIT")
+            with write_transaction(self._db) as db:
+                for record in records:
+                    if import_record(db, record) == "applied":
+                        applied.append(record.entity_id)
+                        self._refresh_indexes(record)
         except sqlite3.Error as exc:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
             raise GraphError(f"import not applied: {exc}") from exc
         touched = set(applied)
         for record in records:

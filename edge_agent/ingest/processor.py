@@ -1,4 +1,4 @@
-"""The graph processor: JetStream durable pull consumer → SQLite, one transaction per batch.
+"""The graph processor: JetStream durable push consumer → SQLite, one transaction per batch.
 
 Invariants:
 - Batches are applied in the order they were received, by a single writer thread, and
