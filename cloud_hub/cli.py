@@ -1,7 +1,6 @@
 """``cloud-hub``: the hub's command line.
 
-The hub shares the edge's config schema and loader; this version validates hub configs.
-The hub service itself (``cloud-hub run``) arrives with the sync link.
+The hub shares the edge's config schema and loader.
 """
 
 from __future__ import annotations
@@ -29,11 +28,25 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run the hub until SIGTERM or SIGINT."""
+    from cloud_hub.app import Hub
+    from edge_agent.cli import load_or_exit, run_service
+    from edge_agent.logs import setup_logging
+
+    config = load_or_exit(args.config)
+    setup_logging(config.logging)
+    return run_service(Hub(config), "cloud-hub")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``cloud-hub`` console script."""
     parser = argparse.ArgumentParser(prog="cloud-hub", description="SemStreams cloud hub")
     parser.add_argument("--version", action="version", version=f"cloud-hub {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run the hub")
+    run.add_argument("--config", "-c", help="JSON config file (default: built-in defaults)")
+    run.set_defaults(func=cmd_run)
     check = commands.add_parser("check-config", help="validate a hub config file")
     check.add_argument("file")
     check.set_defaults(func=cmd_check_config)

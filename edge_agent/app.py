@@ -10,22 +10,24 @@ import contextlib
 import logging
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from starlette.applications import Starlette
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from edge_agent import __version__
 from edge_agent.api import build_app, views
 from edge_agent.api.nats_queries import serve_queries
+from edge_agent.api.routes import ROUTES
 from edge_agent.api.security import server_ssl_context
 from edge_agent.api.server import HttpServer
-from edge_agent.config import Config, SimulatorConfig
+from edge_agent.config import ComponentConfig, Config
 from edge_agent.config.runtime import change_graph_settings, runtime_values
+from edge_agent.config.schema import WebsocketOutputConfig
 from edge_agent.errors import NatsServerError
 from edge_agent.graph import GraphStore
 from edge_agent.graph.querier import Querier
@@ -37,6 +39,7 @@ from edge_agent.metrics import Metrics
 from edge_agent.nats.client import connect, embedded_port, ensure_streams
 from edge_agent.nats.server import EmbeddedNatsServer
 from edge_agent.nats.subjects import DEAD_LETTER_STREAM, ENTITY_STREAM
+from edge_agent.sync.output import SyncOutput, read_token
 from edge_agent.tracing import setup_tracing, shutdown_tracing
 
 __all__ = ["Agent"]
@@ -44,9 +47,15 @@ __all__ = ["Agent"]
 log = logging.getLogger(__name__)
 _STREAM_POLL_S = 2.0
 _JETSTREAM_READY_TIMEOUT_S = 20.0
-#: Component types the edge agent runs in this version; others are validated but idle.
-_RUNNABLE = {"simulator"}
 _T = TypeVar("_T")
+
+
+def sync_output_settings(config: Config) -> tuple[int, WebsocketOutputConfig] | None:
+    """The agent's ``websocket_output`` component (index, settings), if it has one."""
+    for index, component in enumerate(config.components):
+        if isinstance(component.config, WebsocketOutputConfig):
+            return index, component.config
+    return None
 
 
 class Agent:
@@ -55,6 +64,9 @@ class Agent:
     Call :meth:`start`, then :meth:`stop`; between them the HTTP API answers on
     :attr:`http_port`.
     """
+
+    #: What the logs call this program.
+    program = "edge agent"
 
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -67,6 +79,7 @@ class Agent:
         self.querier: Querier
         self.publisher: EventPublisher
         self.processor: GraphProcessor
+        self.sync_output: SyncOutput | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._servers: list[HttpServer] = []
         self._stream_stats = {"dead_letters": 0, "stream_pending": 0}
@@ -116,11 +129,13 @@ class Agent:
         )
         self.js = self.nc.jetstream()
         await self._ensure_streams()
+        output = sync_output_settings(self.config)
         self.store = GraphStore(
             self.state_dir / "graph.db",
             origin=self.config.platform.id,
             indexes=graph.indexer.indexes,
             edge_batch_size=graph.data_manager.edge_batch_size,
+            outbox=output[1].mode if output else None,
         )
         querier_config = graph.querier
         self.querier = Querier(
@@ -142,7 +157,7 @@ class Agent:
             self.metrics,
             instance=self.config.platform.id,
             owns_stream=self.nats_server is not None,
-            on_commit=self.querier.invalidate,
+            on_commit=self._committed,
         )
         self._spawn(self.processor.run(), "graph-processor")
         try:
@@ -152,11 +167,12 @@ class Agent:
             raise NatsServerError(f"graph consumer not ready: {cause}") from exc
         self._spawn(self._watch_stream(), "stream-watch")
         await serve_queries(self.nc, self.querier)
-        self._start_components()
+        await self._start_components()
         await self._start_http(api_ssl)
         self.started_at = time.time()
         log.info(
-            "edge agent %s up: id=%s nats=%s api=%s://%s:%d",
+            "%s %s up: id=%s nats=%s api=%s://%s:%d",
+            self.program,
             __version__,
             self.config.platform.id,
             ",".join(urls),
@@ -182,7 +198,13 @@ class Agent:
         if hasattr(self, "store"):
             self.store.close()
         shutdown_tracing()
-        log.info("edge agent stopped")
+        log.info("%s stopped", self.program)
+
+    def _committed(self, touched: frozenset[str]) -> None:
+        """On the writer thread, after each commit: stale cache out, the sync link woken."""
+        self.querier.invalidate(touched)
+        if self.sync_output is not None:
+            self.sync_output.notify()
 
     def _on_resync(self) -> None:
         if hasattr(self, "processor"):
@@ -203,25 +225,51 @@ class Agent:
                     raise NatsServerError(f"JetStream not available: {exc}") from exc
                 await asyncio.sleep(0.25)
 
-    def _start_components(self) -> None:
-        for component in self.config.components:
-            if component.type not in _RUNNABLE:
+    async def _start_components(self) -> None:
+        starters = self.component_starters()
+        for index, component in enumerate(self.config.components):
+            starter = starters.get(component.type)
+            if starter is None:
                 log.warning(
-                    "component %s: type %s is not run by this version of the edge agent",
+                    "component %s: type %s is not run by this program",
                     component.id,
                     component.type,
                 )
                 continue
-            settings: SimulatorConfig = component.config
-            self._spawn(run_simulator(settings, self.publisher), f"component {component.id}")
+            await starter(component, index)
+
+    def component_starters(self) -> dict[str, Callable[[ComponentConfig, int], Awaitable[None]]]:
+        """Each component type this program runs, with what starts it."""
+        return {"simulator": self._start_simulator, "websocket_output": self._start_sync_output}
+
+    async def _start_simulator(self, component: ComponentConfig, index: int) -> None:
+        self._spawn(run_simulator(component.config, self.publisher), f"component {component.id}")
+
+    async def _start_sync_output(self, component: ComponentConfig, index: int) -> None:
+        self.sync_output = SyncOutput(
+            component.config,
+            edge_id=self.config.platform.id,
+            token=read_token(component.config, f"components[{index}].config"),
+            store=self.store,
+            write=self.write,
+            metrics=self.metrics,
+        )
+        self._spawn(self.sync_output.run(), f"component {component.id}")
 
     async def _start_http(self, ssl_context: ssl.SSLContext | None) -> None:
         service = self.config.services.service_manager.config
         app = build_app(
-            self, auth=service.auth, rate_limit=self.config.api_gateway.config.rate_limit
+            self,
+            routes=self.routes(),
+            auth=service.auth,
+            rate_limit=self.config.api_gateway.config.rate_limit,
         )
         api = HttpServer(
-            app, host=service.http_host, port=service.http_port, ssl_context=ssl_context
+            app,
+            host=service.http_host,
+            port=service.http_port,
+            ssl_context=ssl_context,
+            options=self.http_options(),
         )
         await api.start()
         self._servers.append(api)
@@ -232,6 +280,14 @@ class Agent:
             server = HttpServer(app, host=service.http_host, port=metrics.config.port)
             await server.start()
             self._servers.append(server)
+
+    def http_options(self) -> dict[str, Any]:
+        """Extra uvicorn settings for the API listener (the hub adds WebSocket ones)."""
+        return {}
+
+    def routes(self) -> list[BaseRoute]:
+        """The HTTP routes this program serves."""
+        return list(ROUTES)
 
     # ---- administration ------------------------------------------------------------
 
@@ -302,6 +358,9 @@ class Agent:
                 "last_error": self.processor.status.last_error,
             },
         }
+        if self.sync_output is not None:
+            # Informational: an edge offline for days is normal operation, not ill health.
+            components["sync"] = self.sync_output.status()
         if components["processor"]["status"] == "ok" and self.processor.status.last_error:
             components["processor"]["status"] = "retrying"
         if "down" in (components["store"]["status"], components["processor"]["status"]):

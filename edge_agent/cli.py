@@ -15,6 +15,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol
 
 import msgspec
 
@@ -22,14 +23,15 @@ from edge_agent import __version__
 from edge_agent.config import Config, Duration, load_config
 from edge_agent.errors import ConfigError, SemStreamsError
 
-__all__ = ["main"]
+__all__ = ["Service", "load_or_exit", "main", "run_service"]
 
 EXIT_FAILURE = 1
 EXIT_CONFIG = 2
 EXIT_REFUSED = 3
 
 
-def _load(path: str | None) -> Config:
+def load_or_exit(path: str | None) -> Config:
+    """The config at ``path``; on problems, print each with its key and exit 2."""
     try:
         return load_config(path)
     except ConfigError as exc:
@@ -41,7 +43,7 @@ def _load(path: str | None) -> Config:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     """Validate a config file; print each problem with its key path."""
-    config = _load(args.file)
+    config = load_or_exit(args.file)
     print(
         f"{args.file}: ok (platform {config.platform.type} id={config.platform.id}, "
         f"state_dir={config.state_dir}, {len(config.components)} components)"
@@ -54,17 +56,28 @@ def cmd_run(args: argparse.Namespace) -> int:
     from edge_agent.app import Agent
     from edge_agent.logs import setup_logging
 
-    config = _load(args.config)
+    config = load_or_exit(args.config)
     setup_logging(config.logging)
+    return run_service(Agent(config), "edge-agent")
+
+
+class Service(Protocol):
+    """Something with an async start and stop: the agent, the hub."""
+
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+
+
+def run_service(service: Service, prog: str) -> int:
+    """Start ``service``, run it until SIGTERM or SIGINT, stop it; the exit code."""
 
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        agent = Agent(config)
         # A signal during start-up (say, waiting for an external NATS) stops it too.
-        starting = asyncio.create_task(agent.start())
+        starting = asyncio.create_task(service.start())
         stopping = asyncio.create_task(stop.wait())
         try:
             await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
@@ -74,12 +87,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         finally:
             starting.cancel()
             stopping.cancel()
-            await agent.stop()
+            await service.stop()
 
     try:
         asyncio.run(main())
     except (SemStreamsError, OSError) as exc:
-        print(f"edge-agent: {exc}", file=sys.stderr)
+        print(f"{prog}: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     return 0
 
@@ -98,7 +111,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
     from edge_agent.metrics import Metrics
     from edge_agent.nats.client import connect
 
-    config = _load(args.config)
+    config = load_or_exit(args.config)
     urls = [args.nats_url] if args.nats_url else list(config.nats.urls)
     urls = urls or [f"nats://127.0.0.1:{config.nats.port}"]
     events = _read_events(args.file)
@@ -138,7 +151,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
     """Print ``GET /graph/stats`` of a running agent."""
     url = args.url
     if url is None:
-        service = _load(args.config).services.service_manager.config
+        service = load_or_exit(args.config).services.service_manager.config
         scheme = "https" if service.tls else "http"
         url = f"{scheme}://{service.http_host}:{service.http_port}"
     request = urllib.request.Request(f"{url.rstrip('/')}/graph/stats")

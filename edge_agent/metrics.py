@@ -92,6 +92,84 @@ class Metrics:
             registry=registry,
         )
 
+        self._sync_metrics(registry)
+
+    def _sync_metrics(self, registry: CollectorRegistry) -> None:
+        """``semstreams_sync_*``: the edge → hub link, as seen from either end."""
+        self.sync_bytes_sent = Counter(
+            "semstreams_sync_bytes_sent",
+            "Batch bytes sent to the hub: stage=uncompressed (msgpack) or wire (frames).",
+            ["stage"],
+            registry=registry,
+        )
+        self.sync_bytes_received = Counter(
+            "semstreams_sync_bytes_received",
+            "Batch bytes received from edges: stage=wire (frames) or uncompressed.",
+            ["stage"],
+            registry=registry,
+        )
+        self.sync_batches = Counter(
+            "semstreams_sync_batches",
+            "Batches by direction: sent and resent (edge), received and duplicate (hub).",
+            ["direction"],
+            registry=registry,
+        )
+        self.sync_acks = Counter(
+            "semstreams_sync_acks",
+            "Batches acked (sent by the hub, received by the edge).",
+            registry=registry,
+        )
+        self.sync_nacks = Counter(
+            "semstreams_sync_nacks",
+            "Batches refused for now, by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        self.sync_backlog_entities = Gauge(
+            "semstreams_sync_backlog_entities",
+            "Changes the hub has not acked: outbox rows plus deltas in flight.",
+            registry=registry,
+        )
+        self.sync_backlog_bytes = Gauge(
+            "semstreams_sync_backlog_bytes",
+            "Bytes the hub has not acked: outbox rows (estimated) plus payloads in flight.",
+            registry=registry,
+        )
+        self.sync_lag = Gauge(
+            "semstreams_sync_lag_seconds",
+            "Edge: age of the oldest change not yet acked. Hub: now minus the newest"
+            " change in the last batch applied, per edge.",
+            ["edge"],
+            registry=registry,
+        )
+        self.sync_reconnects = Counter(
+            "semstreams_sync_reconnects", "Link attempts after the first.", registry=registry
+        )
+        self.sync_connected = Gauge(
+            "semstreams_sync_connected",
+            "Links up (edge: 0 or 1; hub: edges connected).",
+            registry=registry,
+        )
+        self.sync_dropped = Counter(
+            "semstreams_sync_dropped",
+            "Changes not sent, by reason: outbox_full (dropped to stay in max_outbox_bytes),"
+            " filtered (the link's filters keep them on the device).",
+            ["reason"],
+            registry=registry,
+        )
+        self.sync_refused = Counter(
+            "semstreams_sync_refused",
+            "Links closed or refused by reason (credentials, bad frame, protocol).",
+            ["reason"],
+            registry=registry,
+        )
+        self.sync_deltas = Counter(
+            "semstreams_sync_deltas",
+            "Entity deltas by outcome: sent (edge); applied, stale, conflict (hub).",
+            ["outcome"],
+            registry=registry,
+        )
+
     def exposition(self) -> bytes:
         """The Prometheus text format of every metric."""
         return generate_latest(self.registry)

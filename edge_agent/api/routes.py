@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from starlette.applications import Starlette
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from edge_agent.api import admin, views
 from edge_agent.api.openapi import openapi
@@ -31,13 +33,14 @@ ROUTES = [
 def build_app(
     agent: AgentServices,
     *,
+    routes: Sequence[BaseRoute] = ROUTES,
     auth: AuthConfig | None = None,
     rate_limit: RateLimitConfig | None = None,
 ) -> Starlette:
-    """The ASGI app serving ``agent``, behind the bearer auth and rate limit given (none)."""
+    """The ASGI app serving ``routes`` for ``agent``, behind the auth and rate limit given."""
     middleware = security_middleware(
         auth or AuthConfig(), rate_limit or RateLimitConfig(), agent.metrics
     )
-    app = Starlette(routes=ROUTES, middleware=middleware)
+    app = Starlette(routes=list(routes), middleware=middleware)
     app.state.agent = agent
     return app

@@ -33,12 +33,20 @@ class HttpServer:
         host: the address to bind.
         port: the port (0 picks a free one; see :attr:`port` after :meth:`start`).
         ssl_context: serve HTTPS with this server context; ``None`` serves plain HTTP.
+        options: more ``uvicorn.Config`` settings (e.g. ``ws_max_size``).
     """
 
     def __init__(
-        self, app: Any, *, host: str, port: int, ssl_context: ssl.SSLContext | None = None
+        self,
+        app: Any,
+        *,
+        host: str,
+        port: int,
+        ssl_context: ssl.SSLContext | None = None,
+        options: dict[str, Any] | None = None,
     ) -> None:
         self._app = app
+        self._options = options or {}
         self.host = host
         self.port = port
         self._ssl_context = ssl_context
@@ -69,6 +77,7 @@ class HttpServer:
             lifespan="off",
             access_log=False,
             timeout_graceful_shutdown=5,
+            **self._options,
         )
         if self._ssl_context is not None:
             # uvicorn builds a context only from file paths, with its own cipher string;

@@ -164,12 +164,12 @@ def _check(config: Config) -> list[str]:
             problems.append(f"components[{index}].id: duplicate id {component.id!r}")
         seen.add(component.id)
         if isinstance(component.config, WebsocketOutputConfig):
-            try:
-                compile_filter(
-                    component.config.filters, where=f"components[{index}].config.filters"
-                )
-            except ValueError as exc:
-                problems.append(str(exc))
+            problems += _check_output(component.config, f"components[{index}].config")
+    outputs = [c for c in config.components if isinstance(c.config, WebsocketOutputConfig)]
+    if len(outputs) > 1:
+        problems.append(
+            f"components: {len(outputs)} websocket_output components; an agent has one link"
+        )
     if config.nats.embedded is False and not config.nats.urls:
         problems.append("nats.urls: must name a server when nats.embedded is false")
     for index, url in enumerate(config.nats.urls):
@@ -185,6 +185,23 @@ def _check(config: Config) -> list[str]:
     tls = config.nats.tls
     if tls and bool(tls.cert_file) != bool(tls.key_file):
         problems.append("nats.tls: cert_file and key_file must be given together")
+    return problems
+
+
+def _check_output(output: WebsocketOutputConfig, where: str) -> list[str]:
+    """A ``websocket_output``'s URL, filter, credential and TLS settings."""
+    problems = []
+    if not re.match(r"^wss?://[^/]+(/.*)?$", output.url):
+        problems.append(f"{where}.url: {output.url!r} is not a ws:// or wss:// URL")
+    try:
+        compile_filter(output.filters, where=f"{where}.filters")
+    except ValueError as exc:
+        problems.append(str(exc))
+    if output.token and output.token_file:
+        problems.append(f"{where}.token_file: give token or token_file, not both")
+    tls = output.tls
+    if tls and bool(tls.cert_file) != bool(tls.key_file):
+        problems.append(f"{where}.tls: cert_file and key_file must be given together")
     return problems
 
 

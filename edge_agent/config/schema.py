@@ -18,6 +18,7 @@ __all__ = [
     "AuthConfig",
     "ComponentConfig",
     "Config",
+    "DeviceConfig",
     "GraphConfig",
     "GraphSettings",
     "HttpTlsConfig",
@@ -28,9 +29,12 @@ __all__ = [
     "NatsConfig",
     "PlatformConfig",
     "RateLimitConfig",
+    "ReconnectConfig",
     "ServiceManagerSettings",
     "ServicesConfig",
     "SimulatorConfig",
+    "SyncBatchConfig",
+    "SyncTlsConfig",
     "TelemetryConfig",
     "TlsConfig",
     "WebsocketInputConfig",
@@ -301,21 +305,94 @@ class Config(_Section, frozen=True):
     telemetry: TelemetryConfig = TelemetryConfig()
 
 
+class SyncBatchConfig(_Section, frozen=True):
+    """``websocket_output.config.batch``: a batch goes when any limit is reached.
+
+    ``max_bytes`` bounds the uncompressed batch; under a rate cap the link also keeps a
+    compressed batch to about a quarter second of the cap, so urgent changes never wait
+    long behind one.
+    """
+
+    max_count: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 500
+    max_bytes: ByteSize = ByteSize(256 << 10)
+    max_age: Duration = Duration(0.5)
+
+
+class ReconnectConfig(_Section, frozen=True):
+    """``websocket_output.config.reconnect``: exponential backoff with jitter, capped.
+
+    The wait after the n-th failure in a row is ``initial * multiplier**(n-1)``, at most
+    ``max``, each spread by ±``jitter`` (a fraction); a welcome resets it.
+    """
+
+    initial: Duration = Duration(0.5)
+    max: Duration = Duration(30.0)
+    multiplier: Annotated[float, msgspec.Meta(ge=1.0, le=10.0)] = 2.0
+    jitter: Fraction = 0.2
+
+
+class SyncTlsConfig(_Section, frozen=True):
+    """``websocket_output.config.tls``: the CA that signs the hub, and a client certificate."""
+
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+
+
 class WebsocketOutputConfig(_Section, frozen=True):
-    """``components[].config`` of type ``websocket_output``: the edge's link to the hub."""
+    """``components[].config`` of type ``websocket_output``: the edge's link to the hub.
+
+    ``mode`` is ``"state"`` (the latest changed triples per entity; default) or
+    ``"events"`` (every reading). ``max_bytes_per_second`` caps the wire bytes (0: no
+    cap); with ``priority_lanes``, changes of higher priority overtake the backlog and a
+    change of ``urgent_priority`` or more is sent without waiting for ``batch.max_age``.
+    ``max_outbox_bytes`` bounds what waits on the device: past it the oldest,
+    lowest-priority changes are dropped and counted. The credential is ``token`` or the
+    contents of ``token_file``.
+    """
 
     url: str
     filters: dict[str, Any] = msgspec.field(default_factory=dict)
+    mode: Literal["state", "events"] = "state"
+    max_bytes_per_second: ByteSize = ByteSize(0)
+    priority_lanes: bool = True
+    urgent_priority: Annotated[int, msgspec.Meta(ge=0, le=9)] = 7
+    batch: SyncBatchConfig = SyncBatchConfig()
+    window: Annotated[int, msgspec.Meta(ge=1, le=256)] = 4
+    reconnect: ReconnectConfig = ReconnectConfig()
+    ping_interval: Duration = Duration(10.0)
+    ping_timeout: Duration = Duration(10.0)
+    max_outbox_bytes: ByteSize = ByteSize(256 << 20)
+    tls: SyncTlsConfig | None = None
     token: str = ""
     token_file: str = ""
 
 
+class DeviceConfig(_Section, frozen=True):
+    """``websocket_input.config.devices.<edge id>``: an edge's static credential."""
+
+    token: str
+
+
 class WebsocketInputConfig(_Section, frozen=True):
-    """``components[].config`` of type ``websocket_input``: the hub's listener for edges."""
+    """``components[].config`` of type ``websocket_input``: the hub's listener for edges.
+
+    On the API's port (the seed's 8080) the sync path is served by the API server
+    itself; on another port, by a listener of its own on the API's host. ``devices``
+    maps each edge id to its credential. A frame over ``max_frame_bytes`` or a payload
+    expanding past ``max_batch_bytes`` closes that edge's connection; past
+    ``slow_threshold`` batches waiting hub-wide, edges are told to slow down.
+    """
 
     port: Port = 8080
     path: str = "/edge-sync"
-    devices: dict[str, Any] = msgspec.field(default_factory=dict)
+    devices: dict[str, DeviceConfig] = msgspec.field(default_factory=dict)
+    max_frame_bytes: ByteSize = ByteSize(8 << 20)
+    max_batch_bytes: ByteSize = ByteSize(64 << 20)
+    slow_threshold: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 16
+    ping_interval: Duration = Duration(10.0)
+    ping_timeout: Duration = Duration(10.0)
+    stream_max_bytes: ByteSize = ByteSize(1 << 30)
 
 
 #: Each component type and the struct its ``config`` decodes into.

@@ -81,10 +81,64 @@ _M002_TEMPORAL_LATEST = """
             WHERE (SELECT enabled FROM index_state WHERE name = 'temporal') = 1
 """
 
+# The sync link (see ``graph/outbox.py`` on the edge and ``graph/deltas.py`` on the hub).
+# ``cseq`` is the change sequence of the transaction that last changed a triple or edge:
+# an outbox row sends the triples changed since its ``since``.
+_M003_SYNC = """
+        ALTER TABLE triples ADD COLUMN cseq INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE edges ADD COLUMN cseq INTEGER NOT NULL DEFAULT 0;
+        CREATE TABLE sync_outbox (
+            entity_id TEXT PRIMARY KEY,
+            cseq INTEGER NOT NULL,
+            since INTEGER NOT NULL,
+            priority INTEGER NOT NULL,
+            reset INTEGER NOT NULL,
+            size INTEGER NOT NULL,
+            queued_at INTEGER NOT NULL
+        ) WITHOUT ROWID;
+        CREATE INDEX sync_outbox_by_cseq ON sync_outbox(cseq);
+        CREATE INDEX sync_outbox_by_lane ON sync_outbox(priority DESC, cseq);
+        CREATE TABLE sync_events (
+            seq INTEGER PRIMARY KEY,
+            priority INTEGER NOT NULL,
+            size INTEGER NOT NULL,
+            queued_at INTEGER NOT NULL,
+            delta BLOB NOT NULL
+        );
+        CREATE INDEX sync_events_by_lane ON sync_events(priority DESC, seq);
+        CREATE TABLE sync_inflight (
+            seq INTEGER PRIMARY KEY,
+            encoding TEXT NOT NULL,
+            count INTEGER NOT NULL,
+            raw_bytes INTEGER NOT NULL,
+            payload BLOB NOT NULL
+        );
+        CREATE TABLE sync_state (
+            name TEXT PRIMARY KEY,
+            value INTEGER NOT NULL
+        );
+        CREATE TABLE sync_hwm (
+            edge_id TEXT PRIMARY KEY,
+            seq INTEGER NOT NULL,
+            updated_at INTEGER NOT NULL
+        );
+        CREATE TABLE sync_conflicts (
+            entity_id TEXT NOT NULL,
+            origin TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            updated_at INTEGER NOT NULL,
+            kept_origin TEXT NOT NULL,
+            kept_version INTEGER NOT NULL,
+            kept_updated_at INTEGER NOT NULL,
+            recorded_at INTEGER NOT NULL
+        );
+"""
+
 #: Ordered (name, SQL script) pairs; each runs once, inside its own transaction.
 MIGRATIONS: list[tuple[str, str]] = [
     ("001_initial", _M001_INITIAL),
     ("002_temporal_latest", _M002_TEMPORAL_LATEST),
+    ("003_sync", _M003_SYNC),
 ]
 
 

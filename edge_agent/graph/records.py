@@ -137,14 +137,15 @@ def import_record(db: sqlite3.Connection, record: EntityRecord) -> ImportOutcome
         ),
     )
     db.executemany(
-        "INSERT INTO triples VALUES (?, ?, ?, ?, ?)",
+        "INSERT INTO triples (subject, predicate, object, ts, source) VALUES (?, ?, ?, ?, ?)",
         [
             (record.entity_id, p, msgspec.json.encode(v).decode(), _ms(ts), src)
             for p, v, ts, src in record.triples
         ],
     )
     db.executemany(
-        "INSERT INTO edges VALUES (?, ?, ?, ?, ?, ?)",
+        "INSERT INTO edges (subject, predicate, object, weight, ts, source)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
         [(record.entity_id, p, o, w, _ms(ts), src) for p, o, w, ts, src in record.edges],
     )
     db.executemany(

@@ -10,105 +10,44 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, TypeVar
 
 import msgspec
 
 from edge_agent.config import IndexesConfig
 from edge_agent.errors import GraphError
+from edge_agent.graph import outbox
+from edge_agent.graph.deltas import DeltaResult, apply_deltas
 from edge_agent.graph.indexes import LATITUDE, LONGITUDE, TEMPORAL_BUCKET_MS, reconcile_indexes
 from edge_agent.graph.migrations import migrate
+from edge_agent.graph.outbox import Backlog, BatchLimits, OutboxBatch, SyncMode
 from edge_agent.graph.records import EntityRecord, import_record
 from edge_agent.graph.sql import write_transaction
+from edge_agent.graph.statements import (
+    DELETE_ENTITY,
+    RDF_TYPE,
+    ROWS_PER_STATEMENT,
+    UPDATE_SPATIAL,
+    UPSERT_EDGE,
+    UPSERT_ENTITY,
+    UPSERT_TEMPORAL,
+    UPSERT_TRIPLE,
+    delete_entity,
+    upsert_rows,
+)
 from edge_agent.model import EntityEvent
+from edge_agent.sync.filters import SyncFilter
+from edge_agent.sync.frames import EntityDelta
 
 __all__ = ["ApplyResult", "GraphStore", "ImportResult", "iso_ms"]
 
-_RDF_TYPE = "rdf:type"
 _json = msgspec.json.Encoder()
-
-
-class _Upsert(NamedTuple):
-    """A multi-row upsert: ``head``, then one ``row`` per row, then ``tail``."""
-
-    head: str
-    row: str
-    tail: str
-
-
-_UPSERT_ENTITY = _Upsert(
-    "INSERT INTO entities (id, type, version, priority, created_at, updated_at, origin) VALUES",
-    "(?, ?, 1, ?, ?, ?, ?)",
-    """ON CONFLICT (id) DO UPDATE SET
-        type = excluded.type,
-        version = version + 1,
-        priority = excluded.priority,
-        updated_at = max(updated_at, excluded.updated_at),
-        origin = excluded.origin""",
-)
-# The newer timestamp wins per predicate; an equal one is a re-statement and also wins.
-_UPSERT_TRIPLE = _Upsert(
-    "INSERT INTO triples (subject, predicate, object, ts, source) VALUES",
-    "(?, ?, ?, ?, ?)",
-    """ON CONFLICT (subject, predicate) DO UPDATE SET
-        object = excluded.object, ts = excluded.ts, source = excluded.source
-    WHERE excluded.ts >= triples.ts""",
-)
-_UPSERT_EDGE = _Upsert(
-    "INSERT INTO edges (subject, predicate, object, weight, ts, source) VALUES",
-    "(?, ?, ?, ?, ?, ?)",
-    """ON CONFLICT (subject, predicate, object) DO UPDATE SET
-        weight = excluded.weight, ts = excluded.ts, source = excluded.source
-    WHERE excluded.ts >= edges.ts""",
-)
-# One statement per few hundred rows, where executemany steps into SQLite once per row:
-# each step releases and retakes the GIL, and while the event loop is busy every retake
-# waits. 500 rows x 7 parameters stays far inside SQLite's 32,766.
-_ROWS_PER_STATEMENT = 500
-
-
-def _upsert_rows(
-    db: sqlite3.Connection, upsert: _Upsert, rows: Sequence[tuple[Any, ...]], chunk: int
-) -> None:
-    """Run ``upsert`` over ``rows`` in order, ``chunk`` rows per statement."""
-    for start in range(0, len(rows), chunk):
-        part = rows[start : start + chunk]
-        sql = f"{upsert.head} {','.join([upsert.row] * len(part))} {upsert.tail}"
-        db.execute(sql, [value for row in part for value in row])
-
-
-_UPDATE_SPATIAL = f"""
-INSERT OR REPLACE INTO spatial
-SELECT e.rowid, lat.v, lat.v, lon.v, lon.v
-FROM entities e,
-     (SELECT json_extract(object, '$') AS v FROM triples
-      WHERE subject = :id AND predicate = '{LATITUDE}'
-        AND json_type(object) IN ('integer', 'real')) AS lat,
-     (SELECT json_extract(object, '$') AS v FROM triples
-      WHERE subject = :id AND predicate = '{LONGITUDE}'
-        AND json_type(object) IN ('integer', 'real')) AS lon
-WHERE e.id = :id
-"""
-_UPSERT_TEMPORAL = """
-INSERT INTO temporal (entity_id, bucket) VALUES (?, ?)
-ON CONFLICT (entity_id) DO UPDATE SET bucket = max(bucket, excluded.bucket)
-"""
-_NEIGHBOURS = """
-SELECT object FROM edges WHERE subject = :id UNION SELECT subject FROM edges WHERE object = :id
-"""
-_DELETE_ENTITY = [
-    "DELETE FROM spatial WHERE entity_rowid = (SELECT rowid FROM entities WHERE id = :id)",
-    "DELETE FROM triples WHERE subject = :id",
-    "DELETE FROM edges WHERE subject = :id",
-    "DELETE FROM edges WHERE object = :id",
-    "DELETE FROM aliases WHERE entity_id = :id",
-    "DELETE FROM temporal WHERE entity_id = :id",
-    "DELETE FROM entities WHERE id = :id",
-]
+_T = TypeVar("_T")
 
 
 class ImportResult(msgspec.Struct, frozen=True):
@@ -141,6 +80,17 @@ def iso_ms(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
 
 
+def _properties(event: EntityEvent) -> dict[str, Any]:
+    return event.properties if isinstance(event.properties, dict) else {}
+
+
+def _event_size(event: EntityEvent) -> int:
+    """About what the event adds to a delta, in bytes, for the outbox's byte bound."""
+    size = 16 + len(event.entity_id) + len(event.entity_type)
+    size += sum(len(key) + 12 for key in _properties(event))
+    return size + sum(len(r.predicate) + len(r.object) + 12 for r in event.relationships)
+
+
 def _event_ms(event: EntityEvent, default_ms: int) -> int:
     stamp = event.timestamp
     if stamp is None:
@@ -158,6 +108,8 @@ class GraphStore:
         origin: the id written into ``origin`` of entities this store applies.
         indexes: which secondary indexes to keep.
         edge_batch_size: relationship rows per SQL statement.
+        outbox: queue every change for a sync link, coalesced per entity (``"state"``)
+            or one per reading (``"events"``); ``None`` keeps no outbox.
     """
 
     def __init__(
@@ -167,11 +119,13 @@ class GraphStore:
         origin: str,
         indexes: IndexesConfig,
         edge_batch_size: int = 100,
+        outbox: SyncMode | None = None,
     ) -> None:
         self.path = path
         self.origin = origin
         self.indexes = indexes
         self.edge_batch_size = edge_batch_size
+        self.outbox = outbox
         self._local = threading.local()
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -219,7 +173,8 @@ class GraphStore:
         """Apply a batch of (stream sequence, event) in one transaction.
 
         Events at or below the consumer's recorded position are skipped, which makes a
-        redelivered batch a no-op; the position advances in the same transaction.
+        redelivered batch a no-op; the position advances in the same transaction, and
+        so do the sync outbox rows of what changed.
 
         Args:
             batch: events in stream order with their stream sequences.
@@ -234,21 +189,23 @@ class GraphStore:
                 (position,) = db.execute(
                     "SELECT applied_seq FROM consumer_state WHERE consumer = ?", (consumer,)
                 ).fetchone() or (0,)
-                fresh = [(seq, event) for seq, event in batch if seq > position]
-                changed, touched = self._apply_events([event for _, event in fresh], now_ms)
+                fresh = [event for seq, event in batch if seq > position]
+                cseq = outbox.next_change_seq(db) if fresh else 0
+                changed, touched = self._apply_events(fresh, now_ms, cseq)
                 if fresh:
+                    self._record_outbox(fresh, now_ms, cseq)
                     db.execute(
                         "UPDATE consumer_state SET applied_seq = ? WHERE consumer = ?",
-                        (fresh[-1][0], consumer),
+                        (batch[-1][0], consumer),
                     )
         except sqlite3.Error as exc:
             raise GraphError(f"batch not applied: {exc}") from exc
         return ApplyResult(len(fresh), len(batch) - len(fresh), changed, frozenset(touched))
 
     def _apply_events(
-        self, events: Sequence[EntityEvent], now_ms: int
+        self, events: Sequence[EntityEvent], now_ms: int, cseq: int
     ) -> tuple[list[str], set[str]]:
-        """Apply runs of upserts with executemany, and each delete between them."""
+        """Apply runs of upserts with multi-row statements, and each delete between them."""
         changed: dict[str, None] = {}
         touched: set[str] = set()
         run: list[EntityEvent] = []
@@ -258,24 +215,19 @@ class GraphStore:
                 touched.update(rel.object for rel in event.relationships)
                 run.append(event)
                 continue
-            self._upsert_run(run, now_ms)
+            self._upsert_run(run, now_ms, cseq)
             run = []
-            touched.update(
-                node
-                for (node,) in self._db.execute(_NEIGHBOURS, {"id": event.entity_id}).fetchall()
-            )
-            for sql in _DELETE_ENTITY:
-                self._db.execute(sql, {"id": event.entity_id})
-        self._upsert_run(run, now_ms)
+            touched.update(delete_entity(self._db, event.entity_id))
+        self._upsert_run(run, now_ms, cseq)
         touched.update(changed)
         return list(changed), touched
 
-    def _upsert_run(self, run: Sequence[EntityEvent], now_ms: int) -> None:
+    def _upsert_run(self, run: Sequence[EntityEvent], now_ms: int, cseq: int) -> None:
         if not run:
             return
         entities: list[tuple[str, str, int, int, int, str]] = []
-        triples: list[tuple[str, str, str, int, str]] = []
-        edges: list[tuple[str, str, str, float, int, str]] = []
+        triples: list[tuple[str, str, str, int, str, int]] = []
+        edges: list[tuple[str, str, str, float, int, str, int]] = []
         aliases: list[tuple[str, str]] = []
         temporal: list[tuple[str, int]] = []
         located: list[dict[str, str]] = []
@@ -285,25 +237,81 @@ class GraphStore:
             eid = event.entity_id
             entities.append((eid, event.entity_type, event.priority, now_ms, ts, origin))
             source = event.source
-            triples.append((eid, _RDF_TYPE, _json.encode(event.entity_type).decode(), ts, source))
-            properties = event.properties if isinstance(event.properties, dict) else {}
+            type_json = _json.encode(event.entity_type).decode()
+            triples.append((eid, RDF_TYPE, type_json, ts, source, cseq))
+            properties = _properties(event)
             for predicate, value in properties.items():
-                triples.append((eid, predicate, _json.encode(value).decode(), ts, source))
+                triples.append((eid, predicate, _json.encode(value).decode(), ts, source, cseq))
             for rel in event.relationships:
-                edges.append((eid, rel.predicate, rel.object, rel.weight, ts, source))
+                edges.append((eid, rel.predicate, rel.object, rel.weight, ts, source, cseq))
             aliases.extend((eid, alias) for alias in event.aliases)
             temporal.append((eid, ts // TEMPORAL_BUCKET_MS))
             if LATITUDE in properties or LONGITUDE in properties:
                 located.append({"id": eid})
         db = self._db
-        _upsert_rows(db, _UPSERT_ENTITY, entities, _ROWS_PER_STATEMENT)
-        _upsert_rows(db, _UPSERT_TRIPLE, triples, _ROWS_PER_STATEMENT)
-        _upsert_rows(db, _UPSERT_EDGE, edges, self.edge_batch_size)
+        upsert_rows(db, UPSERT_ENTITY, entities, ROWS_PER_STATEMENT)
+        upsert_rows(db, UPSERT_TRIPLE, triples, ROWS_PER_STATEMENT)
+        upsert_rows(db, UPSERT_EDGE, edges, self.edge_batch_size)
         db.executemany("INSERT OR IGNORE INTO aliases VALUES (?, ?)", aliases)
         if self.indexes.temporal:
-            db.executemany(_UPSERT_TEMPORAL, temporal)
+            db.executemany(UPSERT_TEMPORAL, temporal)
         if self.indexes.spatial:
-            db.executemany(_UPDATE_SPATIAL, located)
+            db.executemany(UPDATE_SPATIAL, located)
+
+    def _record_outbox(self, events: Sequence[EntityEvent], now_ms: int, cseq: int) -> None:
+        """Queue what ``events`` changed for the sync link (nothing when there is none)."""
+        if self.outbox == "state":
+            changes: dict[str, tuple[str, int, bool, int]] = {}
+            for event in events:
+                old = changes.get(event.entity_id)
+                deleted = event.op == "delete" or (old is not None and old[2])
+                size = max(_event_size(event), old[3] if old else 0)
+                changes[event.entity_id] = (event.entity_id, event.priority, deleted, size)
+            outbox.record_state(self._db, changes.values(), cseq, now_ms)
+        elif self.outbox == "events":
+            outbox.record_events(self._db, self._event_deltas(events, now_ms), now_ms)
+
+    def _event_deltas(self, events: Sequence[EntityEvent], now_ms: int) -> list[EntityDelta]:
+        """One delta per event, each with the version that event made."""
+        ids = list({event.entity_id: None for event in events})
+        versions = {
+            eid: version
+            for start in range(0, len(ids), ROWS_PER_STATEMENT)
+            for eid, version in self._db.execute(
+                "SELECT id, version FROM entities WHERE id IN"
+                f" ({','.join('?' * len(ids[start : start + ROWS_PER_STATEMENT]))})",
+                ids[start : start + ROWS_PER_STATEMENT],
+            )
+        }
+        remaining = Counter(event.entity_id for event in events)
+        deltas = []
+        for event in events:
+            eid = event.entity_id
+            remaining[eid] -= 1
+            if event.op == "delete":
+                deltas.append(
+                    EntityDelta(eid, event.entity_type, 0, 0, event.priority, deleted=True)
+                )
+                continue
+            ts = _event_ms(event, now_ms)
+            version = max(1, versions.get(eid, 1) - remaining[eid])
+            triples = [(p, v, ts, event.source) for p, v in _properties(event).items()]
+            edges = [
+                (r.predicate, r.object, r.weight, ts, event.source) for r in event.relationships
+            ]
+            deltas.append(
+                EntityDelta(
+                    eid,
+                    event.entity_type,
+                    version,
+                    ts,
+                    event.priority,
+                    triples,
+                    edges,
+                    list(event.aliases),
+                )
+            )
+        return deltas
 
     def import_records(self, records: Sequence[EntityRecord]) -> ImportResult:
         """Import whole-entity records in one transaction (see :mod:`records`).
@@ -329,14 +337,77 @@ class GraphStore:
     def _refresh_indexes(self, record: EntityRecord) -> None:
         params = {"id": record.entity_id}
         if self.indexes.spatial:
-            self._db.execute(_DELETE_ENTITY[0], params)
-            self._db.execute(_UPDATE_SPATIAL, params)
+            self._db.execute(DELETE_ENTITY[0], params)
+            self._db.execute(UPDATE_SPATIAL, params)
         if self.indexes.temporal:
             bucket = int(record.updated_at.timestamp() * 1000) // TEMPORAL_BUCKET_MS
             # The record's updated_at is the truth, even when older than what was here.
             self._db.execute(
                 "INSERT OR REPLACE INTO temporal VALUES (?, ?)", (record.entity_id, bucket)
             )
+
+    # ---- the sync link (writer thread) -----------------------------------------------
+
+    def _write(self, fn: Callable[..., _T], *args: Any) -> _T:
+        try:
+            with write_transaction(self._db) as db:
+                return fn(db, *args)
+        except sqlite3.Error as exc:
+            raise GraphError(f"sync state not written: {exc}") from exc
+
+    def sync_take(
+        self, limits: BatchLimits, sync_filter: SyncFilter, encoding: str, now_ms: int
+    ) -> tuple[OutboxBatch | None, int]:
+        """Move the next ready outbox batch into flight (see :func:`outbox.take_batch`)."""
+        mode = self.outbox
+        assert mode is not None, "the store keeps no outbox"
+        return self._write(
+            lambda db: outbox.take_batch(
+                db, mode, limits, sync_filter, encoding=encoding, now_ms=now_ms
+            )
+        )
+
+    def sync_ack(self, seq: int) -> None:
+        """The hub has every batch up to ``seq``."""
+        self._write(outbox.acknowledge, seq)
+
+    def sync_resume(self, hwm: int) -> list[OutboxBatch]:
+        """Settle in-flight batches against the hub's ``hwm``; return those to send again."""
+        return self._write(outbox.resume, hwm)
+
+    def sync_trim(self, max_bytes: int) -> int:
+        """Drop waiting outbox rows over ``max_bytes``; the number dropped."""
+        assert self.outbox is not None, "the store keeps no outbox"
+        return self._write(outbox.trim, self.outbox, max_bytes)
+
+    def sync_acked_seq(self) -> int:
+        """The highest batch seq the hub has acked, as far as this edge knows."""
+        with self.reader() as db:
+            return outbox.acked_seq(db)
+
+    def sync_backlog(self) -> Backlog:
+        """What the hub has not acked yet."""
+        with self.reader() as db:
+            return outbox.backlog(db)
+
+    def apply_deltas(
+        self, edge_id: str, seq: int, deltas: Sequence[EntityDelta], now_ms: int
+    ) -> DeltaResult:
+        """Apply batch ``seq`` from ``edge_id`` once (the hub's side; see :mod:`deltas`).
+
+        Raises:
+            GraphError: SQLite refused the transaction; nothing of the batch is applied.
+        """
+        try:
+            with write_transaction(self._db) as db:
+                return apply_deltas(db, edge_id, seq, deltas, now_ms=now_ms, indexes=self.indexes)
+        except sqlite3.Error as exc:
+            raise GraphError(f"batch {seq} from {edge_id} not applied: {exc}") from exc
+
+    def sync_edges(self) -> dict[str, tuple[int, int]]:
+        """Each edge heard from: (the last batch seq applied, when, epoch ms)."""
+        with self.reader() as db:
+            return {e: (seq, at) for e, seq, at in db.execute("SELECT * FROM sync_hwm")}
 
     # ---- reads (any thread) --------------------------------------------------------
 
@@ -394,7 +465,7 @@ class GraphStore:
                 return None
             triples = db.execute(
                 "SELECT predicate, object FROM triples WHERE subject = ? AND predicate != ?",
-                (entity_id, _RDF_TYPE),
+                (entity_id, RDF_TYPE),
             ).fetchall()
             edges = db.execute(
                 "SELECT predicate, object, weight FROM edges WHERE subject = ?", (entity_id,)

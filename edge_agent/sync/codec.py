@@ -18,13 +18,14 @@ try:  # zstandard is optional on the edge; zlib is always there.
 except ImportError:  # pragma: no cover - exercised where zstandard is absent
     zstandard = None  # type: ignore[assignment]
 
-__all__ = ["available_encodings", "decode_deltas", "encode_deltas"]
+__all__ = ["available_encodings", "compress", "decode_deltas", "encode_deltas", "msgpack_array"]
 
 _CORRUPT: tuple[type[Exception], ...] = (zlib.error, ValueError)
 if zstandard is not None:
     _CORRUPT += (zstandard.ZstdError,)
 
 _encoder = msgspec.msgpack.Encoder()
+_zstd = zstandard.ZstdCompressor(level=3) if zstandard is not None else None
 _decoder = msgspec.msgpack.Decoder(list[EntityDelta])
 
 
@@ -43,12 +44,33 @@ def encode_deltas(deltas: Sequence[EntityDelta], encoding: str) -> tuple[bytes, 
         LocalProtocolError: ``encoding`` is not available here.
     """
     raw = _encoder.encode(list(deltas))
-    if encoding == "zstd" and zstandard is not None:
-        return zstandard.ZstdCompressor(level=3).compress(raw), len(raw)
+    return compress(raw, encoding), len(raw)
+
+
+def msgpack_array(parts: Sequence[bytes]) -> bytes:
+    """A msgpack array of already-encoded items: what ``encode`` of the list would give."""
+    n = len(parts)
+    if n < 16:
+        head = bytes([0x90 | n])
+    elif n < 1 << 16:
+        head = b"\xdc" + n.to_bytes(2, "big")
+    else:
+        head = b"\xdd" + n.to_bytes(4, "big")
+    return head + b"".join(parts)
+
+
+def compress(raw: bytes, encoding: str) -> bytes:
+    """Compress a payload with ``encoding``.
+
+    Raises:
+        LocalProtocolError: ``encoding`` is not available here.
+    """
+    if encoding == "zstd" and _zstd is not None:
+        return _zstd.compress(raw)
     if encoding == "zlib":
-        return zlib.compress(raw, 6), len(raw)
+        return zlib.compress(raw, 6)
     if encoding == "none":
-        return raw, len(raw)
+        return raw
     raise LocalProtocolError(f"encoding {encoding!r} is not available")
 
 

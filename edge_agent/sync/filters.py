@@ -20,6 +20,8 @@ import operator
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import msgspec
+
 from edge_agent.sync.frames import EntityDelta
 
 __all__ = ["OPERATORS", "SyncFilter", "compile_filter"]
@@ -90,15 +92,10 @@ class SyncFilter:
             return None
         if not self._predicate or delta.deleted:
             return delta
-        return EntityDelta(
-            delta.entity_id,
-            delta.entity_type,
-            delta.version,
-            delta.updated_at,
-            delta.priority,
-            [t for t in delta.triples if self.keeps(t[0])],
-            [e for e in delta.edges if self.keeps(e[0])],
-            delta.aliases,
+        return msgspec.structs.replace(
+            delta,
+            triples=[t for t in delta.triples if self.keeps(t[0])],
+            edges=[e for e in delta.edges if self.keeps(e[0])],
         )
 
 

@@ -96,7 +96,9 @@ class EntityDelta(msgspec.Struct, frozen=True, array_like=True):
     """What changed in one entity since the hub last acked it (array-encoded: compact).
 
     ``triples`` are (predicate, value, timestamp ms, source); ``edges`` are
-    (predicate, object, weight, timestamp ms, source). A deleted entity has none.
+    (predicate, object, weight, timestamp ms, source). A deleted entity has none; a
+    ``replace`` delta carries the whole entity, which replaces the hub's copy (it was
+    deleted and made again since the hub last heard of it).
     """
 
     entity_id: str
@@ -108,6 +110,7 @@ class EntityDelta(msgspec.Struct, frozen=True, array_like=True):
     edges: list[tuple[str, str, float, int, str]] = msgspec.field(default_factory=list)
     aliases: list[str] = msgspec.field(default_factory=list)
     deleted: bool = False
+    replace: bool = False
 
 
 _encoder = msgspec.msgpack.Encoder()

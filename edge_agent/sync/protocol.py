@@ -137,8 +137,8 @@ class EdgeProtocol(_Protocol):
         """Whether a batch may be sent now (syncing, and the window has room)."""
         return self.state == State.SYNCING and len(self.in_flight) < self.window
 
-    def send_batch(self, seq: int, count: int, payload: bytes) -> None:
-        """Queue a batch frame.
+    def send_batch(self, seq: int, count: int, payload: bytes, encoding: str = "") -> None:
+        """Queue a batch frame (``encoding`` defaults to the one the hub chose).
 
         Raises:
             LocalProtocolError: not syncing, the window is full, or ``seq`` is in flight
@@ -150,7 +150,7 @@ class EdgeProtocol(_Protocol):
         if seq in self.in_flight or seq <= self.hwm:
             raise LocalProtocolError(f"seq {seq} is in flight or at/below the hub's {self.hwm}")
         self.in_flight.add(seq)
-        self._send(Batch(seq=seq, encoding=self.encoding, count=count, payload=payload))
+        self._send(Batch(seq=seq, encoding=encoding or self.encoding, count=count, payload=payload))
 
     def _receive(self, frame: Frame) -> None:
         match frame:

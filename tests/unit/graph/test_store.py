@@ -56,11 +56,11 @@ def count(store: GraphStore, sql: str, *args: Any) -> int:
 
 def test_migrations_are_recorded_once(tmp_path: Path) -> None:
     first = GraphStore(tmp_path / "g.db", origin="e", indexes=IndexesConfig())
-    assert first.migrations_applied == ["001_initial", "002_temporal_latest"]
+    assert first.migrations_applied == [name for name, _ in MIGRATIONS]
     first.close()
     again = GraphStore(tmp_path / "g.db", origin="e", indexes=IndexesConfig())
     assert again.migrations_applied == []
-    assert count(again, "SELECT count(*) FROM schema_migrations") == 2
+    assert count(again, "SELECT count(*) FROM schema_migrations") == len(MIGRATIONS)
 
 
 def test_update_merges_properties_and_bumps_version(store: GraphStore) -> None:
@@ -226,7 +226,7 @@ def test_migration_002_turns_bucket_history_into_latest_only(tmp_path: Path) -> 
         db.execute("INSERT INTO entities VALUES ('A', 't', 2, 1, 0, 7200000, 'e')")
         db.executemany("INSERT INTO temporal VALUES (?, 'A')", [(0,), (1,), (2,)])
     store = GraphStore(path, origin="e", indexes=ALL_INDEXES)
-    assert store.migrations_applied == ["002_temporal_latest"]
+    assert store.migrations_applied == ["002_temporal_latest", "003_sync"]
     assert sqlite3.connect(path).execute("SELECT * FROM temporal").fetchall() == [("A", 2)]
 
 

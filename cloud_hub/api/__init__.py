@@ -1,0 +1,1 @@
+"""The hub's HTTP API: the edge agent's routes plus the hub's own."""

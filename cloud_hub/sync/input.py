@@ -1,0 +1,289 @@
+"""The ``websocket_input`` component: the hub's end of the sync link, as an ASGI endpoint.
+
+Per connection: authenticate the Hello, welcome with the edge's high-water mark, then
+for each batch in order: decode it, publish it to the ``SYNC_BATCHES`` stream with
+``<edge>:<seq>`` as the message id, apply it to the graph (the high-water mark moves in
+the same transaction), and only then ack. A batch that cannot be made durable is
+nacked, and so is every later one until the edge sends it again: batches are applied in
+``seq`` order, never around a gap. A bad frame closes that connection only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import nats.errors
+from nats.js import JetStreamContext
+from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from edge_agent.config.schema import WebsocketInputConfig
+from edge_agent.errors import GraphError, RemoteProtocolError
+from edge_agent.graph import GraphStore
+from edge_agent.metrics import Metrics
+from edge_agent.sync.codec import available_encodings, decode_deltas
+from edge_agent.sync.frames import Batch, Frame, Hello, encode_frame
+from edge_agent.sync.protocol import HubProtocol, State
+
+__all__ = ["SYNC_STREAM", "EdgeLink", "SyncInput"]
+
+log = logging.getLogger(__name__)
+SYNC_STREAM = "SYNC_BATCHES"
+_SYNC_SUBJECT = "sync.batches"
+_RETRY_AFTER_S = 2.0
+# WebSocket close codes (RFC 6455): policy violation, protocol error, too big.
+_CLOSE_POLICY, _CLOSE_PROTOCOL = 1008, 1002
+Writer = Callable[..., Awaitable[Any]]
+
+
+@dataclass
+class EdgeLink:
+    """What ``GET /edges`` shows about one edge."""
+
+    edge_id: str
+    connected: bool = False
+    last_seen: float = 0.0
+    hwm: int = 0
+    lag_seconds: float = 0.0
+    bytes_received: int = 0
+    batches: int = 0
+    remote: str = ""
+
+    def view(self) -> dict[str, Any]:
+        """The JSON object of this edge."""
+        return {
+            "edge_id": self.edge_id,
+            "connected": self.connected,
+            "last_seen": _iso(self.last_seen),
+            "hwm": self.hwm,
+            "lag_seconds": round(self.lag_seconds, 3),
+            "bytes_received": self.bytes_received,
+            "batches": self.batches,
+            "remote": self.remote,
+        }
+
+
+def _iso(epoch: float) -> str | None:
+    if not epoch:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+
+
+class SyncInput:
+    """Accepts edges' sync links and makes their batches durable in JetStream and the graph.
+
+    Args:
+        settings: the component's config.
+        store: the hub's graph store.
+        write: runs a function on the store's writer thread.
+        js: JetStream on the hub's NATS.
+        metrics: the hub's metrics.
+        on_commit: called with the entities a batch touched (cache invalidation).
+    """
+
+    def __init__(
+        self,
+        settings: WebsocketInputConfig,
+        *,
+        store: GraphStore,
+        write: Writer,
+        js: JetStreamContext,
+        metrics: Metrics,
+        on_commit: Callable[[frozenset[str]], None],
+    ) -> None:
+        self.settings = settings
+        self._store = store
+        self._write = write
+        self._js = js
+        self._metrics = metrics
+        self._on_commit = on_commit
+        self._encodings = available_encodings()
+        self._waiting = 0
+        self._sockets: dict[str, WebSocket] = {}
+        self.links: dict[str, EdgeLink] = {edge: EdgeLink(edge) for edge in settings.devices}
+
+    async def ensure_stream(self, replicas: int = 1) -> None:
+        """Create or update ``SYNC_BATCHES``: every batch the hub took, deduplicated by id."""
+        config = StreamConfig(
+            name=SYNC_STREAM,
+            subjects=[f"{_SYNC_SUBJECT}.>"],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            discard=DiscardPolicy.OLD,
+            max_bytes=self.settings.stream_max_bytes,
+            max_msg_size=self.settings.max_frame_bytes,
+            duplicate_window=120.0,
+            num_replicas=replicas,
+        )
+        try:
+            await self._js.add_stream(config)
+        except nats.js.errors.BadRequestError:
+            await self._js.update_stream(config)
+
+    def edges(self) -> list[dict[str, Any]]:
+        """Every edge configured or heard from, with its link's state."""
+        for edge_id, (seq, at_ms) in self._store.sync_edges().items():
+            link = self.links.setdefault(edge_id, EdgeLink(edge_id))
+            link.hwm = max(link.hwm, seq)
+            link.last_seen = max(link.last_seen, at_ms / 1000)
+        return [self.links[e].view() for e in sorted(self.links)]
+
+    # ---- one connection -------------------------------------------------------------
+
+    async def endpoint(self, websocket: WebSocket) -> None:
+        """The ASGI WebSocket endpoint at ``settings.path``."""
+        await websocket.accept()
+        proto = HubProtocol(
+            encodings=self._encodings, max_frame_bytes=int(self.settings.max_frame_bytes)
+        )
+        try:
+            await self._serve(websocket, proto)
+        except RemoteProtocolError as exc:
+            self._metrics.sync_refused.labels("protocol").inc()
+            log.warning("sync: edge %s: %s; closing its link", proto.edge_id or "?", exc)
+            await _close(websocket, _CLOSE_PROTOCOL, str(exc))
+        except WebSocketDisconnect:
+            pass
+        finally:
+            self._disconnected(proto.edge_id, websocket)
+
+    async def _serve(self, websocket: WebSocket, proto: HubProtocol) -> None:
+        while True:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            data = message.get("bytes")
+            if data is None:
+                raise RemoteProtocolError("text frame; the sync link speaks binary frames")
+            self._metrics.sync_bytes_received.labels("wire").inc(len(data))
+            proto.receive_data(data)
+            for frame in proto.events_received():
+                await self._handle(websocket, proto, frame, len(data))
+            for out in proto.data_to_send():
+                await websocket.send_bytes(out)
+            if proto.state == State.CLOSED:
+                await _close(websocket, _CLOSE_POLICY, "refused")
+                return
+
+    async def _handle(
+        self, websocket: WebSocket, proto: HubProtocol, frame: Frame, size: int
+    ) -> None:
+        if isinstance(frame, Hello):
+            await self._hello(websocket, proto, frame)
+        elif isinstance(frame, Batch):
+            link = self.links[proto.edge_id]
+            link.bytes_received += size
+            link.last_seen = time.time()
+            await self._batch(proto, frame, link)
+
+    async def _hello(self, websocket: WebSocket, proto: HubProtocol, hello: Hello) -> None:
+        reason = self._refusal(hello)
+        if reason:
+            self._metrics.sync_refused.labels("credentials").inc()
+            log.warning(
+                "sync: refused edge %r from %s: %s", hello.edge_id, _peer(websocket), reason
+            )
+            proto.refuse(reason)
+            return
+        edge_id = hello.edge_id
+        hwm = await asyncio.to_thread(self._store.sync_edges)
+        # An edge the hub never heard from resumes where it says it is.
+        known = hwm[edge_id][0] if edge_id in hwm else hello.acked_seq
+        previous = self._sockets.get(edge_id)
+        if previous is not None:
+            # The newer link wins: the old one is most likely half-open.
+            await _close(previous, _CLOSE_POLICY, "replaced by a newer link")
+        self._sockets[edge_id] = websocket
+        link = self.links.setdefault(edge_id, EdgeLink(edge_id))
+        link.connected, link.last_seen, link.hwm = True, time.time(), known
+        link.remote = _peer(websocket)
+        self._metrics.sync_connected.set(sum(1 for lk in self.links.values() if lk.connected))
+        log.info(
+            "sync: edge %s linked from %s, resuming after batch %d", edge_id, link.remote, known
+        )
+        proto.accept(known)
+
+    def _refusal(self, hello: Hello) -> str:
+        device = self.settings.devices.get(hello.edge_id)
+        if device is None:
+            return f"unknown device {hello.edge_id!r}"
+        if not hmac.compare_digest(device.token.encode(), hello.token.encode()):
+            return "bad credential"
+        return ""
+
+    async def _batch(self, proto: HubProtocol, batch: Batch, link: EdgeLink) -> None:
+        edge_id, seq = proto.edge_id, batch.seq
+        if proto.is_duplicate(batch):
+            self._metrics.sync_batches.labels("duplicate").inc()
+            proto.ack(seq)
+            return
+        if seq != proto.hwm + 1:
+            self._nack(proto, seq, f"out of order: expected batch {proto.hwm + 1}")
+            return
+        deltas = decode_deltas(
+            batch.payload, batch.encoding, max_bytes=self.settings.max_batch_bytes
+        )
+        self._metrics.sync_batches.labels("received").inc()
+        self._waiting += 1
+        try:
+            if self._waiting > self.settings.slow_threshold:
+                proto.slow(window=1)
+            await self._js.publish(
+                f"{_SYNC_SUBJECT}.{edge_id}",
+                encode_frame(batch),
+                stream=SYNC_STREAM,
+                headers={"Nats-Msg-Id": f"{edge_id}:{seq}"},
+            )
+            now = time.time()
+            result = await self._write(
+                self._store.apply_deltas, edge_id, seq, deltas, int(now * 1000)
+            )
+        except (nats.errors.Error, TimeoutError, GraphError) as exc:
+            self._nack(proto, seq, f"not durable: {exc or type(exc).__name__}")
+            return
+        finally:
+            self._waiting -= 1
+        proto.ack(seq)
+        self._on_commit(result.touched)
+        self._metrics.sync_acks.inc()
+        for outcome, count in (
+            ("applied", result.applied),
+            ("stale", result.stale),
+            ("conflict", result.conflicts),
+        ):
+            if count:
+                self._metrics.sync_deltas.labels(outcome).inc(count)
+        link.hwm, link.batches = seq, link.batches + 1
+        if result.newest_ms:
+            link.lag_seconds = max(0.0, now - result.newest_ms / 1000)
+            self._metrics.sync_lag.labels(edge_id).set(link.lag_seconds)
+
+    def _nack(self, proto: HubProtocol, seq: int, reason: str) -> None:
+        self._metrics.sync_nacks.labels(reason.split(":", maxsplit=1)[0]).inc()
+        log.info("sync: nack batch %d of %s: %s", seq, proto.edge_id, reason)
+        proto.nack(seq, reason, retry_after=_RETRY_AFTER_S)
+
+    def _disconnected(self, edge_id: str, websocket: WebSocket) -> None:
+        if not edge_id or self._sockets.get(edge_id) is not websocket:
+            return
+        del self._sockets[edge_id]
+        self.links[edge_id].connected = False
+        self._metrics.sync_connected.set(sum(1 for lk in self.links.values() if lk.connected))
+        log.info("sync: edge %s unlinked", edge_id)
+
+
+def _peer(websocket: WebSocket) -> str:
+    client = websocket.client
+    return f"{client.host}:{client.port}" if client else "?"
+
+
+async def _close(websocket: WebSocket, code: int, reason: str) -> None:
+    with contextlib.suppress(RuntimeError, OSError):  # already closed
+        await websocket.close(code, reason[:120])

@@ -1,0 +1,343 @@
+"""The sync outbox: what the edge still owes the hub, kept in the graph's own SQLite file.
+
+Invariants (each function runs inside the caller's write transaction):
+- A change enters the outbox in the transaction that applies it (:func:`record_state`
+  or :func:`record_events`), so a crash can lose neither the change nor its outbox row.
+- ``state`` mode keeps one row per changed entity: ``since`` is the change sequence of
+  its first change not yet sent, so a delta carries only the triples changed since then.
+  ``events`` mode keeps one pre-encoded delta per reading.
+- :func:`take_batch` moves rows into ``sync_inflight`` under the next ``seq`` in one
+  transaction: the payload is stored before it is sent, and re-sent byte for byte after
+  a reconnect or a crash until the hub acks it. Batches therefore reach the hub in
+  ``seq`` order, so an entity's deltas are applied in the order they were made.
+- What :func:`trim` drops to stay under the byte limit is the oldest, lowest-priority
+  rows not yet in flight, and it is counted.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Sequence
+from typing import Literal
+
+import msgspec
+
+from edge_agent.graph.statements import RDF_TYPE
+from edge_agent.sync.codec import compress, msgpack_array
+from edge_agent.sync.filters import SyncFilter
+from edge_agent.sync.frames import EntityDelta
+
+__all__ = [
+    "Backlog",
+    "BatchLimits",
+    "OutboxBatch",
+    "SyncMode",
+    "acked_seq",
+    "acknowledge",
+    "backlog",
+    "next_change_seq",
+    "record_events",
+    "record_state",
+    "resume",
+    "take_batch",
+    "trim",
+]
+
+SyncMode = Literal["state", "events"]
+_encoder = msgspec.msgpack.Encoder()
+_delta_decoder = msgspec.msgpack.Decoder(EntityDelta)
+_json_decoder = msgspec.json.Decoder()
+
+
+class BatchLimits(msgspec.Struct, frozen=True, kw_only=True):
+    """When a batch is ready and how big it may be.
+
+    A batch is taken once ``max_count`` rows wait, or the oldest has waited ``max_age_ms``,
+    or a row of ``urgent_priority`` or more waits. With ``lanes``, higher priorities are
+    taken first; else oldest first.
+    """
+
+    max_count: int = 500
+    max_bytes: int = 256 << 10
+    max_age_ms: int = 500
+    urgent_priority: int = 7
+    lanes: bool = True
+
+
+class OutboxBatch(msgspec.Struct, frozen=True):
+    """One batch as stored in flight: sent, or to be sent again, byte for byte."""
+
+    seq: int
+    encoding: str
+    count: int
+    raw_bytes: int
+    payload: bytes
+
+
+class Backlog(msgspec.Struct, frozen=True):
+    """What the hub has not acked yet: changes waiting or in flight, their bytes, the
+    batches in flight, and when the oldest waiting change was queued (epoch ms, 0: none).
+    """
+
+    entities: int
+    bytes: int
+    in_flight: int
+    oldest_ms: int
+
+
+def _state_value(db: sqlite3.Connection, name: str, default: int) -> int:
+    row = db.execute("SELECT value FROM sync_state WHERE name = ?", (name,)).fetchone()
+    return int(row[0]) if row else default
+
+
+def _set_state(db: sqlite3.Connection, name: str, value: int) -> None:
+    db.execute("INSERT OR REPLACE INTO sync_state VALUES (?, ?)", (name, value))
+
+
+def next_change_seq(db: sqlite3.Connection) -> int:
+    """Allocate the change sequence of the transaction in progress."""
+    cseq = _state_value(db, "cseq", 0) + 1
+    _set_state(db, "cseq", cseq)
+    return cseq
+
+
+def acked_seq(db: sqlite3.Connection) -> int:
+    """The highest batch ``seq`` the hub has acked, as far as this edge knows."""
+    return _state_value(db, "acked_seq", 0)
+
+
+# ---- recording, in the apply transaction ---------------------------------------------
+
+_RECORD_STATE = """
+INSERT INTO sync_outbox (entity_id, cseq, since, priority, reset, size, queued_at)
+VALUES (?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (entity_id) DO UPDATE SET
+    cseq = excluded.cseq,
+    priority = excluded.priority,
+    reset = max(reset, excluded.reset),
+    size = max(size, excluded.size)
+"""
+
+
+def record_state(
+    db: sqlite3.Connection,
+    changes: Iterable[tuple[str, int, bool, int]],
+    cseq: int,
+    now_ms: int,
+) -> None:
+    """Mark entities changed by this transaction: (entity id, priority, deleted, size).
+
+    A deletion sets ``reset``: the next delta replaces the hub's copy whole.
+    """
+    db.executemany(
+        _RECORD_STATE,
+        [
+            (eid, cseq, cseq, priority, int(deleted), size, now_ms)
+            for eid, priority, deleted, size in changes
+        ],
+    )
+
+
+def record_events(db: sqlite3.Connection, deltas: Sequence[EntityDelta], now_ms: int) -> None:
+    """Queue one delta per reading (``events`` mode), in order."""
+    rows = []
+    for delta in deltas:
+        blob = _encoder.encode(delta)
+        rows.append((delta.priority, len(blob), now_ms, blob))
+    db.executemany(
+        "INSERT INTO sync_events (priority, size, queued_at, delta) VALUES (?, ?, ?, ?)", rows
+    )
+
+
+# ---- taking batches, on the sender's behalf ------------------------------------------
+
+_TABLES: dict[SyncMode, tuple[str, str]] = {
+    # (table, key column)
+    "state": ("sync_outbox", "entity_id"),
+    "events": ("sync_events", "seq"),
+}
+
+
+def _ready(db: sqlite3.Connection, table: str, limits: BatchLimits, now_ms: int) -> bool:
+    count, oldest = db.execute(
+        f"SELECT count(*), min(queued_at) FROM (SELECT queued_at FROM {table} LIMIT ?)",
+        (limits.max_count,),
+    ).fetchone()
+    if not count:
+        return False
+    if count >= limits.max_count or oldest <= now_ms - limits.max_age_ms:
+        return True
+    if not limits.lanes:
+        return False
+    (top,) = db.execute(f"SELECT max(priority) FROM {table}").fetchone()
+    return bool(top >= limits.urgent_priority)
+
+
+def _state_delta(
+    db: sqlite3.Connection, entity_id: str, since: int, reset: bool, sync_filter: SyncFilter
+) -> EntityDelta | None:
+    """The delta of one entity since change ``since``, filtered, or ``None``."""
+    entity = db.execute(
+        "SELECT type, version, updated_at, priority FROM entities WHERE id = ?", (entity_id,)
+    ).fetchone()
+    if entity is None:
+        # Sent whatever the filter says: the hub has nothing to delete if it never had it.
+        return EntityDelta(entity_id, "", 0, 0, 0, deleted=True)
+    etype, version, updated_at, priority = entity
+    since = 0 if reset else since
+    properties: dict[str, object] = {}
+    triples = []
+    for predicate, obj, ts, source, cseq in db.execute(
+        "SELECT predicate, object, ts, source, cseq FROM triples WHERE subject = ?",
+        (entity_id,),
+    ):
+        if predicate == RDF_TYPE:
+            continue
+        value = _json_decoder.decode(obj)
+        properties[predicate] = value
+        if cseq >= since:
+            triples.append((predicate, value, ts, source))
+    edges = [
+        (p, o, w, ts, src)
+        for p, o, w, ts, src in db.execute(
+            "SELECT predicate, object, weight, ts, source FROM edges"
+            " WHERE subject = ? AND cseq >= ?",
+            (entity_id, since),
+        )
+    ]
+    aliases = [
+        a for (a,) in db.execute("SELECT alias FROM aliases WHERE entity_id = ?", (entity_id,))
+    ]
+    delta = EntityDelta(
+        entity_id, etype, version, updated_at, priority, triples, edges, aliases, replace=reset
+    )
+    return sync_filter.apply(delta, properties)
+
+
+def _event_delta(blob: bytes, sync_filter: SyncFilter) -> tuple[EntityDelta | None, bytes]:
+    delta = _delta_decoder.decode(blob)
+    kept = sync_filter.apply(delta, {t[0]: t[1] for t in delta.triples})
+    if kept is None or kept is delta:
+        return kept, blob
+    return kept, _encoder.encode(kept)
+
+
+def take_batch(
+    db: sqlite3.Connection,
+    mode: SyncMode,
+    limits: BatchLimits,
+    sync_filter: SyncFilter,
+    *,
+    encoding: str,
+    now_ms: int,
+) -> tuple[OutboxBatch | None, int]:
+    """Move the next ready batch into flight.
+
+    Returns:
+        (the batch, or ``None`` when nothing is ready; the rows the filter dropped).
+    """
+    table, key = _TABLES[mode]
+    if not _ready(db, table, limits, now_ms):
+        return None, 0
+    order = "priority DESC, " if limits.lanes else ""
+    order += "cseq" if mode == "state" else "seq"
+    columns = "entity_id, since, reset" if mode == "state" else "seq, delta"
+    rows = db.execute(
+        f"SELECT {columns} FROM {table} ORDER BY {order} LIMIT ?", (limits.max_count,)
+    ).fetchall()
+    parts: list[bytes] = []
+    taken: list[tuple[object]] = []
+    size = 0
+    for row in rows:
+        if mode == "state":
+            delta = _state_delta(db, row[0], row[1], bool(row[2]), sync_filter)
+            blob = _encoder.encode(delta) if delta is not None else b""
+        else:
+            delta, blob = _event_delta(row[1], sync_filter)
+        if parts and size + len(blob) > limits.max_bytes:
+            break
+        taken.append((row[0],))
+        if delta is not None:
+            parts.append(blob)
+            size += len(blob)
+    db.executemany(f"DELETE FROM {table} WHERE {key} = ?", taken)
+    filtered = len(taken) - len(parts)
+    if not parts:
+        return None, filtered
+    raw = msgpack_array(parts)
+    seq = _state_value(db, "next_seq", 1)
+    batch = OutboxBatch(seq, encoding, len(parts), len(raw), compress(raw, encoding))
+    db.execute(
+        "INSERT INTO sync_inflight VALUES (?, ?, ?, ?, ?)",
+        (batch.seq, batch.encoding, batch.count, batch.raw_bytes, batch.payload),
+    )
+    _set_state(db, "next_seq", seq + 1)
+    return batch, filtered
+
+
+# ---- the hub's answers -----------------------------------------------------------------
+
+
+def acknowledge(db: sqlite3.Connection, seq: int) -> None:
+    """The hub has made every batch up to ``seq`` durable: forget them."""
+    db.execute("DELETE FROM sync_inflight WHERE seq <= ?", (seq,))
+    if seq > acked_seq(db):
+        _set_state(db, "acked_seq", seq)
+
+
+def resume(db: sqlite3.Connection, hwm: int) -> list[OutboxBatch]:
+    """After a Welcome: batches up to the hub's ``hwm`` are acked; the rest go again.
+
+    A hub that knows a higher ``seq`` than this edge ever sent (the edge's store was
+    replaced) moves this edge's next ``seq`` past it.
+
+    Returns:
+        The batches still in flight, in ``seq`` order, to send again as they are.
+    """
+    acknowledge(db, hwm)
+    if _state_value(db, "next_seq", 1) <= hwm:
+        _set_state(db, "next_seq", hwm + 1)
+    rows = db.execute(
+        "SELECT seq, encoding, count, raw_bytes, payload FROM sync_inflight ORDER BY seq"
+    ).fetchall()
+    return [OutboxBatch(*row) for row in rows]
+
+
+# ---- bounds and gauges -------------------------------------------------------------------
+
+
+def backlog(db: sqlite3.Connection) -> Backlog:
+    """Rows waiting in either mode and batches in flight, with their bytes."""
+    entities, size, oldest = db.execute(
+        "SELECT (SELECT count(*) FROM sync_outbox) + (SELECT count(*) FROM sync_events),"
+        " (SELECT coalesce(sum(size), 0) FROM sync_outbox)"
+        " + (SELECT coalesce(sum(size), 0) FROM sync_events),"
+        " (SELECT min(q) FROM (SELECT min(queued_at) AS q FROM sync_outbox"
+        "  UNION ALL SELECT min(queued_at) FROM sync_events))"
+    ).fetchone()
+    in_flight, flight_count, flight_bytes = db.execute(
+        "SELECT count(*), coalesce(sum(count), 0), coalesce(sum(length(payload)), 0)"
+        " FROM sync_inflight"
+    ).fetchone()
+    return Backlog(entities + flight_count, size + flight_bytes, in_flight, oldest or 0)
+
+
+def trim(db: sqlite3.Connection, mode: SyncMode, max_bytes: int) -> int:
+    """Drop the oldest, lowest-priority waiting rows until the outbox fits ``max_bytes``.
+
+    Returns:
+        The rows dropped.
+    """
+    excess = backlog(db).bytes - max_bytes
+    if excess <= 0:
+        return 0
+    table, key = _TABLES[mode]
+    order = "priority ASC, cseq ASC" if mode == "state" else "priority ASC, seq ASC"
+    doomed: list[tuple[object]] = []
+    for row_key, size in db.execute(f"SELECT {key}, size FROM {table} ORDER BY {order}"):
+        doomed.append((row_key,))
+        excess -= size
+        if excess <= 0:
+            break
+    db.executemany(f"DELETE FROM {table} WHERE {key} = ?", doomed)
+    return len(doomed)
