@@ -65,6 +65,14 @@ class Hub(Agent):
     def _shares_api_port(self, settings: WebsocketInputConfig) -> bool:
         return settings.port == self.config.services.service_manager.config.http_port
 
+    def extra_stream_bytes(self) -> int:
+        """The ``SYNC_BATCHES`` stream's byte limit."""
+        return sum(
+            int(c.config.stream_max_bytes)
+            for c in self.config.components
+            if isinstance(c.config, WebsocketInputConfig)
+        )
+
     def http_options(self) -> dict[str, Any]:
         """WebSocket settings for the API listener when it also serves the sync path."""
         if self.sync_input is None or not self._shares_api_port(self.sync_input.settings):

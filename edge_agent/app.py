@@ -115,7 +115,11 @@ class Agent:
                 # Headroom over the streams' own limits, which are what bound the disk use:
                 # the server refuses a stream whose reservation does not fit.
                 max_file_store=2
-                * (nats_config.jetstream.max_bytes + nats_config.jetstream.dead_letter_max_bytes),
+                * (
+                    nats_config.jetstream.max_bytes
+                    + nats_config.jetstream.dead_letter_max_bytes
+                    + self.extra_stream_bytes()
+                ),
                 name=self.config.platform.id,
                 on_restart=self.metrics.nats_server_restarts.inc,
             )
@@ -280,6 +284,10 @@ class Agent:
             server = HttpServer(app, host=service.http_host, port=metrics.config.port)
             await server.start()
             self._servers.append(server)
+
+    def extra_stream_bytes(self) -> int:
+        """Bytes of JetStream streams beyond the agent's own (the hub's sync stream)."""
+        return 0
 
     def http_options(self) -> dict[str, Any]:
         """Extra uvicorn settings for the API listener (the hub adds WebSocket ones)."""

@@ -100,13 +100,28 @@ def http_json(url: str, data: bytes | None = None, timeout: float = 10.0) -> tup
 
 
 class AgentProcess:
-    """``edge-agent run`` as a real child process, for kill -9 and restart tests."""
+    """``edge-agent run`` (or ``cloud-hub run``) as a real child process, for kill -9 tests.
 
-    def __init__(self, config: dict[str, Any], workdir: Path) -> None:
+    Args:
+        config: the config, written to ``<workdir>/<name>.json``.
+        workdir: where the config and the log go.
+        program: the CLI module to run: ``edge_agent.cli`` or ``cloud_hub.cli``.
+        name: names the config and log files, so several processes share a workdir.
+    """
+
+    def __init__(
+        self,
+        config: dict[str, Any],
+        workdir: Path,
+        *,
+        program: str = "edge_agent.cli",
+        name: str = "agent",
+    ) -> None:
         self.config = config
-        self.config_path = workdir / "agent.json"
+        self.program = program
+        self.config_path = workdir / f"{name}.json"
         self.config_path.write_text(json.dumps(config))
-        self.log_path = workdir / "agent.log"
+        self.log_path = workdir / f"{name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -124,7 +139,7 @@ class AgentProcess:
         """Start the agent and wait until ``/health`` answers."""
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "edge_agent.cli", "run", "--config", str(self.config_path)],
+                [sys.executable, "-m", self.program, "run", "--config", str(self.config_path)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},

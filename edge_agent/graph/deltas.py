@@ -7,8 +7,9 @@ Invariants (inside the caller's write transaction):
 - An entity's copy carries its origin's version and stamps. Two writes of one entity
   are ordered by (``updated_at``, ``origin``, ``version``): a delta from the copy's own
   origin must bring a higher version (else it is *stale*: counted, never applied); one
-  from another edge must carry a newer stamp, else it is recorded in
-  ``sync_conflicts`` and counted. Nothing is lost silently.
+  from another edge must carry a newer stamp, else it is a *conflict*. Both are
+  recorded in ``sync_conflicts`` (a stale one with ``kept_origin = origin``) and
+  counted. Nothing is lost silently, and nothing is applied twice.
 """
 
 from __future__ import annotations
@@ -140,13 +141,12 @@ def apply_deltas(
         kept = stamps[eid] if eid in stamps else _stamp(db, eid)
         verdict = _verdict(delta, edge_id, kept)
         counts[verdict] += 1
-        if verdict == "conflict":
+        if verdict != "apply":
             assert kept is not None
             db.execute(
                 "INSERT INTO sync_conflicts VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (eid, edge_id, delta.version, delta.updated_at, kept[1], kept[2], kept[0], now_ms),
             )
-        if verdict != "apply":
             continue
         touched.add(eid)
         if delta.deleted or delta.replace:

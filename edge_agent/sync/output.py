@@ -252,13 +252,14 @@ class SyncOutput:
             if delay > 0:
                 await asyncio.sleep(delay)
                 continue
-            batch = resend.popleft() if resend else await self._take(proto)
+            again = bool(resend)
+            batch = resend.popleft() if again else await self._take(proto)
             if batch is None:
                 await _wait(self._wake, self.settings.batch.max_age or None)
                 continue
             proto.send_batch(batch.seq, batch.count, batch.payload, batch.encoding)
             await self._flush(ws, proto)
-            self._sent(batch)
+            self._sent(batch, again)
 
     async def _after_nack(self, proto: EdgeProtocol) -> deque[OutboxBatch]:
         """Wait out the hub's retry-after and every answer due, then send again from hwm."""
@@ -301,8 +302,8 @@ class SyncOutput:
             lanes=settings.priority_lanes,
         )
 
-    def _sent(self, batch: OutboxBatch) -> None:
-        self._metrics.sync_batches.labels("sent").inc()
+    def _sent(self, batch: OutboxBatch, again: bool) -> None:
+        self._metrics.sync_batches.labels("resent" if again else "sent").inc()
         self._metrics.sync_bytes_sent.labels("uncompressed").inc(batch.raw_bytes)
 
     # ---- bounds and gauges -------------------------------------------------------------

@@ -1,0 +1,179 @@
+"""The hub against hostile or broken edges: bad credentials, bad frames, replayed batches.
+
+A raw WebSocket client speaks to a real hub process frame by frame. Each refusal is
+counted, closes only the offending link, and loses nothing another edge sent.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+
+import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import ClientConnection, connect
+
+from edge_agent.sync.codec import encode_deltas
+from edge_agent.sync.frames import (
+    Ack,
+    Batch,
+    EntityDelta,
+    Hello,
+    Nack,
+    Welcome,
+    decode_frame,
+    encode_frame,
+)
+from tests.helpers import AgentProcess, config_dict, free_port, http_json
+from tests.integration.sync_harness import metric
+
+pytestmark = pytest.mark.slow
+
+MAX_FRAME = 64 << 10
+TOKENS = {"edge-a": secrets.token_urlsafe(24), "edge-b": secrets.token_urlsafe(24)}
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProcess]:
+    workdir = tmp_path_factory.mktemp("hub")
+    port = free_port()
+    config = config_dict(
+        workdir / "state",
+        platform={"id": "hub", "type": "cloud-hub"},
+        services={"service-manager": {"config": {"http_port": port}}},
+        components=[
+            {
+                "id": "from-edges",
+                "type": "websocket_input",
+                "config": {
+                    "port": port,
+                    "max_frame_bytes": MAX_FRAME,
+                    "devices": {edge: {"token": t} for edge, t in TOKENS.items()},
+                },
+            }
+        ],
+    )
+    process = AgentProcess(config, workdir, program="cloud_hub.cli", name="hub")
+    process.start()
+    yield process
+    process.stop()
+
+
+def _connect(hub: AgentProcess) -> ClientConnection:
+    return connect(f"ws{hub.api.removeprefix('http')}/edge-sync", compression=None, proxy=None)
+
+
+def _hello(ws: ClientConnection, edge: str, token: str, acked: int = 0) -> Welcome:
+    ws.send(encode_frame(Hello(edge_id=edge, token=token, acked_seq=acked)))
+    welcome = decode_frame(ws.recv(timeout=5), max_bytes=1 << 20)  # type: ignore[arg-type]
+    assert isinstance(welcome, Welcome)
+    return welcome
+
+
+def _batch(seq: int, *deltas: EntityDelta) -> bytes:
+    payload, _ = encode_deltas(deltas, "zstd")
+    return encode_frame(Batch(seq=seq, encoding="zstd", count=len(deltas), payload=payload))
+
+
+def _delta(entity: str, version: int, value: int) -> EntityDelta:
+    return EntityDelta(
+        entity,
+        "drone",
+        version,
+        1_700_000_000_000 + version,
+        3,
+        [("battery", value, 1_700_000_000_000 + version, "t")],
+    )
+
+
+def _answer(ws: ClientConnection) -> Ack | Nack:
+    frame = decode_frame(ws.recv(timeout=5), max_bytes=1 << 20)  # type: ignore[arg-type]
+    assert isinstance(frame, Ack | Nack), frame
+    return frame
+
+
+def _closed_with(ws: ClientConnection) -> tuple[int | None, str]:
+    with pytest.raises(ConnectionClosed):
+        ws.recv(timeout=5)
+    return ws.close_code, ws.close_reason or ""
+
+
+def _refused(hub: AgentProcess, reason: str) -> float:
+    return metric(hub.api, "semstreams_sync_refused_total", f'reason="{reason}"')
+
+
+@pytest.mark.parametrize(
+    ("edge", "token", "reason"),
+    [("edge-a", "wrong", "bad credential"), ("edge-z", "anything", "unknown device 'edge-z'")],
+)
+def test_bad_credentials_are_refused_in_the_welcome(
+    hub: AgentProcess, edge: str, token: str, reason: str
+) -> None:
+    before = _refused(hub, "credentials")
+    with _connect(hub) as ws:
+        welcome = _hello(ws, edge, token)
+        assert (welcome.accepted, welcome.reason) == (False, reason)
+        code, _ = _closed_with(ws)
+        assert code == 1008
+    assert _refused(hub, "credentials") == before + 1
+    assert http_json(f"{hub.api}/graph/entities/never")[0] == 404
+
+
+@pytest.mark.parametrize(
+    ("frame", "said"),
+    [
+        (b"\xc1garbage", "malformed frame"),
+        (b"x" * (MAX_FRAME + 1), "over the"),
+        (encode_frame(Ack(seq=1)), "unexpected Ack frame"),
+        ("a text frame", "text frame"),
+    ],
+    ids=["garbage", "oversized", "out-of-protocol", "text"],
+)
+def test_a_bad_frame_closes_only_that_link_with_a_reason(
+    hub: AgentProcess, frame: bytes | str, said: str
+) -> None:
+    before = _refused(hub, "protocol")
+    with _connect(hub) as good, _connect(hub) as bad:
+        assert _hello(good, "edge-b", TOKENS["edge-b"]).accepted
+        assert _hello(bad, "edge-a", TOKENS["edge-a"]).accepted
+        bad.send(frame)
+        code, reason = _closed_with(bad)
+        assert code == 1002 and said in reason
+        # The other edge's link is untouched and still makes batches durable.
+        hwm = int(http_json(f"{hub.api}/edges")[1][1]["hwm"])
+        good.send(_batch(hwm + 1, _delta("B-1", hwm + 1, 7)))
+        assert _answer(good) == Ack(seq=hwm + 1)
+    assert _refused(hub, "protocol") == before + 1
+
+
+def test_a_corrupt_payload_closes_the_link_and_applies_nothing(hub: AgentProcess) -> None:
+    with _connect(hub) as ws:
+        hwm = _hello(ws, "edge-a", TOKENS["edge-a"]).hwm
+        ws.send(encode_frame(Batch(seq=hwm + 1, encoding="zstd", count=1, payload=b"\x28\xb5junk")))
+        code, reason = _closed_with(ws)
+        assert code == 1002 and "corrupt zstd payload" in reason
+    with _connect(hub) as ws:
+        assert _hello(ws, "edge-a", TOKENS["edge-a"]).hwm == hwm
+
+
+def test_a_replayed_seq_is_acked_and_changes_nothing(hub: AgentProcess) -> None:
+    with _connect(hub) as ws:
+        hwm = _hello(ws, "edge-a", TOKENS["edge-a"]).hwm
+        ws.send(_batch(hwm + 1, _delta("R-1", 1, 50)))
+        assert _answer(ws) == Ack(seq=hwm + 1)
+    duplicates = metric(hub.api, "semstreams_sync_batches_total", 'direction="duplicate"')
+    with _connect(hub) as ws:
+        assert _hello(ws, "edge-a", TOKENS["edge-a"]).hwm == hwm + 1
+        # The same seq again, now carrying something else: acked, not applied.
+        ws.send(_batch(hwm + 1, _delta("R-1", 2, 99)))
+        assert _answer(ws) == Ack(seq=hwm + 1)
+        # A seq past the next one is refused until the gap is filled.
+        ws.send(_batch(hwm + 5, _delta("R-1", 3, 1)))
+        answer = _answer(ws)
+        assert isinstance(answer, Nack) and answer.reason.startswith("out of order")
+    status, entity = http_json(f"{hub.api}/graph/entities/R-1")
+    assert status == 200
+    assert (entity["version"], entity["properties"]["battery"]) == (1, 50)
+    assert (
+        metric(hub.api, "semstreams_sync_batches_total", 'direction="duplicate"') == duplicates + 1
+    )
