@@ -12,13 +12,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev,hub]'
 	touch $(STAMP)
 
-## make demo: the agent with its embedded NATS and a simulated drone fleet (Ctrl-C stops it)
+## make demo: a cloud hub and two simulated edges, each with its embedded NATS (Ctrl-C stops them)
 demo: $(STAMP)
-	@echo "API:     http://127.0.0.1:8080/health  /graph/stats  /graph/entities/UAV-001  /metrics"
-	@echo "Ingest:  curl -X POST http://127.0.0.1:8080/ingest --data-binary @tests/fixtures/events/good.ndjson"
-	@echo "Stats:   $(BIN)/edge-agent stats --url http://127.0.0.1:8080"
-	@echo "State:   ./.demo-state (JetStream store, graph.db, nats-server.log)"
-	$(BIN)/edge-agent run --config examples/edge-demo.json
+	$(BIN)/python examples/demo.py
 
 ## make test: the whole suite (unit, integration with a real nats-server, fault tests)
 test: $(STAMP)

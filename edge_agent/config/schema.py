@@ -177,6 +177,8 @@ class SimulatorConfig(_Section, frozen=True):
     entities: Positive = 20
     interval: Duration = Duration(1.0)
     seed: int = 1
+    #: The first drone's number: two simulators with different offsets make distinct drones.
+    first: Annotated[int, msgspec.Meta(ge=0)] = 0
 
 
 class AuthConfig(_Section, frozen=True):

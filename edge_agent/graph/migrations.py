@@ -98,6 +98,9 @@ _M003_SYNC = """
         ) WITHOUT ROWID;
         CREATE INDEX sync_outbox_by_cseq ON sync_outbox(cseq);
         CREATE INDEX sync_outbox_by_lane ON sync_outbox(priority DESC, cseq);
+        CREATE TABLE sync_filtered (
+            entity_id TEXT PRIMARY KEY
+        ) WITHOUT ROWID;
         CREATE TABLE sync_events (
             seq INTEGER PRIMARY KEY,
             priority INTEGER NOT NULL,

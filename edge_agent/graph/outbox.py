@@ -47,6 +47,8 @@ SyncMode = Literal["state", "events"]
 _encoder = msgspec.msgpack.Encoder()
 _delta_decoder = msgspec.msgpack.Decoder(EntityDelta)
 _json_decoder = msgspec.json.Decoder()
+# The most a msgpack array header takes (0xdd + 4 bytes), counted against max_bytes.
+_ARRAY_HEADER_MAX = 5
 
 
 class BatchLimits(msgspec.Struct, frozen=True, kw_only=True):
@@ -108,12 +110,16 @@ def acked_seq(db: sqlite3.Connection) -> int:
 
 # ---- recording, in the apply transaction ---------------------------------------------
 
+# A waiting change keeps the highest priority it was queued with, so a routine reading
+# right after an alarm does not demote the alarm. An entity the filter once kept back is
+# sent whole (``reset``) when it next passes: the hub may lack its unchanged triples.
 _RECORD_STATE = """
 INSERT INTO sync_outbox (entity_id, cseq, since, priority, reset, size, queued_at)
-VALUES (?, ?, ?, ?, ?, ?, ?)
+VALUES (?1, ?2, ?2, ?3,
+        max(?4, EXISTS (SELECT 1 FROM sync_filtered WHERE entity_id = ?1)), ?5, ?6)
 ON CONFLICT (entity_id) DO UPDATE SET
     cseq = excluded.cseq,
-    priority = excluded.priority,
+    priority = max(priority, excluded.priority),
     reset = max(reset, excluded.reset),
     size = max(size, excluded.size)
 """
@@ -132,7 +138,7 @@ def record_state(
     db.executemany(
         _RECORD_STATE,
         [
-            (eid, cseq, cseq, priority, int(deleted), size, now_ms)
+            (eid, cseq, priority, int(deleted), size, now_ms)
             for eid, priority, deleted, size in changes
         ],
     )
@@ -184,7 +190,9 @@ def _state_delta(
         # Sent whatever the filter says: the hub has nothing to delete if it never had it.
         return EntityDelta(entity_id, "", 0, 0, 0, deleted=True)
     etype, version, updated_at, priority = entity
-    since = 0 if reset else since
+    if reset:
+        since = 0
+        db.execute("DELETE FROM sync_filtered WHERE entity_id = ?", (entity_id,))
     properties: dict[str, object] = {}
     triples = []
     for predicate, obj, ts, source, cseq in db.execute(
@@ -247,6 +255,7 @@ def take_batch(
     ).fetchall()
     parts: list[bytes] = []
     taken: list[tuple[object]] = []
+    held_back: list[tuple[object]] = []
     size = 0
     for row in rows:
         if mode == "state":
@@ -254,13 +263,16 @@ def take_batch(
             blob = _encoder.encode(delta) if delta is not None else b""
         else:
             delta, blob = _event_delta(row[1], sync_filter)
-        if parts and size + len(blob) > limits.max_bytes:
+        if parts and size + len(blob) + _ARRAY_HEADER_MAX > limits.max_bytes:
             break
         taken.append((row[0],))
         if delta is not None:
             parts.append(blob)
             size += len(blob)
+        elif mode == "state":
+            held_back.append((row[0],))
     db.executemany(f"DELETE FROM {table} WHERE {key} = ?", taken)
+    db.executemany("INSERT OR IGNORE INTO sync_filtered VALUES (?)", held_back)
     filtered = len(taken) - len(parts)
     if not parts:
         return None, filtered

@@ -266,7 +266,8 @@ class GraphStore:
                 old = changes.get(event.entity_id)
                 deleted = event.op == "delete" or (old is not None and old[2])
                 size = max(_event_size(event), old[3] if old else 0)
-                changes[event.entity_id] = (event.entity_id, event.priority, deleted, size)
+                priority = max(event.priority, old[1] if old else 0)
+                changes[event.entity_id] = (event.entity_id, priority, deleted, size)
             outbox.record_state(self._db, changes.values(), cseq, now_ms)
         elif self.outbox == "events":
             outbox.record_events(self._db, self._event_deltas(events, now_ms), now_ms)

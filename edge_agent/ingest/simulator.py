@@ -46,7 +46,7 @@ def simulated_rounds(config: SimulatorConfig, start: datetime) -> Iterator[list[
             position[i] = (lat + rng.uniform(-1e-3, 1e-3), lon + rng.uniform(-1e-3, 1e-3))
             events.append(
                 EntityEvent(
-                    entity_id=f"UAV-{i:03d}",
+                    entity_id=f"UAV-{config.first + i:03d}",
                     entity_type="drone",
                     priority=5 if battery[i] < 20 else 1,
                     timestamp=stamp,

@@ -46,7 +46,8 @@ class TokenBucket:
         if self.rate <= 0:
             return 0.0
         self._refill(now)
-        return 0.0 if self._balance >= 0 else -self._balance / self.rate
+        # A debt below a thousandth of a byte is float rounding, not a reason to wait.
+        return 0.0 if self._balance > -1e-3 else -self._balance / self.rate
 
     def spend(self, nbytes: int, now: float) -> None:
         """Pay for a message of ``nbytes`` sent at ``now``."""
