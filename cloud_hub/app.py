@@ -56,6 +56,7 @@ class Hub(Agent):
             app,
             host=self.config.services.service_manager.config.http_host,
             port=settings.port,
+            ssl_context=self.api_ssl,  # wss:// whenever the API speaks https://
             options=_websocket_options(settings),
         )
         await server.start()

@@ -80,6 +80,8 @@ class Agent:
         self.publisher: EventPublisher
         self.processor: GraphProcessor
         self.sync_output: SyncOutput | None = None
+        #: The API's TLS context (also the hub's sync listener's), once started.
+        self.api_ssl: ssl.SSLContext | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._servers: list[HttpServer] = []
         self._stream_stats = {"dead_letters": 0, "stream_pending": 0}
@@ -101,7 +103,7 @@ class Agent:
         """
         # Before anything starts, so a bad certificate fails fast and leaves nothing behind.
         tls = self.config.services.service_manager.config.tls
-        api_ssl = server_ssl_context(tls) if tls and tls.cert_file else None
+        self.api_ssl = api_ssl = server_ssl_context(tls) if tls and tls.cert_file else None
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         setup_tracing(self.config.telemetry, service=f"semstreams-edge {self.config.platform.id}")
         nats_config = self.config.nats

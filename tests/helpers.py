@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -89,11 +90,16 @@ async def wait_for(
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
-def http_json(url: str, data: bytes | None = None, timeout: float = 10.0) -> tuple[int, Any]:
+def http_json(
+    url: str,
+    data: bytes | None = None,
+    timeout: float = 10.0,
+    context: ssl.SSLContext | None = None,
+) -> tuple[int, Any]:
     """GET (or POST ``data``) and decode the JSON reply, whatever the status."""
     request = urllib.request.Request(url, data=data, method="POST" if data is not None else "GET")
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as reply:
+        with urllib.request.urlopen(request, timeout=timeout, context=context) as reply:
             return reply.status, json.loads(reply.read() or b"null")
     except urllib.error.HTTPError as error:
         return error.code, json.loads(error.read() or b"null")
@@ -123,12 +129,15 @@ class AgentProcess:
         self.config_path.write_text(json.dumps(config))
         self.log_path = workdir / f"{name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        tls = config.get("services", {}).get("service-manager", {}).get("config", {}).get("tls")
+        #: Trusts the API's own (self-signed) certificate when it speaks HTTPS.
+        self.context = ssl.create_default_context(cafile=tls["cert_file"]) if tls else None
 
     @property
     def api(self) -> str:
         """The agent's API base URL."""
         port = self.config["services"]["service-manager"]["config"]["http_port"]
-        return f"http://127.0.0.1:{port}"
+        return f"{'https' if self.context else 'http'}://127.0.0.1:{port}"
 
     @property
     def nats_url(self) -> str:
@@ -149,7 +158,7 @@ class AgentProcess:
             if self.proc.poll() is not None:
                 raise AssertionError(f"agent exited: {self.log_path.read_text()[-2000:]}")
             try:
-                status, _ = http_json(f"{self.api}/health", timeout=1)
+                status, _ = http_json(f"{self.api}/health", timeout=1, context=self.context)
                 if status in (200, 503):
                     return
             except OSError:

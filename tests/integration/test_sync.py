@@ -19,7 +19,8 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import http_json
+from tests.certs import self_signed
+from tests.helpers import AgentProcess, config_dict, free_port, http_json
 from tests.integration.sync_harness import (
     EDGE_ID,
     SyncPair,
@@ -220,3 +221,60 @@ def test_under_a_saturated_cap_a_priority_9_change_arrives_within_2_s(tmp_path: 
         assert metric(pair.edge.api, "semstreams_sync_backlog_entities") > 1000, "still saturated"
     finally:
         pair.stop()
+
+
+def test_the_link_runs_over_wss_on_a_listener_of_its_own(tmp_path: Path) -> None:
+    cert, key = self_signed(tmp_path)
+    api_port, sync_port, token = free_port(), free_port(), "wss-token-0123456789"
+    hub = AgentProcess(
+        config_dict(
+            tmp_path / "hub-state",
+            platform={"id": "hub", "type": "cloud-hub"},
+            services={
+                "service-manager": {
+                    "config": {
+                        "http_port": api_port,
+                        "tls": {"cert_file": str(cert), "key_file": str(key)},
+                    }
+                }
+            },
+            components=[
+                {
+                    "id": "from-edges",
+                    "type": "websocket_input",
+                    "config": {"port": sync_port, "devices": {EDGE_ID: {"token": token}}},
+                }
+            ],
+        ),
+        tmp_path,
+        program="cloud_hub.cli",
+        name="hub",
+    )
+    output = {"url": f"wss://127.0.0.1:{sync_port}/edge-sync", "token": token}
+    edge = AgentProcess(
+        config_dict(
+            tmp_path / "edge-state",
+            platform={"id": EDGE_ID},
+            components=[
+                {
+                    "id": "to-hub",
+                    "type": "websocket_output",
+                    "config": {**output, "tls": {"ca_file": str(cert)}},
+                }
+            ],
+        ),
+        tmp_path,
+        name="edge",
+    )
+    hub.start()
+    edge.start()
+    try:
+        post_events(edge.api, drone_round(0, 10))
+        deadline = time.monotonic() + 30
+        while http_json(f"{hub.api}/graph/entities/drone-0009", context=hub.context)[0] != 200:
+            assert time.monotonic() < deadline, "nothing synced over wss"
+            time.sleep(0.1)
+        assert metric(edge.api, "semstreams_sync_connected") == 1
+    finally:
+        edge.stop()
+        hub.stop()
