@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import msgspec
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from starlette.applications import Starlette
@@ -25,9 +26,10 @@ from edge_agent.api.nats_queries import serve_queries
 from edge_agent.api.routes import ROUTES
 from edge_agent.api.security import server_ssl_context
 from edge_agent.api.server import HttpServer
-from edge_agent.config import ComponentConfig, Config
+from edge_agent.config import AuthConfig, ComponentConfig, Config
 from edge_agent.config.runtime import change_graph_settings, runtime_values
 from edge_agent.config.schema import WebsocketOutputConfig
+from edge_agent.config.units import ByteSize
 from edge_agent.errors import NatsServerError
 from edge_agent.graph import GraphStore
 from edge_agent.graph.querier import Querier
@@ -39,6 +41,9 @@ from edge_agent.metrics import Metrics
 from edge_agent.nats.client import connect, embedded_port, ensure_streams
 from edge_agent.nats.server import EmbeddedNatsServer
 from edge_agent.nats.subjects import DEAD_LETTER_STREAM, ENTITY_STREAM
+from edge_agent.provision.client import Provisioner, ProvisionError, device_id_for
+from edge_agent.provision.identity import Identity
+from edge_agent.provision.mdns import EDGE_SERVICE, Advertiser
 from edge_agent.sync.output import SyncOutput, read_token
 from edge_agent.tracing import setup_tracing, shutdown_tracing
 
@@ -80,6 +85,8 @@ class Agent:
         self.publisher: EventPublisher
         self.processor: GraphProcessor
         self.sync_output: SyncOutput | None = None
+        self.provisioner: Provisioner | None = None
+        self._advertiser: Advertiser | None = None
         #: The API's TLS context (also the hub's sync listener's), once started.
         self.api_ssl: ssl.SSLContext | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -105,6 +112,7 @@ class Agent:
         tls = self.config.services.service_manager.config.tls
         self.api_ssl = api_ssl = server_ssl_context(tls) if tls and tls.cert_file else None
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._prepare_identity()
         setup_tracing(self.config.telemetry, service=f"semstreams-edge {self.config.platform.id}")
         nats_config = self.config.nats
         graph = self.config.graph.config
@@ -141,7 +149,7 @@ class Agent:
             origin=self.config.platform.id,
             indexes=graph.indexer.indexes,
             edge_batch_size=graph.data_manager.edge_batch_size,
-            outbox=output[1].mode if output else None,
+            outbox=output[1].mode if output else ("state" if self.provisioner else None),
         )
         querier_config = graph.querier
         self.querier = Querier(
@@ -175,6 +183,7 @@ class Agent:
         await serve_queries(self.nc, self.querier)
         await self._start_components()
         await self._start_http(api_ssl)
+        await self._start_edge_provisioning()
         self.started_at = time.time()
         log.info(
             "%s %s up: id=%s nats=%s api=%s://%s:%d",
@@ -189,6 +198,8 @@ class Agent:
 
     async def stop(self) -> None:
         """Stop everything in reverse order; safe to call after a failed start."""
+        if self._advertiser is not None:
+            await self._advertiser.stop()
         for server in reversed(self._servers):
             await server.stop()
         for task in reversed(self._tasks):
@@ -205,6 +216,70 @@ class Agent:
             self.store.close()
         shutdown_tracing()
         log.info("%s stopped", self.program)
+
+    # ---- zero-touch provisioning (edge) ------------------------------------------------
+
+    def _prepare_identity(self) -> None:
+        """With provisioning on: the device key, and the id the agent runs (and enrols) as."""
+        settings = self.config.provisioning
+        if not settings.enabled:
+            return
+        identity = Identity.load_or_create(self.state_dir / "device_key.pem")
+        device_id = device_id_for(settings, self.config.platform.id, identity)
+        platform = msgspec.structs.replace(self.config.platform, id=device_id)
+        self.config = msgspec.structs.replace(self.config, platform=platform)
+        self.provisioner = Provisioner(settings, self.state_dir, device_id, identity)
+        log.info("provisioning: device %s, key %s", device_id, identity.fingerprint)
+
+    async def _start_edge_provisioning(self) -> None:
+        """Advertise the device; enrol and sync in the background if no link is configured."""
+        settings = self.config.provisioning
+        if self.provisioner is None:
+            return
+        if settings.advertise:
+            properties = {
+                "id": self.config.platform.id,
+                "version": __version__,
+                "api_port": str(self.http_port),
+            }
+            self._advertiser = Advertiser(
+                EDGE_SERVICE,
+                self.config.platform.id,
+                self.http_port,
+                properties,
+                interfaces=settings.interfaces or None,
+            )
+            await self._advertiser.start()
+        if sync_output_settings(self.config) is None:
+            self._spawn(self._enrol_and_sync(self.provisioner), "provisioning")
+
+    async def _enrol_and_sync(self, provisioner: Provisioner) -> None:
+        enrolment = await provisioner.enrolment()
+        config = enrolment.config
+        settings = WebsocketOutputConfig(
+            url=config.sync_url,
+            filters=config.filters,
+            max_bytes_per_second=ByteSize(config.max_bytes_per_second),
+        )
+        self.sync_output = SyncOutput(
+            settings,
+            edge_id=self.config.platform.id,
+            token=enrolment.credential,
+            store=self.store,
+            write=self.write,
+            metrics=self.metrics,
+        )
+        self._spawn(self.sync_output.run(), "sync (provisioned)")
+        while True:  # renew the credential two thirds into its life
+            await asyncio.sleep(max(1.0, provisioner.renewal_due(enrolment) - time.time()))
+            try:
+                enrolment = await provisioner.renew(enrolment)
+            except (OSError, ProvisionError) as exc:
+                log.warning("provisioning: credential renewal failed: %s", exc)
+                await asyncio.sleep(60)
+                continue
+            self.sync_output.set_token(enrolment.credential)
+            log.info("provisioning: credential renewed until %s", enrolment.expires_at)
 
     def _committed(self, touched: frozenset[str]) -> None:
         """On the writer thread, after each commit: stale cache out, the sync link woken."""
@@ -267,7 +342,7 @@ class Agent:
         app = build_app(
             self,
             routes=self.routes(),
-            auth=service.auth,
+            auth=self.auth_settings(),
             rate_limit=self.config.api_gateway.config.rate_limit,
         )
         api = HttpServer(
@@ -286,6 +361,10 @@ class Agent:
             server = HttpServer(app, host=service.http_host, port=metrics.config.port)
             await server.start()
             self._servers.append(server)
+
+    def auth_settings(self) -> AuthConfig:
+        """The API's bearer auth (the hub opens its enrolment paths to devices)."""
+        return self.config.services.service_manager.config.auth
 
     def extra_stream_bytes(self) -> int:
         """Bytes of JetStream streams beyond the agent's own (the hub's sync stream)."""
@@ -368,6 +447,8 @@ class Agent:
                 "last_error": self.processor.status.last_error,
             },
         }
+        if self.provisioner is not None:
+            components["provisioning"] = {"status": self.provisioner.status}
         if self.sync_output is not None:
             # Informational: an edge offline for days is normal operation, not ill health.
             components["sync"] = self.sync_output.status()

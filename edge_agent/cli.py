@@ -23,7 +23,7 @@ from edge_agent import __version__
 from edge_agent.config import Config, Duration, load_config
 from edge_agent.errors import ConfigError, SemStreamsError
 
-__all__ = ["Service", "load_or_exit", "main", "run_service"]
+__all__ = ["Service", "add_api_arguments", "call_api", "load_or_exit", "main", "run_service"]
 
 EXIT_FAILURE = 1
 EXIT_CONFIG = 2
@@ -149,12 +149,29 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
 def cmd_stats(args: argparse.Namespace) -> int:
     """Print ``GET /graph/stats`` of a running agent."""
+    return call_api(args, "/graph/stats", prog="edge-agent stats")
+
+
+def add_api_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--url``, ``--config``, ``--token-file`` and ``--cafile``: how to reach a running API."""
+    parser.add_argument("--url", help="the API, e.g. http://127.0.0.1:8080")
+    parser.add_argument("--config", "-c", help="config file naming the API port")
+    parser.add_argument("--token-file", help="file holding a JWT for an API with auth on")
+    parser.add_argument("--cafile", help="CA bundle to trust for an https API")
+
+
+def call_api(args: argparse.Namespace, path: str, *, prog: str, data: bytes | None = None) -> int:
+    """Call the running API named by :func:`add_api_arguments`; print the answer.
+
+    ``data`` makes it a POST. Returns the exit code: 0, or 1 with the reason on stderr.
+    """
     url = args.url
     if url is None:
         service = load_or_exit(args.config).services.service_manager.config
         scheme = "https" if service.tls else "http"
         url = f"{scheme}://{service.http_host}:{service.http_port}"
-    request = urllib.request.Request(f"{url.rstrip('/')}/graph/stats")
+    request = urllib.request.Request(f"{url.rstrip('/')}{path}", data=data)
+    request.add_header("Content-Type", "application/json")
     try:
         if args.token_file:
             # A file, not an argument: a token on the command line shows in `ps`.
@@ -162,18 +179,16 @@ def cmd_stats(args: argparse.Namespace) -> int:
             request.add_header("Authorization", f"Bearer {token}")
         context = ssl.create_default_context(cafile=args.cafile) if args.cafile else None
     except OSError as exc:
-        print(f"edge-agent stats: {exc}", file=sys.stderr)
+        print(f"{prog}: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     try:
         with urllib.request.urlopen(request, timeout=10, context=context) as reply:
             print(reply.read().decode())
     except urllib.error.HTTPError as exc:
-        print(
-            f"edge-agent stats: {url} answered {exc.code}: {exc.read().decode()}", file=sys.stderr
-        )
+        print(f"{prog}: {url} answered {exc.code}: {exc.read().decode()}", file=sys.stderr)
         return EXIT_FAILURE
     except (urllib.error.URLError, OSError) as exc:
-        print(f"edge-agent stats: cannot reach {url}: {exc}", file=sys.stderr)
+        print(f"{prog}: cannot reach {url}: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     return 0
 
@@ -199,10 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     publish.set_defaults(func=cmd_publish)
 
     stats = commands.add_parser("stats", help="show the graph stats of a running agent")
-    stats.add_argument("--url", help="the agent's API, e.g. http://127.0.0.1:8080")
-    stats.add_argument("--config", "-c", help="config file naming the API port")
-    stats.add_argument("--token-file", help="file holding a JWT for an API with auth on")
-    stats.add_argument("--cafile", help="CA bundle to trust for an https API")
+    add_api_arguments(stats)
     stats.set_defaults(func=cmd_stats)
     return parser
 

@@ -25,7 +25,7 @@ from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfi
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from edge_agent.config.schema import WebsocketInputConfig
-from edge_agent.errors import GraphError, RemoteProtocolError
+from edge_agent.errors import AuthError, GraphError, RemoteProtocolError
 from edge_agent.graph import GraphStore
 from edge_agent.metrics import Metrics
 from edge_agent.sync.codec import available_encodings, decode_deltas
@@ -86,6 +86,8 @@ class SyncInput:
         js: JetStream on the hub's NATS.
         metrics: the hub's metrics.
         on_commit: called with the entities a batch touched (cache invalidation).
+        authenticate: checks an enrolled device's credential (raises AuthError) for
+            edges not in ``settings.devices``.
     """
 
     def __init__(
@@ -97,6 +99,7 @@ class SyncInput:
         js: JetStreamContext,
         metrics: Metrics,
         on_commit: Callable[[frozenset[str]], None],
+        authenticate: Callable[[str, str, float], None] | None = None,
     ) -> None:
         self.settings = settings
         self._store = store
@@ -104,6 +107,7 @@ class SyncInput:
         self._js = js
         self._metrics = metrics
         self._on_commit = on_commit
+        self._authenticate = authenticate
         self._encodings = available_encodings()
         self._waiting = 0
         self._sockets: dict[str, WebSocket] = {}
@@ -212,11 +216,23 @@ class SyncInput:
 
     def _refusal(self, hello: Hello) -> str:
         device = self.settings.devices.get(hello.edge_id)
-        if device is None:
+        if device is not None:
+            matches = hmac.compare_digest(device.token.encode(), hello.token.encode())
+            return "" if matches else "bad credential"
+        if self._authenticate is None:
             return f"unknown device {hello.edge_id!r}"
-        if not hmac.compare_digest(device.token.encode(), hello.token.encode()):
-            return "bad credential"
+        try:
+            self._authenticate(hello.edge_id, hello.token, time.time())
+        except AuthError as exc:
+            return exc.reason
         return ""
+
+    async def kick(self, edge_id: str, reason: str) -> None:
+        """Close ``edge_id``'s live link, if any (it was revoked or rejected)."""
+        websocket = self._sockets.get(edge_id)
+        if websocket is not None:
+            log.warning("sync: closing the link of %s: %s", edge_id, reason)
+            await _close(websocket, _CLOSE_POLICY, reason)
 
     async def _batch(self, proto: HubProtocol, batch: Batch, link: EdgeLink) -> None:
         edge_id, seq = proto.edge_id, batch.seq

@@ -28,6 +28,7 @@ __all__ = [
     "MetricsConfig",
     "NatsConfig",
     "PlatformConfig",
+    "ProvisioningConfig",
     "RateLimitConfig",
     "ReconnectConfig",
     "ServiceManagerSettings",
@@ -291,6 +292,51 @@ class TelemetryConfig(_Section, frozen=True):
     sample_rate: Fraction = 1.0
 
 
+class ReconnectConfig(_Section, frozen=True):
+    """``websocket_output.config.reconnect``: exponential backoff with jitter, capped.
+
+    The wait after the n-th failure in a row is ``initial * multiplier**(n-1)``, at most
+    ``max``, each spread by ±``jitter`` (a fraction); a welcome resets it.
+    """
+
+    initial: Duration = Duration(0.5)
+    max: Duration = Duration(30.0)
+    multiplier: Annotated[float, msgspec.Meta(ge=1.0, le=10.0)] = 2.0
+    jitter: Fraction = 0.2
+
+
+class ProvisioningConfig(_Section, frozen=True):
+    """``provisioning``: zero-touch enrolment (edge) and the enrolment service (hub).
+
+    Edge: with ``enabled`` and no ``websocket_output``, a device without a credential
+    makes its key, finds the hub (``hub_url``, else mDNS for ``discovery_timeout``,
+    retried with ``retry``), proves the hub against ``hub_key`` (a pinned fingerprint or
+    key) or its claim token, enrols, and then syncs with what the hub returns. The
+    per-device ``file`` (boot partition) may carry a claim token, hub URL and key.
+    ``device_id`` defaults to ``platform.id`` (the hostname, suffixed with the key
+    fingerprint's first 8 hex digits when it is the hostname, so cloned images differ).
+
+    Hub: with ``enabled``, serves ``/enrol``, advertises itself by mDNS on
+    ``interfaces`` (IPs; all when empty), and gives approved devices a credential valid
+    for ``credential_ttl`` plus ``sync_url`` (default: the address they enrolled at),
+    ``filters`` and ``max_bytes_per_second``.
+    """
+
+    enabled: bool = False
+    advertise: bool = True
+    interfaces: list[str] = msgspec.field(default_factory=list)
+    device_id: str = ""
+    hub_url: str = ""
+    hub_key: str = ""
+    file: str = "/boot/firmware/semstreams-provision.json"
+    discovery_timeout: Duration = Duration(5.0)
+    retry: ReconnectConfig = ReconnectConfig(initial=Duration(1.0), max=Duration(60.0))
+    credential_ttl: Duration = Duration(30 * 86400.0)
+    sync_url: str = ""
+    filters: dict[str, Any] = msgspec.field(default_factory=dict)
+    max_bytes_per_second: ByteSize = ByteSize(0)
+
+
 class Config(_Section, frozen=True):
     """The whole agent (or hub) configuration file."""
 
@@ -305,6 +351,7 @@ class Config(_Section, frozen=True):
     )
     logging: LoggingConfig = LoggingConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
+    provisioning: ProvisioningConfig = ProvisioningConfig()
 
 
 class SyncBatchConfig(_Section, frozen=True):
@@ -318,19 +365,6 @@ class SyncBatchConfig(_Section, frozen=True):
     max_count: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 500
     max_bytes: ByteSize = ByteSize(256 << 10)
     max_age: Duration = Duration(0.5)
-
-
-class ReconnectConfig(_Section, frozen=True):
-    """``websocket_output.config.reconnect``: exponential backoff with jitter, capped.
-
-    The wait after the n-th failure in a row is ``initial * multiplier**(n-1)``, at most
-    ``max``, each spread by ±``jitter`` (a fraction); a welcome resets it.
-    """
-
-    initial: Duration = Duration(0.5)
-    max: Duration = Duration(30.0)
-    multiplier: Annotated[float, msgspec.Meta(ge=1.0, le=10.0)] = 2.0
-    jitter: Fraction = 0.2
 
 
 class SyncTlsConfig(_Section, frozen=True):

@@ -115,6 +115,10 @@ class SyncOutput:
 
     # ---- the component ------------------------------------------------------------
 
+    def set_token(self, token: str) -> None:
+        """Use ``token`` from the next connection on (a renewed credential)."""
+        self._token = token
+
     def notify(self) -> None:
         """New changes are in the outbox; callable from any thread."""
         if self._loop is not None:

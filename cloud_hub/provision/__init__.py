@@ -1,0 +1,1 @@
+"""The hub side of zero-touch provisioning: the device registry, credentials, enrolment API."""

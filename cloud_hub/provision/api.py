@@ -1,0 +1,136 @@
+"""HTTP views of enrolment (``/enrol``, open to devices: keys and claims are their proof)
+and of device administration (``/devices``, ``/claim-tokens``, behind the API's auth).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import msgspec
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from cloud_hub.provision.registry import ClaimError, Status
+from cloud_hub.provision.service import Enrolment
+from edge_agent.api.views import error, json_response
+from edge_agent.config.units import Duration
+from edge_agent.errors import AuthError
+from edge_agent.provision.messages import ChallengeRequest, EnrolRequest
+
+__all__ = ["ENROL_PATH", "provisioning_routes"]
+
+ENROL_PATH = "/enrol"
+_ACTIONS: dict[str, Status] = {"approve": "approved", "reject": "rejected", "revoke": "revoked"}
+
+
+class _ClaimTokenRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    group: str = "default"
+    ttl: str | float = "1h"
+
+
+class _RenewRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    device_id: str
+
+
+def _service(request: Request) -> Enrolment:
+    enrolment: Enrolment = request.app.state.agent.enrolment
+    return enrolment
+
+
+async def _body(request: Request, kind: type[Any]) -> Any:
+    return msgspec.json.decode(await request.body() or b"{}", type=kind)
+
+
+def _sync_url(request: Request) -> str:
+    """Where a device that reached us at this address syncs: the same host, the sync path."""
+    hub = request.app.state.agent
+    scheme = "wss" if request.url.scheme == "https" else "ws"
+    host = request.url.hostname or "127.0.0.1"
+    port = hub.sync_port or request.url.port
+    return f"{scheme}://{host}:{port}{hub.sync_path}"
+
+
+async def challenge(request: Request) -> Response:
+    """``POST /enrol/challenge``: the hub signs the device's nonce (and proves its claim)."""
+    try:
+        body = await _body(request, ChallengeRequest)
+        return json_response(await run_in_threadpool(_service(request).challenge, body))
+    except (msgspec.ValidationError, msgspec.DecodeError, ValueError) as exc:
+        return error(400, f"bad challenge: {exc}")
+
+
+async def enrol(request: Request) -> Response:
+    """``POST /enrol``: 200 approved (credential + config), 202 pending, 401/403/409 refused."""
+    try:
+        body = await _body(request, EnrolRequest)
+        answer = await run_in_threadpool(
+            _service(request).enrol, body, _sync_url(request), time.time()
+        )
+    except (msgspec.ValidationError, msgspec.DecodeError, ValueError) as exc:
+        return error(400, f"bad enrolment: {exc}")
+    except ClaimError as exc:
+        return error(exc.status, exc.reason)
+    except AuthError as exc:
+        return error(401, exc.reason)
+    return json_response(answer, 200 if answer.status == "approved" else 202)
+
+
+async def renew(request: Request) -> Response:
+    """``POST /enrol/renew`` with the current credential as bearer: a fresh credential."""
+    credential = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+    try:
+        body = await _body(request, _RenewRequest)
+        answer = await run_in_threadpool(
+            _service(request).renew, body.device_id, credential, _sync_url(request), time.time()
+        )
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        return error(400, f"bad renewal: {exc}")
+    except AuthError as exc:
+        return error(401, exc.reason)
+    return json_response(answer)
+
+
+async def devices(request: Request) -> Response:
+    """``GET /devices``: every device with its status, key fingerprint and hardware."""
+    return json_response(await run_in_threadpool(_service(request).registry.devices))
+
+
+async def device_action(request: Request) -> Response:
+    """``POST /devices/{device_id}/{approve|reject|revoke}``."""
+    action = request.path_params["action"]
+    status = _ACTIONS.get(action)
+    if status is None:
+        return error(404, f"unknown action {action!r} (approve, reject, revoke)")
+    device_id = request.path_params["device_id"]
+    device = await run_in_threadpool(_service(request).set_status, device_id, status, time.time())
+    if device is None:
+        return error(404, f"no device {device_id!r}")
+    return json_response(device)
+
+
+async def claim_tokens(request: Request) -> Response:
+    """``POST /claim-tokens`` ``{"group": "west", "ttl": "1h"}``: a single-use claim token."""
+    try:
+        body = await _body(request, _ClaimTokenRequest)
+        ttl = Duration.parse(body.ttl)
+    except (msgspec.ValidationError, msgspec.DecodeError, ValueError) as exc:
+        return error(400, f"bad claim token request: {exc}")
+    token, expires = await run_in_threadpool(
+        _service(request).registry.create_claim_token, body.group, ttl, time.time()
+    )
+    return json_response({"token": token, "group": body.group, "expires_at": expires}, 201)
+
+
+def provisioning_routes() -> list[BaseRoute]:
+    """The routes above."""
+    return [
+        Route(f"{ENROL_PATH}/challenge", challenge, methods=["POST"]),
+        Route(ENROL_PATH, enrol, methods=["POST"]),
+        Route(f"{ENROL_PATH}/renew", renew, methods=["POST"]),
+        Route("/devices", devices, methods=["GET"]),
+        Route("/devices/{device_id}/{action}", device_action, methods=["POST"]),
+        Route("/claim-tokens", claim_tokens, methods=["POST"]),
+    ]

@@ -1,0 +1,219 @@
+"""The hub's device registry and claim tokens, in their own SQLite file (``registry.db``).
+
+Claim tokens are ``ct_<id>.<secret>``; only a hash of the secret is kept, so a copy of
+the registry enrols nothing. A token is single-use, expiring, and scoped to a group;
+using it burns it in the same transaction that approves the device.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+
+from edge_agent.errors import AuthError
+from edge_agent.provision.identity import claim_key
+from edge_agent.provision.messages import EnrolRequest
+
+__all__ = ["ClaimError", "Device", "Registry", "Status", "split_claim_token"]
+
+Status = Literal["pending", "approved", "rejected", "revoked"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS devices (
+    id TEXT PRIMARY KEY,
+    public_key TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    hostname TEXT NOT NULL,
+    hardware TEXT NOT NULL,
+    status TEXT NOT NULL,
+    device_group TEXT NOT NULL,
+    enrolled_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS claim_tokens (
+    id TEXT PRIMARY KEY,
+    secret_hash TEXT NOT NULL,
+    device_group TEXT NOT NULL,
+    expires_at INTEGER NOT NULL,
+    used_at INTEGER,
+    used_by TEXT
+);
+"""
+
+
+class ClaimError(AuthError):
+    """A claim token is refused; ``status`` is the HTTP status to answer with."""
+
+    def __init__(self, reason: str, status: int) -> None:
+        super().__init__(reason)
+        self.status = status
+
+
+class Device(msgspec.Struct, frozen=True):
+    """One device as the API and the dashboard show it."""
+
+    id: str
+    public_key: str
+    fingerprint: str
+    hostname: str
+    hardware: dict[str, Any]
+    status: Status
+    group: str
+    enrolled_at: int
+    updated_at: int
+
+
+def split_claim_token(token: str) -> tuple[str, str]:
+    """(id, secret) of ``ct_<id>.<secret>``.
+
+    Raises:
+        ClaimError: not a claim token (401).
+    """
+    head, _, secret = token.partition(".")
+    if not head.startswith("ct_") or not secret:
+        raise ClaimError("malformed claim token", 401)
+    return head.removeprefix("ct_"), secret
+
+
+class Registry:
+    """Devices and claim tokens; safe to call from any thread (one lock, short writes)."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode = WAL")
+        self._db.execute("PRAGMA synchronous = FULL")
+        self._db.executescript(_SCHEMA)
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        """Close the database."""
+        self._db.close()
+
+    # ---- claim tokens ------------------------------------------------------------------
+
+    def create_claim_token(self, group: str, ttl_s: float, now: float) -> tuple[str, int]:
+        """A new single-use token for ``group``; (token, expiry in epoch seconds)."""
+        token_id, secret = secrets.token_hex(6), secrets.token_urlsafe(24)
+        expires = int(now + ttl_s)
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO claim_tokens VALUES (?, ?, ?, ?, NULL, NULL)",
+                (token_id, claim_key(secret), group, expires),
+            )
+        return f"ct_{token_id}.{secret}", expires
+
+    def claim_key(self, token_id: str) -> str | None:
+        """The proof key of an unused token (see :func:`claim_key`), or ``None``."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT secret_hash FROM claim_tokens WHERE id = ? AND used_at IS NULL",
+                (token_id,),
+            ).fetchone()
+        return str(row[0]) if row else None
+
+    def _check_claim(self, token: str, now: float) -> tuple[str, str]:
+        token_id, secret = split_claim_token(token)
+        row = self._db.execute(
+            "SELECT secret_hash, device_group, expires_at, used_at FROM claim_tokens WHERE id = ?",
+            (token_id,),
+        ).fetchone()
+        if row is None or not hmac.compare_digest(row[0], claim_key(secret)):
+            raise ClaimError("unknown claim token", 401)
+        if row[3] is not None:
+            raise ClaimError("claim token already used", 409)
+        if row[2] <= now:
+            raise ClaimError("claim token expired", 401)
+        return token_id, row[1]
+
+    # ---- devices -----------------------------------------------------------------------
+
+    def enrol(self, request: EnrolRequest, fingerprint: str, now: float) -> Device:
+        """Record a device; approve it at once with a valid claim token (which burns).
+
+        A device that asks again with the same key gets its record back (pending ones
+        may bring a claim token now).
+
+        Raises:
+            ClaimError: the claim token is unknown, used or expired; or the id is taken by
+                another key (409).
+        """
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                device = self._enrol(request, fingerprint, now)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return device
+
+    def _enrol(self, request: EnrolRequest, fingerprint: str, now: float) -> Device:
+        device_id, claim_token = request.device_id, request.claim_token
+        known = self._get(device_id)
+        if known is not None and known.public_key != request.public_key:
+            raise ClaimError(f"device id {device_id!r} is enrolled with another key", 409)
+        if known is not None and (known.status != "pending" or not claim_token):
+            return known
+        status: Status = "pending"
+        group = ""
+        if claim_token:
+            token_id, group = self._check_claim(claim_token, now)
+            self._db.execute(
+                "UPDATE claim_tokens SET used_at = ?, used_by = ? WHERE id = ?",
+                (int(now), device_id, token_id),
+            )
+            status = "approved"
+        self._db.execute(
+            "INSERT OR REPLACE INTO devices VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                device_id,
+                request.public_key,
+                fingerprint,
+                request.hostname,
+                msgspec.json.encode(request.hardware).decode(),
+                status,
+                group,
+                known.enrolled_at if known else int(now),
+                int(now),
+            ),
+        )
+        device = self._get(device_id)
+        assert device is not None
+        return device
+
+    def set_status(self, device_id: str, status: Status, now: float) -> Device | None:
+        """Approve, reject or revoke a device; ``None`` when it is unknown."""
+        with self._lock:
+            self._db.execute(
+                "UPDATE devices SET status = ?, updated_at = ? WHERE id = ?",
+                (status, int(now), device_id),
+            )
+            return self._get(device_id)
+
+    def get(self, device_id: str) -> Device | None:
+        """One device, or ``None``."""
+        with self._lock:
+            return self._get(device_id)
+
+    def devices(self) -> list[Device]:
+        """Every device, by id."""
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM devices ORDER BY id").fetchall()
+        return [_device(row) for row in rows]
+
+    def _get(self, device_id: str) -> Device | None:
+        row = self._db.execute("SELECT * FROM devices WHERE id = ?", (device_id,)).fetchone()
+        return _device(row) if row else None
+
+
+def _device(row: tuple[Any, ...]) -> Device:
+    return Device(
+        row[0], row[1], row[2], row[3], msgspec.json.decode(row[4]), row[5], row[6], row[7], row[8]
+    )

@@ -1,0 +1,1 @@
+"""Zero-touch provisioning: the device identity, hub discovery and enrolment."""
