@@ -110,11 +110,14 @@ class Registry:
         return f"ct_{token_id}.{secret}", expires
 
     def claim_key(self, token_id: str) -> str | None:
-        """The proof key of an unused token (see :func:`claim_key`), or ``None``."""
+        """The proof key of a token this hub issued (see :func:`claim_key`), or ``None``.
+
+        Used and expired tokens too: the hub proves it issued them, then refuses them at
+        enrolment with the reason (409 used, 401 expired).
+        """
         with self._lock:
             row = self._db.execute(
-                "SELECT secret_hash FROM claim_tokens WHERE id = ? AND used_at IS NULL",
-                (token_id,),
+                "SELECT secret_hash FROM claim_tokens WHERE id = ?", (token_id,)
             ).fetchone()
         return str(row[0]) if row else None
 

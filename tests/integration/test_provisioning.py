@@ -1,0 +1,238 @@
+"""Enrolment against a real hub process on loopback (mDNS off: the hub URL is given).
+
+Discovery over real mDNS runs in network namespaces: see ``test_zero_touch.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import shutil
+import socket
+import stat
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from websockets.sync.client import connect
+
+from edge_agent.sync.frames import Hello, Welcome, decode_frame, encode_frame
+from tests.helpers import AgentProcess, config_dict, free_port, http_json
+from tests.integration.sync_harness import metric
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProcess]:
+    workdir = tmp_path_factory.mktemp("hub")
+    port = free_port()
+    config = config_dict(
+        workdir / "state",
+        platform={"id": "hub", "type": "cloud-hub"},
+        services={"service-manager": {"config": {"http_port": port}}},
+        provisioning={"enabled": True, "advertise": False, "credential_ttl": "1h"},
+        components=[{"id": "in", "type": "websocket_input", "config": {"port": port}}],
+    )
+    process = AgentProcess(config, workdir, program="cloud_hub.cli", name="hub")
+    process.start()
+    yield process
+    process.stop()
+
+
+def claim_token(hub: AgentProcess, ttl: str = "10m") -> str:
+    status, body = http_json(
+        f"{hub.api}/claim-tokens", json.dumps({"group": "test", "ttl": ttl}).encode()
+    )
+    assert status == 201, body
+    return str(body["token"])
+
+
+def devices(hub: AgentProcess) -> dict[str, dict[str, Any]]:
+    return {d["id"]: d for d in http_json(f"{hub.api}/devices")[1]}
+
+
+EdgeFactory = Callable[..., AgentProcess]
+
+
+@pytest.fixture
+def edge(tmp_path: Path, hub: AgentProcess) -> Iterator[EdgeFactory]:
+    started: list[AgentProcess] = []
+
+    def make(
+        name: str,
+        *,
+        claim: str = "",
+        hub_key: str = "",
+        platform_id: str | None = None,
+        state: Path | None = None,
+    ) -> AgentProcess:
+        boot = tmp_path / f"{name}-provision.json"
+        boot.write_text(json.dumps({"claim_token": claim, "hub_url": hub.api, "hub_key": hub_key}))
+        config = config_dict(
+            state or tmp_path / f"{name}-state",
+            platform={"id": platform_id if platform_id is not None else name},
+            provisioning={
+                "enabled": True,
+                "advertise": False,
+                "file": str(boot),
+                "retry": {"initial": "200ms", "max": "1s"},
+            },
+            components=[
+                {"id": "sim", "type": "simulator", "config": {"entities": 3, "interval": "300ms"}}
+            ],
+        )
+        process = AgentProcess(config, tmp_path, name=name)
+        process.start()
+        started.append(process)
+        return process
+
+    yield make
+    for process in started:
+        process.stop()
+
+
+def wait_until(check: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def provisioning_status(edge: AgentProcess) -> str:
+    return str(http_json(f"{edge.api}/health")[1]["components"]["provisioning"]["status"])
+
+
+def synced(hub: AgentProcess, device_id: str) -> bool:
+    links = {e["edge_id"]: e for e in http_json(f"{hub.api}/edges")[1]}
+    return device_id in links and links[device_id]["hwm"] > 0
+
+
+def test_a_claim_token_enrols_at_once_is_burnt_and_the_device_syncs(
+    hub: AgentProcess, edge: EdgeFactory, tmp_path: Path
+) -> None:
+    token = claim_token(hub)
+    device = edge("claimed", claim=token)
+    wait_until(lambda: devices(hub).get("claimed", {}).get("status") == "approved", "approval")
+    wait_until(lambda: synced(hub, "claimed"), "sync")
+    assert http_json(f"{hub.api}/graph/entities/UAV-000")[1]["origin"] == "claimed"
+    # The secret left the boot file; the key and the enrolment are the owner's alone.
+    boot = json.loads((tmp_path / "claimed-provision.json").read_text())
+    assert boot["claim_token"] == "" and boot["hub_url"] == hub.api
+    state = tmp_path / "claimed-state"
+    for private in (state / "device_key.pem", state / "provisioning" / "enrolment.json"):
+        assert stat.S_IMODE(private.stat().st_mode) == 0o600, private
+    log = device.log_path.read_text()
+    assert "PRIVATE KEY" not in log and token.split(".")[1] not in log
+    enrolled = devices(hub)["claimed"]
+    # A restart reuses the enrolment: no new enrolment, and syncing goes on.
+    device.stop()
+    device.start()
+    wait_until(lambda: provisioning_status(device) == "enrolled", "reuse")
+    assert devices(hub)["claimed"]["updated_at"] == enrolled["updated_at"]
+    wait_until(lambda: metric(device.api, "semstreams_sync_connected") == 1, "relink")
+
+
+def test_a_replayed_claim_token_is_refused_with_409(hub: AgentProcess, edge: EdgeFactory) -> None:
+    token = claim_token(hub)
+    edge("first", claim=token)
+    wait_until(lambda: devices(hub).get("first", {}).get("status") == "approved", "approval")
+    second = edge("second", claim=token)
+    wait_until(lambda: "409" in provisioning_status(second), "refusal")
+    assert "claim token already used" in provisioning_status(second)
+    assert "second" not in devices(hub)
+
+
+def test_an_expired_claim_token_is_refused_with_401(hub: AgentProcess, edge: EdgeFactory) -> None:
+    token = claim_token(hub, ttl="1s")
+    time.sleep(1.5)
+    late = edge("late", claim=token)
+    wait_until(lambda: "401" in provisioning_status(late), "refusal")
+    assert "claim token expired" in provisioning_status(late)
+    assert "late" not in devices(hub)
+
+
+def _hub_fingerprint(hub: AgentProcess) -> str:
+    log = hub.log_path.read_text()
+    start = log.index("provisioning: hub key ") + len("provisioning: hub key ")
+    return log[start : start + 71]
+
+
+def test_without_a_token_a_device_waits_pending_until_approved(
+    hub: AgentProcess, edge: EdgeFactory
+) -> None:
+    device = edge("waiting", hub_key=_hub_fingerprint(hub))
+    wait_until(lambda: devices(hub).get("waiting", {}).get("status") == "pending", "pending")
+    wait_until(lambda: "pending approval" in provisioning_status(device), "pending status")
+    time.sleep(1)
+    assert not synced(hub, "waiting")
+    status, approved = http_json(f"{hub.api}/devices/waiting/approve", b"{}")
+    assert status == 200 and approved["status"] == "approved"
+    wait_until(lambda: synced(hub, "waiting"), "sync after approval")
+
+
+def test_a_hub_that_does_not_match_the_pinned_key_gets_nothing(
+    hub: AgentProcess, edge: EdgeFactory
+) -> None:
+    token = claim_token(hub)
+    wary = edge("wary", claim=token, hub_key="sha256:" + "0" * 64)
+    wait_until(lambda: "is not the pinned one" in provisioning_status(wary), "refusal")
+    assert "wary" not in devices(hub)
+    # The token never left the device, so it is still good for another.
+    edge("other", claim=token)
+    wait_until(lambda: devices(hub).get("other", {}).get("status") == "approved", "approval")
+
+
+def _hello(hub: AgentProcess, device_id: str, credential: str) -> Welcome:
+    with connect(f"ws{hub.api.removeprefix('http')}/edge-sync", proxy=None) as ws:
+        ws.send(encode_frame(Hello(edge_id=device_id, token=credential)))
+        welcome = decode_frame(ws.recv(timeout=5), max_bytes=1 << 20)  # type: ignore[arg-type]
+    assert isinstance(welcome, Welcome)
+    return welcome
+
+
+def test_tampered_and_revoked_credentials_are_refused_and_revoke_cuts_the_link(
+    hub: AgentProcess, edge: EdgeFactory, tmp_path: Path
+) -> None:
+    device = edge("doomed", claim=claim_token(hub))
+    wait_until(lambda: synced(hub, "doomed"), "sync")
+    enrolment = tmp_path / "doomed-state" / "provisioning" / "enrolment.json"
+    credential = json.loads(enrolment.read_text())["credential"]
+    head, payload, signature = credential.split(".")
+    tampered = f"{head}.{payload}.{'A' if signature[0] != 'A' else 'B'}{signature[1:]}"
+    welcome = _hello(hub, "doomed", tampered)
+    assert not welcome.accepted and welcome.reason.startswith("bad credential")
+    assert not _hello(hub, "someone-else", credential).accepted  # scoped to one device
+
+    revoked_at = time.monotonic()
+    status, _ = http_json(f"{hub.api}/devices/doomed/revoke", b"{}")
+    assert status == 200
+    links = lambda: {e["edge_id"]: e for e in http_json(f"{hub.api}/edges")[1]}  # noqa: E731
+    wait_until(lambda: not links()["doomed"]["connected"], "the live link to close", 60)
+    assert time.monotonic() - revoked_at < 60
+    welcome = _hello(hub, "doomed", credential)
+    assert (welcome.accepted, welcome.reason) == (False, "device revoked")
+    wait_until(
+        lambda: metric(device.api, "semstreams_sync_refused_total", 'reason="welcome"') > 0,
+        "the device to be refused",
+    )
+
+
+def test_devices_from_one_state_template_get_distinct_identities(
+    hub: AgentProcess, edge: EdgeFactory, tmp_path: Path
+) -> None:
+    template = tmp_path / "template"
+    (template / "provisioning").mkdir(parents=True)
+    host = socket.gethostname()
+    clones = []
+    for name in ("clone-a", "clone-b"):
+        state = tmp_path / f"{name}-state"
+        shutil.copytree(template, state)
+        clones.append(edge(name, claim=claim_token(hub), platform_id=host, state=state))
+    wait_until(lambda: len([d for d in devices(hub) if d.startswith(f"{host}-")]) == 2, "both")
+    mine = [d for d in devices(hub).values() if d["id"].startswith(f"{host}-")]
+    assert len({d["id"] for d in mine}) == 2
+    assert len({d["fingerprint"] for d in mine}) == 2
+    assert secrets.compare_digest(mine[0]["status"], "approved")

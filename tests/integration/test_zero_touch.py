@@ -1,0 +1,185 @@
+"""Zero-touch provisioning over real mDNS, in network namespaces this test makes.
+
+A hub, a rogue hub advertising the same service, and three edges, each in its own
+namespace on a private bridge. Two edges carry a claim token, one only the pinned hub
+key; none is told where the hub is. No keystroke: they discover, prove the hub, enrol
+and sync; the pinned one waits pending until approved. The rogue gets nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.netns import Lan, Node, cleanup_stale, netns_available
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+
+API_PORT = 8080
+_HTTP = """
+import json, sys, urllib.error, urllib.request
+url, data = sys.argv[1], (sys.argv[2].encode() if len(sys.argv) > 2 else None)
+request = urllib.request.Request(url, data=data, headers={"content-type": "application/json"})
+try:
+    with urllib.request.urlopen(request, timeout=5) as reply:
+        print(json.dumps([reply.status, json.loads(reply.read() or b"null")]))
+except urllib.error.HTTPError as error:
+    print(json.dumps([error.code, json.loads(error.read() or b"null")]))
+except OSError as error:
+    print(json.dumps([0, str(error)]))
+"""
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _namespaces() -> None:
+    reason = netns_available()
+    if reason is not None:
+        pytest.skip(f"network namespaces not permitted here: {reason}")
+    cleanup_stale()
+
+
+def http(node: Node, url: str, body: Any = None) -> tuple[int, Any]:
+    """An HTTP call made from inside ``node``'s namespace."""
+    argv = [sys.executable, "-c", _HTTP, url] + ([json.dumps(body)] if body is not None else [])
+    status, answer = json.loads(node.run(argv).stdout)
+    return int(status), answer
+
+
+def wait_until(check: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
+        time.sleep(0.5)
+
+
+def start(node: Node, program: str, config: dict[str, Any], workdir: Path) -> None:
+    path = workdir / f"{node.name}.json"
+    path.write_text(json.dumps(config))
+    log = (workdir / f"{node.name}.log").open("wb")
+    node.popen(
+        [sys.executable, "-m", program, "run", "--config", str(path)], stdout=log, stderr=log
+    )
+    wait_until(lambda: http(node, f"http://127.0.0.1:{API_PORT}/health")[0] == 200, node.name, 30)
+
+
+def hub_config(node: Node, workdir: Path, name: str) -> dict[str, Any]:
+    return {
+        "state_dir": str(workdir / f"{node.name}-state"),
+        "platform": {"id": name, "type": "cloud-hub"},
+        "services": {
+            "service-manager": {"config": {"http_port": API_PORT, "http_host": "0.0.0.0"}}
+        },
+        "provisioning": {"enabled": True, "interfaces": [node.ip]},
+        "components": [{"id": "in", "type": "websocket_input", "config": {"port": API_PORT}}],
+        "logging": {"output": "stderr"},
+    }
+
+
+def edge_config(node: Node, workdir: Path, first: int, boot: dict[str, str]) -> dict[str, Any]:
+    boot_file = workdir / f"{node.name}-provision.json"
+    boot_file.write_text(json.dumps(boot))
+    return {
+        "state_dir": str(workdir / f"{node.name}-state"),
+        "platform": {"id": node.name},
+        "services": {"service-manager": {"config": {"http_port": API_PORT}}},
+        "provisioning": {
+            "enabled": True,
+            "file": str(boot_file),
+            "interfaces": [node.ip],
+            "discovery_timeout": "2s",
+            "retry": {"initial": "500ms", "max": "2s"},
+        },
+        "components": [
+            {
+                "id": "sim",
+                "type": "simulator",
+                "config": {"entities": 3, "interval": "500ms", "first": first},
+            }
+        ],
+        "logging": {"output": "stderr"},
+    }
+
+
+@pytest.fixture
+def lan() -> Iterator[Lan]:
+    with Lan() as network:
+        yield network
+
+
+def test_edges_discover_enrol_and_sync_with_no_keystroke_and_the_rogue_gets_nothing(
+    lan: Lan, tmp_path: Path
+) -> None:
+    hub, rogue = lan.add_node("hub"), lan.add_node("rogue")
+    edges = [lan.add_node(name) for name in ("e1", "e2", "e3")]
+    start(hub, "cloud_hub.cli", hub_config(hub, tmp_path, "hub"), tmp_path)
+    # Named to be found first, so every edge really challenges it.
+    start(rogue, "cloud_hub.cli", hub_config(rogue, tmp_path, "a-rogue-hub"), tmp_path)
+    hub_api = f"http://{hub.ip}:{API_PORT}"
+    tokens = [http(hub, f"{hub_api}/claim-tokens", {"group": "west"})[1]["token"] for _ in range(2)]
+    fingerprint = _fingerprint(tmp_path / "hub.log")
+
+    boots = [{"claim_token": tokens[0]}, {"claim_token": tokens[1]}, {"hub_key": fingerprint}]
+    for index, (node, boot) in enumerate(zip(edges, boots, strict=True)):
+        start(node, "edge_agent.cli", edge_config(node, tmp_path, index * 10, boot), tmp_path)
+
+    def devices() -> dict[str, str]:
+        return {d["id"]: d["status"] for d in http(hub, f"{hub_api}/devices")[1]}
+
+    def synced() -> set[str]:
+        return {e["edge_id"] for e in http(hub, f"{hub_api}/edges")[1] if e["hwm"] > 0}
+
+    wait_until(lambda: {"e1", "e2"} <= synced(), "the claimed edges to sync")
+    wait_until(lambda: devices().get("e3") == "pending", "the unclaimed edge to wait")
+    assert "e3" not in synced()
+    assert http(hub, f"{hub_api}/devices/e3/approve", {})[0] == 200
+    wait_until(lambda: "e3" in synced(), "the approved edge to sync")
+    assert devices() == {"e1": "approved", "e2": "approved", "e3": "approved"}
+    for first in (0, 10, 20):
+        status, entity = http(hub, f"{hub_api}/graph/entities/UAV-{first:03d}")
+        assert status == 200 and entity["origin"] in {"e1", "e2", "e3"}
+
+    rogue_api = f"http://{rogue.ip}:{API_PORT}"
+    assert http(rogue, f"{rogue_api}/devices")[1] == []
+    assert http(rogue, f"{rogue_api}/graph/stats")[1]["entities"] == 0
+    assert http(rogue, f"{rogue_api}/edges")[1] == []
+    for index, node in enumerate(edges[:2]):
+        boot = json.loads((tmp_path / f"{node.name}-provision.json").read_text())
+        assert boot["claim_token"] == "", "the claim secret is erased after enrolment"
+        assert tokens[index].split(".")[1] not in (tmp_path / f"{node.name}.log").read_text()
+
+    refusals = [(tmp_path / f"{node.name}.log").read_text() for node in edges]
+    assert "hub cannot prove it issued this device's claim token" in refusals[0]
+    assert "is not the pinned one" in refusals[2]
+
+    # Each edge advertises itself for the fleet inventory.
+    found = _browse_edges(hub)
+    assert {"e1", "e2", "e3"} <= {entry["properties"]["id"] for entry in found}
+
+
+def _fingerprint(log: Path) -> str:
+    deadline = time.monotonic() + 10
+    while "provisioning: hub key " not in log.read_text():
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    text = log.read_text()
+    start_at = text.index("provisioning: hub key ") + len("provisioning: hub key ")
+    return text[start_at : start_at + 71]
+
+
+_BROWSE = """
+import asyncio, dataclasses, json
+from edge_agent.provision.mdns import EDGE_SERVICE, browse
+found = asyncio.run(browse(EDGE_SERVICE, timeout=2.0))
+print(json.dumps([dataclasses.asdict(f) for f in found]))
+"""
+
+
+def _browse_edges(node: Node) -> list[dict[str, Any]]:
+    result: list[dict[str, Any]] = json.loads(node.run([sys.executable, "-c", _BROWSE]).stdout)
+    return result
