@@ -91,13 +91,15 @@ class Agent:
         self.api_ssl: ssl.SSLContext | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._servers: list[HttpServer] = []
+        self._api: HttpServer | None = None
         self._stream_stats = {"dead_letters": 0, "stream_pending": 0}
         self.started_at = 0.0
 
     @property
     def http_port(self) -> int:
         """The port the API listens on (resolved when configured as 0)."""
-        return self._servers[0].port
+        assert self._api is not None, "the API is not started"
+        return self._api.port
 
     # ---- lifecycle -----------------------------------------------------------------
 
@@ -354,6 +356,7 @@ class Agent:
         )
         await api.start()
         self._servers.append(api)
+        self._api = api
         metrics = self.config.services.metrics
         if metrics.enabled:
             app = Starlette(routes=[Route(metrics.config.path, views.metrics, methods=["GET"])])
@@ -448,7 +451,11 @@ class Agent:
             },
         }
         if self.provisioner is not None:
-            components["provisioning"] = {"status": self.provisioner.status}
+            components["provisioning"] = {
+                "status": self.provisioner.status,
+                "device_key": self.provisioner.identity.fingerprint,
+                "hub_key": self.provisioner.hub_fingerprint,
+            }
         if self.sync_output is not None:
             # Informational: an edge offline for days is normal operation, not ill health.
             components["sync"] = self.sync_output.status()

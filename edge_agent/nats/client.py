@@ -122,7 +122,12 @@ async def connect(
         NatsServerError: no server could be reached (after ``max_reconnect`` tries).
     """
 
+    connection: list[Client] = []
+
     async def disconnected() -> None:
+        if connection and connection[0].is_closed:
+            log.info("nats connection closed")  # our own close(): not news
+            return
         log.warning("nats disconnected")
 
     async def reconnected() -> None:
@@ -136,7 +141,7 @@ async def connect(
             on_resync()
 
     try:
-        return await nats.connect(
+        client = await nats.connect(
             servers=urls,
             name=name,
             max_reconnect_attempts=config.max_reconnect,
@@ -148,6 +153,8 @@ async def connect(
             reconnected_cb=reconnected,
             error_cb=error,
         )
+        connection.append(client)
+        return client
     except (nats.errors.Error, OSError, TimeoutError) as exc:
         raise NatsServerError(f"cannot connect to NATS at {', '.join(urls)}: {exc}") from exc
 

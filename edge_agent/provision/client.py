@@ -124,6 +124,8 @@ class Provisioner:
         self.identity = identity
         self.path = state_dir / _ENROLMENT_FILE
         self.status = "not enrolled"
+        #: The fingerprint of the hub this device trusts, once it does.
+        self.hub_fingerprint = ""
 
     def stored(self) -> StoredEnrolment | None:
         """The enrolment kept from an earlier start, if any."""
@@ -140,6 +142,7 @@ class Provisioner:
         stored = self.stored()
         if stored is not None:
             self.status = "enrolled"
+            self.hub_fingerprint = fingerprint(from_b64(stored.hub_key))
             return stored
         boot = self._read_boot_file()
         retry = self.settings.retry
@@ -155,6 +158,7 @@ class Provisioner:
                 self.save(enrolment)
                 self._erase_claim(boot)
                 self.status = "enrolled"
+                self.hub_fingerprint = fingerprint(from_b64(enrolment.hub_key))
                 log.info("provisioning: enrolled as %s at %s", self.device_id, url)
                 return enrolment
             await asyncio.sleep(backoff.next())

@@ -191,12 +191,14 @@ class SyncOutput:
                 asyncio.create_task(self._receive(ws, proto)),
                 asyncio.create_task(self._send(ws, proto, resend)),
             }
-            done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            for task in pending:
-                task.cancel()
-            for task in pending:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            try:
+                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            finally:  # also when this session is cancelled (the agent stops)
+                for task in tasks:
+                    task.cancel()
+                for task in tasks:
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await task
             for task in done:
                 task.result()
 

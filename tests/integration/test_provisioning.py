@@ -10,6 +10,8 @@ import secrets
 import shutil
 import socket
 import stat
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,6 +25,8 @@ from tests.helpers import AgentProcess, config_dict, free_port, http_json
 from tests.integration.sync_harness import metric
 
 pytestmark = pytest.mark.slow
+# Short, so the renewal test sees a renewal; every edge here renews every 6 s.
+CREDENTIAL_TTL = "9s"
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +37,7 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProcess]:
         workdir / "state",
         platform={"id": "hub", "type": "cloud-hub"},
         services={"service-manager": {"config": {"http_port": port}}},
-        provisioning={"enabled": True, "advertise": False, "credential_ttl": "1h"},
+        provisioning={"enabled": True, "advertise": False, "credential_ttl": CREDENTIAL_TTL},
         components=[{"id": "in", "type": "websocket_input", "config": {"port": port}}],
     )
     process = AgentProcess(config, workdir, program="cloud_hub.cli", name="hub")
@@ -236,3 +240,56 @@ def test_devices_from_one_state_template_get_distinct_identities(
     assert len({d["id"] for d in mine}) == 2
     assert len({d["fingerprint"] for d in mine}) == 2
     assert secrets.compare_digest(mine[0]["status"], "approved")
+
+
+def test_credentials_renew_before_expiry_and_the_link_outlives_the_first_one(
+    hub: AgentProcess, edge: EdgeFactory, tmp_path: Path
+) -> None:
+    device = edge("renewing", claim=claim_token(hub))
+    wait_until(lambda: synced(hub, "renewing"), "sync")
+    enrolment = tmp_path / "renewing-state" / "provisioning" / "enrolment.json"
+    first = json.loads(enrolment.read_text())
+    wait_until(
+        lambda: json.loads(enrolment.read_text())["credential"] != first["credential"],
+        "a renewed credential",
+    )
+    renewed = json.loads(enrolment.read_text())
+    assert renewed["expires_at"] > first["expires_at"]
+    while time.time() < first["expires_at"] + 1:
+        time.sleep(0.2)
+    # Past the first credential's expiry, a new link is accepted with the renewed one.
+    device.stop()
+    device.start()
+    wait_until(lambda: metric(device.api, "semstreams_sync_connected") == 1, "relink")
+    health = http_json(f"{device.api}/health")[1]["components"]["provisioning"]
+    assert health["hub_key"].startswith("sha256:") and health["device_key"].startswith("sha256:")
+
+
+def test_the_devices_cli_drives_the_same_api(hub: AgentProcess, edge: EdgeFactory) -> None:
+    def cli(*args: str) -> Any:
+        done = subprocess.run(
+            [sys.executable, "-m", "cloud_hub.cli", "devices", *args, "--url", hub.api],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    token = cli("claim-token", "create", "--group", "north", "--ttl", "5m")
+    assert token["group"] == "north" and token["token"].startswith("ct_")
+    edge("by-cli", hub_key=_hub_fingerprint(hub))
+    wait_until(lambda: devices(hub).get("by-cli", {}).get("status") == "pending", "pending")
+    assert {d["id"]: d["status"] for d in cli("list")}["by-cli"] == "pending"
+    assert cli("reject", "by-cli")["status"] == "rejected"
+    assert cli("approve", "by-cli")["status"] == "approved"
+    assert cli("revoke", "by-cli")["status"] == "revoked"
+    done = subprocess.run(
+        [sys.executable, "-m", "cloud_hub.cli", "devices", "approve", "nobody", "--url", hub.api],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 1 and "404" in done.stderr
