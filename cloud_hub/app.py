@@ -113,6 +113,7 @@ class Hub(Agent):
             metrics=self.metrics,
             on_commit=self.querier.invalidate,
             authenticate=self.enrolment.authenticate if self.enrolment else None,
+            max_payload=self.nc.max_payload if self.nc else 0,
         )
         await self.sync_input.ensure_stream(self.config.nats.jetstream.replicas)
         if self._shares_api_port(settings):

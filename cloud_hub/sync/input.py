@@ -29,7 +29,7 @@ from edge_agent.errors import AuthError, GraphError, RemoteProtocolError
 from edge_agent.graph import GraphStore
 from edge_agent.metrics import Metrics
 from edge_agent.sync.codec import available_encodings, decode_deltas
-from edge_agent.sync.frames import Batch, Frame, Hello, encode_frame
+from edge_agent.sync.frames import Batch, EntityDelta, Frame, Hello, encode_frame
 from edge_agent.sync.protocol import HubProtocol, State
 
 __all__ = ["SYNC_STREAM", "EdgeLink", "SyncInput"]
@@ -38,6 +38,10 @@ log = logging.getLogger(__name__)
 SYNC_STREAM = "SYNC_BATCHES"
 _SYNC_SUBJECT = "sync.batches"
 _RETRY_AFTER_S = 2.0
+# Batches decoded ahead of the one being made durable, per connection.
+_PIPELINE_DEPTH = 4
+# Room for the JetStream message's headers next to a batch frame.
+_HEADER_ROOM = 4096
 # WebSocket close codes (RFC 6455): policy violation, protocol error, too big.
 _CLOSE_POLICY, _CLOSE_PROTOCOL = 1008, 1002
 Writer = Callable[..., Awaitable[Any]]
@@ -70,6 +74,31 @@ class EdgeLink:
         }
 
 
+class _Session:
+    """One edge's connection: its protocol state and its pipeline of batches.
+
+    The receiving side decodes batch N+1 while the worker makes batch N durable, so the
+    hub's decoding and its SQLite writes overlap; the worker takes batches strictly in
+    ``seq`` order and acks only ``hwm + 1``.
+    """
+
+    def __init__(self, websocket: WebSocket, proto: HubProtocol) -> None:
+        self.websocket = websocket
+        self.proto = proto
+        self.expected = 0  # the next seq the receiving side takes into the pipeline
+        self.pipeline: asyncio.Queue[tuple[Batch, list[EntityDelta]]] = asyncio.Queue(
+            _PIPELINE_DEPTH
+        )
+        self.worker: asyncio.Task[None] | None = None
+        self._send_lock = asyncio.Lock()
+
+    async def flush(self) -> None:
+        """Send every frame the protocol has queued, from either side, in order."""
+        async with self._send_lock:
+            for out in self.proto.data_to_send():
+                await self.websocket.send_bytes(out)
+
+
 def _iso(epoch: float) -> str | None:
     if not epoch:
         return None
@@ -88,6 +117,7 @@ class SyncInput:
         on_commit: called with the entities a batch touched (cache invalidation).
         authenticate: checks an enrolled device's credential (raises AuthError) for
             edges not in ``settings.devices``.
+        max_payload: the NATS server's largest message (0: unknown).
     """
 
     def __init__(
@@ -100,6 +130,7 @@ class SyncInput:
         metrics: Metrics,
         on_commit: Callable[[frozenset[str]], None],
         authenticate: Callable[[str, str, float], None] | None = None,
+        max_payload: int = 0,
     ) -> None:
         self.settings = settings
         self._store = store
@@ -108,6 +139,7 @@ class SyncInput:
         self._metrics = metrics
         self._on_commit = on_commit
         self._authenticate = authenticate
+        self._max_payload = max_payload
         self._encodings = available_encodings()
         self._waiting = 0
         self._sockets: dict[str, WebSocket] = {}
@@ -147,8 +179,9 @@ class SyncInput:
         proto = HubProtocol(
             encodings=self._encodings, max_frame_bytes=int(self.settings.max_frame_bytes)
         )
+        session = _Session(websocket, proto)
         try:
-            await self._serve(websocket, proto)
+            await self._serve(session)
         except RemoteProtocolError as exc:
             self._metrics.sync_refused.labels("protocol").inc()
             log.warning("sync: edge %s: %s; closing its link", proto.edge_id or "?", exc)
@@ -156,9 +189,13 @@ class SyncInput:
         except WebSocketDisconnect:
             pass
         finally:
+            if session.worker is not None:
+                session.worker.cancel()
+            self._waiting -= session.pipeline.qsize()  # never to be made durable here
             self._disconnected(proto.edge_id, websocket)
 
-    async def _serve(self, websocket: WebSocket, proto: HubProtocol) -> None:
+    async def _serve(self, session: _Session) -> None:
+        websocket, proto = session.websocket, session.proto
         while True:
             message = await websocket.receive()
             if message["type"] == "websocket.disconnect":
@@ -169,25 +206,23 @@ class SyncInput:
             self._metrics.sync_bytes_received.labels("wire").inc(len(data))
             proto.receive_data(data)
             for frame in proto.events_received():
-                await self._handle(websocket, proto, frame, len(data))
-            for out in proto.data_to_send():
-                await websocket.send_bytes(out)
+                await self._handle(session, frame, len(data))
+            await session.flush()
             if proto.state == State.CLOSED:
                 await _close(websocket, _CLOSE_POLICY, "refused")
                 return
 
-    async def _handle(
-        self, websocket: WebSocket, proto: HubProtocol, frame: Frame, size: int
-    ) -> None:
+    async def _handle(self, session: _Session, frame: Frame, size: int) -> None:
         if isinstance(frame, Hello):
-            await self._hello(websocket, proto, frame)
+            await self._hello(session, frame)
         elif isinstance(frame, Batch):
-            link = self.links[proto.edge_id]
+            link = self.links[session.proto.edge_id]
             link.bytes_received += size
             link.last_seen = time.time()
-            await self._batch(proto, frame, link)
+            await self._take(session, frame)
 
-    async def _hello(self, websocket: WebSocket, proto: HubProtocol, hello: Hello) -> None:
+    async def _hello(self, session: _Session, hello: Hello) -> None:
+        websocket, proto = session.websocket, session.proto
         reason = self._refusal(hello)
         if reason:
             self._metrics.sync_refused.labels("credentials").inc()
@@ -198,8 +233,20 @@ class SyncInput:
             return
         edge_id = hello.edge_id
         hwm = await asyncio.to_thread(self._store.sync_edges)
-        # An edge the hub never heard from resumes where it says it is.
-        known = hwm[edge_id][0] if edge_id in hwm else hello.acked_seq
+        # An edge the hub never heard from resumes where it says it is; so does one the
+        # hub has forgotten part of (its graph restored from a backup): what the edge
+        # says the hub acked is gone either way, and waiting for it would stall forever.
+        stored = hwm[edge_id][0] if edge_id in hwm else 0
+        known = max(stored, hello.acked_seq)
+        if edge_id in hwm and known > stored:
+            log.warning(
+                "sync: edge %s had batches up to %d acked, this hub remembers %d:"
+                " resuming after %d (the hub's graph was restored from an older copy?)",
+                edge_id,
+                known,
+                stored,
+                known,
+            )
         previous = self._sockets.get(edge_id)
         if previous is not None:
             # The newer link wins: the old one is most likely half-open.
@@ -212,7 +259,16 @@ class SyncInput:
         log.info(
             "sync: edge %s linked from %s, resuming after batch %d", edge_id, link.remote, known
         )
-        proto.accept(known)
+        proto.accept(known, max_batch_bytes=self._max_batch_bytes())
+        session.expected = known + 1
+        session.worker = asyncio.create_task(self._work(session, link), name=f"sync {edge_id}")
+
+    def _max_batch_bytes(self) -> int:
+        """The largest batch frame this hub can store: its frame limit, and JetStream's
+        message limit (the NATS server's ``max_payload``, 1 MiB by default)."""
+        if not self._max_payload:
+            return int(self.settings.max_frame_bytes)
+        return min(int(self.settings.max_frame_bytes), self._max_payload - _HEADER_ROOM)
 
     def _refusal(self, hello: Hello) -> str:
         device = self.settings.devices.get(hello.edge_id)
@@ -234,23 +290,47 @@ class SyncInput:
             log.warning("sync: closing the link of %s: %s", edge_id, reason)
             await _close(websocket, _CLOSE_POLICY, reason)
 
-    async def _batch(self, proto: HubProtocol, batch: Batch, link: EdgeLink) -> None:
-        edge_id, seq = proto.edge_id, batch.seq
+    async def _take(self, session: _Session, batch: Batch) -> None:
+        """The receiving side: ack a re-send, nack a gap, else decode into the pipeline."""
+        proto, seq = session.proto, batch.seq
         if proto.is_duplicate(batch):
             self._metrics.sync_batches.labels("duplicate").inc()
             proto.ack(seq)
             return
-        if seq != proto.hwm + 1:
-            self._nack(proto, seq, f"out of order: expected batch {proto.hwm + 1}")
+        if seq != session.expected:
+            self._nack(proto, seq, f"out of order: expected batch {session.expected}")
             return
         deltas = decode_deltas(
             batch.payload, batch.encoding, max_bytes=self.settings.max_batch_bytes
         )
         self._metrics.sync_batches.labels("received").inc()
-        self._waiting += 1
+        session.expected += 1
+        await session.pipeline.put((batch, deltas))
+        self._waiting += 1  # counted once queued: a put cut short by a close leaks nothing
+        if self._waiting > self.settings.slow_threshold:
+            proto.slow(window=1)
+
+    async def _work(self, session: _Session, link: EdgeLink) -> None:
+        """The worker: make each batch durable in order, then ack it; after a failure,
+        nack what follows until the edge sends from the failed one again."""
+        proto = session.proto
+        while True:
+            batch, deltas = await session.pipeline.get()
+            try:
+                if batch.seq != proto.hwm + 1:  # behind a batch that just failed
+                    self._nack(proto, batch.seq, f"out of order: expected batch {proto.hwm + 1}")
+                elif not await self._make_durable(proto, batch, deltas, link):
+                    session.expected = batch.seq
+            finally:
+                self._waiting -= 1
+            await session.flush()
+
+    async def _make_durable(
+        self, proto: HubProtocol, batch: Batch, deltas: list[EntityDelta], link: EdgeLink
+    ) -> bool:
+        """Publish to SYNC_BATCHES, apply to the graph, ack; or nack. Whether it took."""
+        edge_id, seq = proto.edge_id, batch.seq
         try:
-            if self._waiting > self.settings.slow_threshold:
-                proto.slow(window=1)
             await self._js.publish(
                 f"{_SYNC_SUBJECT}.{edge_id}",
                 encode_frame(batch),
@@ -263,9 +343,7 @@ class SyncInput:
             )
         except (nats.errors.Error, TimeoutError, GraphError) as exc:
             self._nack(proto, seq, f"not durable: {exc or type(exc).__name__}")
-            return
-        finally:
-            self._waiting -= 1
+            return False
         proto.ack(seq)
         self._on_commit(result.touched)
         self._metrics.sync_acks.inc()
@@ -280,6 +358,7 @@ class SyncInput:
         if result.newest_ms:
             link.lag_seconds = max(0.0, now - result.newest_ms / 1000)
             self._metrics.sync_lag.labels(edge_id).set(link.lag_seconds)
+        return True
 
     def _nack(self, proto: HubProtocol, seq: int, reason: str) -> None:
         self._metrics.sync_nacks.labels(reason.split(":", maxsplit=1)[0]).inc()

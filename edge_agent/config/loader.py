@@ -20,6 +20,7 @@ from edge_agent.config.schema import (
     COMPONENT_TYPES,
     ComponentConfig,
     Config,
+    WebsocketInputConfig,
     WebsocketOutputConfig,
 )
 from edge_agent.config.units import decode_hook
@@ -163,8 +164,17 @@ def _check(config: Config) -> list[str]:
         if component.id in seen:
             problems.append(f"components[{index}].id: duplicate id {component.id!r}")
         seen.add(component.id)
+        where = f"components[{index}].config"
+        problems += [f"{where}.{key}: {cause}" for key, cause in component.config.problems()]
         if isinstance(component.config, WebsocketOutputConfig):
             problems += _check_output(component.config, f"components[{index}].config")
+        if isinstance(component.config, WebsocketInputConfig):
+            problems += [
+                f"components[{index}].config.devices.{edge}.token: empty (is the environment"
+                " variable it names set?)"
+                for edge, device in component.config.devices.items()
+                if not device.token
+            ]
     outputs = [c for c in config.components if isinstance(c.config, WebsocketOutputConfig)]
     if len(outputs) > 1:
         problems.append(

@@ -43,6 +43,7 @@ _HOUSEKEEPING_S = 1.0
 # change never waits long behind the one on the wire.
 _BATCH_SECONDS_UNDER_CAP = 0.25
 _MIN_BATCH_BYTES = 1024
+_FRAME_OVERHEAD = 1024
 
 
 class SyncRefusedError(ProtocolError):
@@ -109,6 +110,7 @@ class SyncOutput:
         self._bucket = TokenBucket(0, 0, time.monotonic())
         self._compression = 3.0  # raw / wire bytes, learnt as batches go
         self._nacked_until = 0.0
+        self._hub_max_batch = 0
         self.connected = False
         self.hwm = 0
         self.last_error = ""
@@ -211,6 +213,8 @@ class SyncOutput:
             raise SyncRefusedError(f"hub refused {self.edge_id}: {proto.refusal}")
         self.hwm = proto.hwm
         hub_rate = getattr(welcome, "max_bytes_per_second", 0)
+        # The hub's own limit on a batch (its frame and JetStream message limits).
+        self._hub_max_batch = int(getattr(welcome, "max_batch_bytes", 0))
         self._bucket = _bucket(_lowest(self.settings.max_bytes_per_second, hub_rate))
 
     async def _flush(self, ws: ClientConnection, proto: EdgeProtocol) -> None:
@@ -297,6 +301,10 @@ class SyncOutput:
     def _limits(self) -> BatchLimits:
         settings = self.settings
         max_bytes = int(settings.batch.max_bytes)
+        if self._hub_max_batch:
+            # The limit is on the frame; a payload compresses to no more than it was,
+            # and a frame adds well under 1 KiB to it.
+            max_bytes = min(max_bytes, self._hub_max_batch - _FRAME_OVERHEAD)
         if self._bucket.rate:
             wire = self._bucket.rate * _BATCH_SECONDS_UNDER_CAP
             max_bytes = min(max_bytes, max(_MIN_BATCH_BYTES, int(wire * self._compression)))

@@ -192,7 +192,7 @@ class HubProtocol(_Protocol):
         self._hello: Hello | None = None
         self._unanswered: set[int] = set()
 
-    def accept(self, hwm: int, *, max_bytes_per_second: int = 0) -> None:
+    def accept(self, hwm: int, *, max_bytes_per_second: int = 0, max_batch_bytes: int = 0) -> None:
         """Welcome the edge; it resumes after ``hwm``, the last seq durable here."""
         self._require(State.HANDSHAKE, "accept")
         if self._hello is None:
@@ -204,7 +204,7 @@ class HubProtocol(_Protocol):
             Welcome(
                 accepted=True,
                 hwm=hwm,
-                max_batch_bytes=self.max_frame_bytes,
+                max_batch_bytes=min(self.max_frame_bytes, max_batch_bytes or self.max_frame_bytes),
                 max_bytes_per_second=max_bytes_per_second,
                 encoding=encoding,
             )

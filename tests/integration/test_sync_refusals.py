@@ -177,3 +177,23 @@ def test_a_replayed_seq_is_acked_and_changes_nothing(hub: AgentProcess) -> None:
     assert (
         metric(hub.api, "semstreams_sync_batches_total", 'direction="duplicate"') == duplicates + 1
     )
+
+
+def test_a_hub_that_forgot_batches_resumes_where_the_edge_says_it_was_acked(
+    hub: AgentProcess,
+) -> None:
+    with _connect(hub) as ws:
+        hwm = _hello(ws, "edge-b", TOKENS["edge-b"]).hwm
+    # As after restoring the hub's graph from an older copy: the edge had more acked.
+    with _connect(hub) as ws:
+        welcome = _hello(ws, "edge-b", TOKENS["edge-b"], acked=hwm + 10)
+        assert welcome.hwm == hwm + 10
+        ws.send(_batch(hwm + 11, _delta("F-1", 1, 5)))
+        assert _answer(ws) == Ack(seq=hwm + 11)
+
+
+def test_the_welcome_caps_batches_at_what_the_hub_can_store(hub: AgentProcess) -> None:
+    with _connect(hub) as ws:
+        welcome = _hello(ws, "edge-b", TOKENS["edge-b"])
+    # The frame limit here (64 KiB) is below the NATS message limit (1 MiB).
+    assert welcome.max_batch_bytes == MAX_FRAME

@@ -120,6 +120,35 @@ def test_misspelt_key_names_its_path() -> None:
             "components[1].id: duplicate id 'a'",
         ),
         (
+            {
+                "components": [
+                    {
+                        "id": "in",
+                        "type": "websocket_input",
+                        "config": {"devices": {"pi-7": {"token": ""}}},
+                    }
+                ]
+            },
+            "components[0].config.devices.pi-7.token: empty",
+        ),
+        (
+            {
+                "components": [
+                    {"id": "o", "type": "websocket_output", "config": {"url": "http://h"}}
+                ]
+            },
+            "components[0].config.url: 'http://h' is not a ws:// or wss:// URL",
+        ),
+        (
+            {
+                "components": [
+                    {"id": "a", "type": "websocket_output", "config": {"url": "ws://h:1/s"}},
+                    {"id": "b", "type": "websocket_output", "config": {"url": "ws://h:2/s"}},
+                ]
+            },
+            "components: 2 websocket_output components; an agent has one link",
+        ),
+        (
             {"services": {"service-manager": {"config": {"auth": {"type": "jwt"}}}}},
             "services.service-manager.config.auth.jwt_secret: must not be empty",
         ),
