@@ -102,11 +102,19 @@ class _Rows:
         self.clear()
 
 
-def _stamp(db: sqlite3.Connection, entity_id: str) -> Stamp | None:
-    row = db.execute(
-        "SELECT updated_at, origin, version FROM entities WHERE id = ?", (entity_id,)
-    ).fetchone()
-    return (int(row[0]), str(row[1]), int(row[2])) if row else None
+def _stamps(db: sqlite3.Connection, entity_ids: Sequence[str]) -> dict[str, Stamp | None]:
+    """The current stamp of each entity (``None``: not here), a few queries for a batch."""
+    stamps: dict[str, Stamp | None] = dict.fromkeys(entity_ids)
+    unique = list(stamps)
+    for start in range(0, len(unique), ROWS_PER_STATEMENT):
+        part = unique[start : start + ROWS_PER_STATEMENT]
+        rows = db.execute(
+            "SELECT id, updated_at, origin, version FROM entities"
+            f" WHERE id IN ({','.join('?' * len(part))})",
+            part,
+        )
+        stamps.update({eid: (int(at), str(origin), int(v)) for eid, at, origin, v in rows})
+    return stamps
 
 
 def _verdict(delta: EntityDelta, origin: str, kept: Stamp | None) -> str:
@@ -133,12 +141,12 @@ def apply_deltas(
     if row is not None and seq <= row[0]:
         return DeltaResult(duplicate=True)
     rows = _Rows()
-    stamps: dict[str, Stamp | None] = {}
+    stamps = _stamps(db, [delta.entity_id for delta in deltas])
     touched: set[str] = set()
     counts = {"apply": 0, "stale": 0, "conflict": 0}
     for delta in deltas:
         eid = delta.entity_id
-        kept = stamps[eid] if eid in stamps else _stamp(db, eid)
+        kept = stamps[eid]
         verdict = _verdict(delta, edge_id, kept)
         counts[verdict] += 1
         if verdict != "apply":
