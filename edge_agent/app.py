@@ -12,7 +12,7 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 from nats.aio.client import Client
@@ -34,18 +34,21 @@ from edge_agent.errors import NatsServerError
 from edge_agent.graph import GraphStore
 from edge_agent.graph.querier import Querier
 from edge_agent.ingest.dead_letters import DeadLetters
+from edge_agent.ingest.gpio import GpioInput
 from edge_agent.ingest.processor import GraphProcessor
 from edge_agent.ingest.publisher import EventPublisher
 from edge_agent.ingest.simulator import run_simulator
+from edge_agent.ingest.telemetry import SystemSampler, run_system_telemetry
 from edge_agent.metrics import Metrics
 from edge_agent.nats.client import connect, embedded_port, ensure_streams
 from edge_agent.nats.server import EmbeddedNatsServer
 from edge_agent.nats.subjects import DEAD_LETTER_STREAM, ENTITY_STREAM
-from edge_agent.provision.client import Provisioner, ProvisionError, device_id_for
-from edge_agent.provision.identity import Identity
-from edge_agent.provision.mdns import EDGE_SERVICE, Advertiser
 from edge_agent.sync.output import SyncOutput, read_token
 from edge_agent.tracing import setup_tracing, shutdown_tracing
+
+if TYPE_CHECKING:  # provisioning (zeroconf, cryptography) loads only where it is on
+    from edge_agent.provision.client import Provisioner
+    from edge_agent.provision.mdns import Advertiser
 
 __all__ = ["Agent"]
 
@@ -226,6 +229,9 @@ class Agent:
         settings = self.config.provisioning
         if not settings.enabled:
             return
+        from edge_agent.provision.client import Provisioner, device_id_for
+        from edge_agent.provision.identity import Identity
+
         identity = Identity.load_or_create(self.state_dir / "device_key.pem")
         device_id = device_id_for(settings, self.config.platform.id, identity)
         platform = msgspec.structs.replace(self.config.platform, id=device_id)
@@ -238,6 +244,8 @@ class Agent:
         settings = self.config.provisioning
         if self.provisioner is None:
             return
+        from edge_agent.provision.mdns import EDGE_SERVICE, Advertiser
+
         if settings.advertise:
             properties = {
                 "id": self.config.platform.id,
@@ -256,6 +264,8 @@ class Agent:
             self._spawn(self._enrol_and_sync(self.provisioner), "provisioning")
 
     async def _enrol_and_sync(self, provisioner: Provisioner) -> None:
+        from edge_agent.provision.client import ProvisionError
+
         enrolment = await provisioner.enrolment()
         config = enrolment.config
         settings = WebsocketOutputConfig(
@@ -323,10 +333,32 @@ class Agent:
 
     def component_starters(self) -> dict[str, Callable[[ComponentConfig, int], Awaitable[None]]]:
         """Each component type this program runs, with what starts it."""
-        return {"simulator": self._start_simulator, "websocket_output": self._start_sync_output}
+        return {
+            "simulator": self._start_simulator,
+            "websocket_output": self._start_sync_output,
+            "gpio_input": self._start_gpio_input,
+            "system_telemetry": self._start_system_telemetry,
+        }
 
     async def _start_simulator(self, component: ComponentConfig, index: int) -> None:
         self._spawn(run_simulator(component.config, self.publisher), f"component {component.id}")
+
+    async def _start_gpio_input(self, component: ComponentConfig, index: int) -> None:
+        gpio = GpioInput(component.config, self.publisher, where=f"components[{index}]")
+        await gpio.open()  # a device that can't be opened fails the start, named
+        self._spawn(gpio.run(), f"component {component.id}")
+
+    async def _start_system_telemetry(self, component: ComponentConfig, index: int) -> None:
+        sampler = SystemSampler(
+            self.state_dir,
+            nats_pid=lambda: self.nats_server.pid if self.nats_server else None,
+            backlog=self.store.sync_backlog if self.store.outbox else None,
+        )
+        entity_id = component.config.entity_id or self.config.platform.id
+        self._spawn(
+            run_system_telemetry(component.config, self.publisher, sampler, entity_id=entity_id),
+            f"component {component.id}",
+        )
 
     async def _start_sync_output(self, component: ComponentConfig, index: int) -> None:
         self.sync_output = SyncOutput(
@@ -427,6 +459,29 @@ class Agent:
         with contextlib.suppress(Exception):
             return await self._refresh_stream_stats()
         return dict(self._stream_stats)
+
+    def status_line(self) -> str:
+        """A one-line summary for systemd's ``STATUS=`` (call after :meth:`start`).
+
+        Returns:
+            e.g. "1,234 events applied, 0 pending, sync linked (hwm 42)"; problems
+            ("NATS down", "processor retrying") are named in it.
+        """
+        applied = self.metrics.registry.get_sample_value("semstreams_messages_processed_total")
+        pending = self._stream_stats["stream_pending"]
+        parts = [f"{int(applied or 0):,} events applied", f"{pending:,} pending"]
+        if self.nc is None or not self.nc.is_connected:
+            parts.append("NATS down")
+        if not self.processor.status.running:
+            parts.append("processor down")
+        elif self.processor.status.last_error:
+            parts.append("processor retrying")
+        if self.sync_output is not None:
+            link = "linked" if self.sync_output.connected else "connecting"
+            parts.append(f"sync {link} (hwm {self.sync_output.hwm})")
+        elif self.provisioner is not None:
+            parts.append(f"provisioning: {self.provisioner.status}")
+        return ", ".join(parts)
 
     async def health(self) -> dict[str, Any]:
         """Per-component status and the overall verdict.

@@ -11,6 +11,8 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from edge_agent.config.units import ByteSize, Duration
+from edge_agent.errors import EventError
+from edge_agent.model import EntityEvent, validate_event
 
 __all__ = [
     "COMPONENT_TYPES",
@@ -19,6 +21,7 @@ __all__ = [
     "ComponentConfig",
     "Config",
     "DeviceConfig",
+    "GpioInputConfig",
     "GraphConfig",
     "GraphSettings",
     "HttpTlsConfig",
@@ -34,8 +37,10 @@ __all__ = [
     "ServiceManagerSettings",
     "ServicesConfig",
     "SimulatorConfig",
+    "SpiConfig",
     "SyncBatchConfig",
     "SyncTlsConfig",
+    "SystemTelemetryConfig",
     "TelemetryConfig",
     "TlsConfig",
     "WebsocketInputConfig",
@@ -49,6 +54,13 @@ Fraction = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
 
 class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """Base of every config section: immutable, and unknown keys are errors."""
+
+    def problems(self) -> list[tuple[str, str]]:
+        """What this section's types can't express: ``(key, cause)`` pairs; none by default.
+
+        The loader prefixes each key with the section's path.
+        """
+        return []
 
 
 class PlatformConfig(_Section, frozen=True):
@@ -180,6 +192,132 @@ class SimulatorConfig(_Section, frozen=True):
     seed: int = 1
     #: The first drone's number: two simulators with different offsets make distinct drones.
     first: Annotated[int, msgspec.Meta(ge=0)] = 0
+
+
+Bcm = Annotated[int, msgspec.Meta(ge=0, le=27)]
+Priority = Annotated[int, msgspec.Meta(ge=0, le=9)]
+GpioKind = Literal["button", "digital_input", "motion_sensor", "distance_sensor", "mcp3008"]
+
+#: Per GPIO kind: the wiring keys it requires, and the property it writes by default.
+_GPIO_WIRING: dict[str, tuple[str, ...]] = {
+    "button": ("pin",),
+    "digital_input": ("pin",),
+    "motion_sensor": ("pin",),
+    "distance_sensor": ("echo", "trigger"),
+    "mcp3008": ("channel",),
+}
+_GPIO_PROPERTY = {
+    "button": "pressed",
+    "digital_input": "value",
+    "motion_sensor": "motion",
+    "distance_sensor": "distance_m",
+    "mcp3008": "value",
+}
+#: Which kinds each optional key applies to (a key set for another kind is an error).
+_GPIO_APPLIES = {
+    "spi": ("mcp3008",),
+    "pull_up": ("button", "digital_input", "motion_sensor"),
+    "sample_rate": ("motion_sensor", "distance_sensor", "mcp3008"),
+}
+
+
+def _entity_problems(entity_id: str, entity_type: str) -> list[tuple[str, str]]:
+    """An entity id and type checked as an event would be, so a bad one fails at load."""
+    event = EntityEvent(entity_id=entity_id or "x", entity_type=entity_type, properties={})
+    try:
+        validate_event(event)
+    except EventError as exc:
+        return [("entity_type" if exc.reason == "bad_entity_type" else "entity_id", exc.detail)]
+    return []
+
+
+class SpiConfig(_Section, frozen=True):
+    """``gpio_input`` ``spi``: the hardware SPI bus (``port``) and chip select (``device``)."""
+
+    port: Annotated[int, msgspec.Meta(ge=0, le=1)] = 0
+    device: Annotated[int, msgspec.Meta(ge=0, le=1)] = 0
+
+
+class GpioInputConfig(_Section, frozen=True):
+    """``components[].config`` of type ``gpio_input``: one gpiozero input as an entity.
+
+    ``kind`` picks the device: ``button``, ``digital_input`` and ``motion_sensor`` need a
+    BCM ``pin`` and publish each change (``debounce`` holds changes back for that long
+    after one is published, then publishes the settled value); ``distance_sensor``
+    (HC-SR04: ``echo``, ``trigger``, ``max_distance`` in metres) and ``mcp3008``
+    (``channel`` 0-7, optional ``spi``) are polled ``sample_rate`` times a second (default
+    1; a PIR's own polling defaults to 10) and publish when the value moved by more than
+    ``min_change``. ``pull_up`` defaults to true for a button, false otherwise.
+    ``property`` is the key written (default per kind: ``pressed``, ``value``, ``motion``,
+    ``distance_m``, ``value``). ``pin_factory: "mock"`` uses gpiozero's mock pins (demo
+    and tests).
+    """
+
+    kind: GpioKind
+    entity_id: str
+    pin: Bcm | None = None
+    echo: Bcm | None = None
+    trigger: Bcm | None = None
+    channel: Annotated[int, msgspec.Meta(ge=0, le=7)] | None = None
+    spi: SpiConfig | None = None
+    sample_rate: Annotated[float, msgspec.Meta(gt=0.0, le=100.0)] | None = None
+    min_change: Annotated[float, msgspec.Meta(ge=0.0)] = 0.0
+    debounce: Duration = Duration(0.0)
+    pull_up: bool | None = None
+    max_distance: Annotated[float, msgspec.Meta(gt=0.0, le=10.0)] = 1.0
+    entity_type: str = "sensor"
+    property: str = ""
+    priority: Priority = 1
+    pin_factory: Literal["default", "mock"] = "default"
+
+    def edge_triggered(self) -> bool:
+        """Whether this kind publishes on each change (else it is polled)."""
+        return self.kind in ("button", "digital_input", "motion_sensor")
+
+    def property_key(self) -> str:
+        """The property this input writes: ``property``, or the kind's default."""
+        return self.property or _GPIO_PROPERTY[self.kind]
+
+    def problems(self) -> list[tuple[str, str]]:
+        """Wiring keys the kind needs or can't use, and the entity id and type."""
+        found: list[tuple[str, str]] = []
+        needed = _GPIO_WIRING[self.kind]
+        for key in ("pin", "echo", "trigger", "channel"):
+            given = getattr(self, key) is not None
+            if key in needed and not given:
+                found.append((key, f"required for kind {self.kind!r}"))
+            elif given and key not in needed:
+                found.append((key, f"not used by kind {self.kind!r}"))
+        for key, kinds in _GPIO_APPLIES.items():
+            if getattr(self, key) is not None and self.kind not in kinds:
+                found.append((key, f"not used by kind {self.kind!r}"))
+        if self.kind == "distance_sensor" and self.echo is not None and self.echo == self.trigger:
+            found.append(("trigger", "must be another pin than echo"))
+        polled = not self.edge_triggered()
+        if self.debounce and polled:
+            found.append(("debounce", f"not used by kind {self.kind!r} (see min_change)"))
+        if self.min_change and not polled:
+            found.append(("min_change", f"not used by kind {self.kind!r} (see debounce)"))
+        return found + _entity_problems(self.entity_id, self.entity_type)
+
+
+class SystemTelemetryConfig(_Section, frozen=True):
+    """``components[].config`` of type ``system_telemetry``: the device as an entity.
+
+    Every ``interval`` (and once at start) the agent publishes CPU, memory, disk,
+    temperature, uptime, throttling, its own and NATS's memory, and the sync backlog as
+    properties of ``entity_id`` (default: ``platform.id``).
+    """
+
+    interval: Duration = Duration(30.0)
+    entity_id: str = ""
+    entity_type: str = "device"
+    priority: Priority = 1
+
+    def problems(self) -> list[tuple[str, str]]:
+        """A too-short interval, and the entity id and type."""
+        found = [("interval", "must be at least 100ms")] if self.interval < 0.1 else []
+        return found + _entity_problems(self.entity_id, self.entity_type)
 
 
 class AuthConfig(_Section, frozen=True):
@@ -436,4 +574,6 @@ COMPONENT_TYPES: dict[str, type[_Section]] = {
     "simulator": SimulatorConfig,
     "websocket_output": WebsocketOutputConfig,
     "websocket_input": WebsocketInputConfig,
+    "gpio_input": GpioInputConfig,
+    "system_telemetry": SystemTelemetryConfig,
 }
