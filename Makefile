@@ -26,9 +26,9 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check edge_agent cloud_hub tests bench
 	$(BIN)/mypy
 
-## make bench: every benchmark; each prints one JSON line last
+## make bench: every benchmark; each prints one JSON line last (bench/common.py is their helpers)
 bench: $(STAMP)
-	@for script in bench/*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
+	@for script in $(filter-out bench/common.py,$(wildcard bench/*.py)); do echo "== $$script"; $(BIN)/python $$script || exit 1; done
 
 clean:
 	rm -rf $(VENV) .demo-state .pytest_cache .mypy_cache .ruff_cache *.egg-info

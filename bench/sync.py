@@ -84,7 +84,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ctypes
 import json
 import math
 import os
@@ -93,7 +92,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -107,6 +105,18 @@ from typing import Any
 
 import httpx
 import nats
+from common import (
+    Samples,
+    die_with_parent,
+    free_port,
+    metric,
+    parse_metrics,
+    percentile,
+    run_main,
+    stop_group,
+    tcp_bytes,
+    venv_binary,
+)
 from leafnode_peer import drone_workload, run_leafnode_peer
 
 EDGE_ID = "edge-1"
@@ -132,13 +142,7 @@ MB = 1 << 20
 #: A new connection per request: on a reused one every answer waits 40+ ms for the
 #: client's delayed ACK (the API socket lacks TCP_NODELAY), which would swamp latencies.
 FRESH_CONNECTIONS = httpx.Limits(max_keepalive_connections=0)
-_PR_SET_PDEATHSIG = 1
-# Resolved here, in the parent, so that the forked child only makes the call (Linux).
-_prctl = getattr(ctypes.CDLL(None, use_errno=True), "prctl", None)
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-_SAMPLE = re.compile(r"^([A-Za-z_:][\w:]*)(?:\{([^}]*)\})?\s+(\S+)", re.MULTILINE)
-_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
-_SS_FIELD = re.compile(r"\b(bytes_sent|bytes_acked|bytes_received):(\d+)")
 _LOG_LEVEL = re.compile(r" (WARNING|ERROR|CRITICAL) |\[(WRN|ERR|FTL)\]")
 
 
@@ -152,29 +156,6 @@ class PhaseError(RuntimeError):
 
 
 # ---- processes ---------------------------------------------------------------------------
-
-
-def die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """``preexec_fn``: have the kernel SIGTERM the child if this process dies (Linux)."""
-    if _prctl is not None:
-        _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-def free_port() -> int:
-    """A TCP port on loopback that was free a moment ago."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def venv_binary(name: str) -> str:
-    """A console script installed beside this Python (the venv), else from ``PATH``."""
-    beside = Path(sys.executable).parent / name
-    found = str(beside) if beside.exists() else shutil.which(name)
-    if found is None:
-        raise RuntimeError(f"{name} not found: run this with the project venv's Python")
-    return found
 
 
 def rss_bytes(pid: int) -> int:
@@ -192,46 +173,6 @@ def cpu_seconds(pid: int) -> float:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
     return 0.0
-
-
-def tcp_bytes(local_port: int) -> tuple[int, int] | None:
-    """(received, sent) TCP payload bytes of the one established socket on ``local_port``.
-
-    From the kernel's ``tcp_info`` via ``ss -ti``; ``None`` without ``ss`` or when there
-    is not exactly one such socket.
-    """
-    ss = shutil.which("ss")
-    if ss is None:
-        return None
-    out = subprocess.run(
-        [ss, "-tinH", "state", "established", f"( sport = :{local_port} )"],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout
-    sockets = [dict(_SS_FIELD.findall(chunk)) for chunk in re.split(r"\n(?=\S)", out.strip())]
-    sockets = [fields for fields in sockets if fields]
-    if len(sockets) != 1 or "bytes_received" not in sockets[0]:
-        return None
-    sent = sockets[0].get("bytes_sent", sockets[0].get("bytes_acked"))
-    return None if sent is None else (int(sockets[0]["bytes_received"]), int(sent))
-
-
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-def parse_metrics(text: str) -> Samples:
-    """Prometheus text as {(name, sorted labels): value}."""
-    samples: Samples = {}
-    for name, labels, value in _SAMPLE.findall(text):
-        with contextlib.suppress(ValueError):
-            samples[(name, tuple(sorted(_LABEL.findall(labels))))] = float(value)
-    return samples
-
-
-def metric(samples: Samples, name: str, **labels: str) -> float:
-    """One sample's value (0 when absent)."""
-    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
 def judged(samples: Samples) -> float:
@@ -345,15 +286,7 @@ class Node:
         if process is None:
             return
         nats_pid = self.nats_pid()
-        if process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+        stop_group(process, STOP_TIMEOUT_S)
         if nats_pid is not None:  # its own session: stopped by the agent, else here
             deadline = time.monotonic() + 5.0
             while Path(f"/proc/{nats_pid}").exists() and time.monotonic() < deadline:
@@ -914,15 +847,6 @@ async def alert_latency(
     return at_edge, at_hub
 
 
-def percentile(values: Sequence[float], fraction: float) -> float | None:
-    """The nearest-rank percentile of ``values`` (``fraction`` in 0..1); None if empty."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = min(len(ordered), max(1, math.ceil(fraction * len(ordered))))
-    return round(ordered[rank - 1], 1)
-
-
 async def timed_counter(bench: Bench, node: Node, name: str, **labels: str) -> tuple[float, float]:
     """(monotonic time, value) of one counter, the time taken mid-request."""
     before = time.monotonic()
@@ -1080,10 +1004,7 @@ async def benchmark(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 
 
 async def main_task(args: argparse.Namespace) -> dict[str, Any]:
-    """:func:`benchmark` in a temp dir, cancelled (so that it cleans up) by SIGTERM."""
-    task = asyncio.current_task()
-    assert task is not None
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    """:func:`benchmark` in a temp dir (kept with ``--keep``)."""
     if args.keep:
         path = Path(tempfile.mkdtemp(prefix="bench-sync-"))
         log(f"state and logs kept in {path}")
@@ -1134,14 +1055,7 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> int:
     """Run the benchmark and print its JSON line last."""
-    args = parse_args()
-    try:
-        figures = asyncio.run(main_task(args))
-    except (asyncio.CancelledError, KeyboardInterrupt):
-        log("interrupted; every process it started is stopped")
-        return 130
-    print(json.dumps(figures), flush=True)
-    return 0 if figures["complete"] else 1
+    return run_main(main_task(parse_args()), log, "every process it started is stopped")
 
 
 if __name__ == "__main__":

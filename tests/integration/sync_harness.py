@@ -98,28 +98,56 @@ def drone_round(round_: int, count: int, *, priority: int = 3) -> list[dict[str,
     ]
 
 
+def hub_process(
+    workdir: Path,
+    *,
+    port: int | None = None,
+    state_dir: Path | None = None,
+    sync_input: dict[str, Any] | None = None,
+    **sections: Any,
+) -> AgentProcess:
+    """A ``cloud-hub run`` process, not started, whose ``websocket_input`` (``from-edges``)
+    listens on the API's port.
+
+    Args:
+        workdir: where its config (``hub.json``) and log (``hub.log``) go.
+        port: the API's and the sync input's port (default: a free one).
+        state_dir: its ``state_dir`` (default: ``<workdir>/state``).
+        sync_input: more keys of the ``websocket_input``'s config (``devices``, ...).
+        sections: more sections of the hub's config (``provisioning``, ...).
+    """
+    port = free_port() if port is None else port
+    config = config_dict(
+        state_dir or workdir / "state",
+        platform={"id": "hub", "type": "cloud-hub"},
+        services={"service-manager": {"config": {"http_port": port}}},
+        components=[
+            {
+                "id": "from-edges",
+                "type": "websocket_input",
+                "config": {"port": port, **(sync_input or {})},
+            }
+        ],
+        **sections,
+    )
+    return AgentProcess(config, workdir, program="cloud_hub.cli", name="hub")
+
+
 class SyncPair:
     """A hub and an edge (child processes) with the edge's link through a :class:`LinkProxy`."""
 
     def __init__(self, workdir: Path, *, link: dict[str, Any] | None = None) -> None:
         self.token = secrets.token_urlsafe(24)
         hub_port = free_port()
-        hub = config_dict(
-            workdir / "hub-state",
-            platform={"id": "hub", "type": "cloud-hub"},
-            services={"service-manager": {"config": {"http_port": hub_port}}},
-            components=[
-                {
-                    "id": "from-edges",
-                    "type": "websocket_input",
-                    "config": {
-                        "port": hub_port,
-                        "devices": {EDGE_ID: {"token": self.token}},
-                        "ping_interval": "1s",
-                        "ping_timeout": "2s",
-                    },
-                }
-            ],
+        self.hub = hub_process(
+            workdir,
+            port=hub_port,
+            state_dir=workdir / "hub-state",
+            sync_input={
+                "devices": {EDGE_ID: {"token": self.token}},
+                "ping_interval": "1s",
+                "ping_timeout": "2s",
+            },
         )
         self.proxy = LinkProxy("127.0.0.1", hub_port)
         self.proxy.start()
@@ -137,7 +165,6 @@ class SyncPair:
             platform={"id": EDGE_ID},
             components=[{"id": "to-hub", "type": "websocket_output", "config": output}],
         )
-        self.hub = AgentProcess(hub, workdir, program="cloud_hub.cli", name="hub")
         self.edge = AgentProcess(edge, workdir, name="edge")
         self.hub_db = workdir / "hub-state" / "graph.db"
 

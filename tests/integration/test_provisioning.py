@@ -21,8 +21,8 @@ import pytest
 from websockets.sync.client import connect
 
 from edge_agent.sync.frames import Hello, Welcome, decode_frame, encode_frame
-from tests.helpers import AgentProcess, config_dict, free_port, http_json
-from tests.integration.sync_harness import metric
+from tests.helpers import AgentProcess, config_dict, http_json
+from tests.integration.sync_harness import hub_process, metric
 
 pytestmark = pytest.mark.slow
 # Short, so the renewal test sees a renewal; every edge here renews every 6 s.
@@ -31,16 +31,10 @@ CREDENTIAL_TTL = "9s"
 
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProcess]:
-    workdir = tmp_path_factory.mktemp("hub")
-    port = free_port()
-    config = config_dict(
-        workdir / "state",
-        platform={"id": "hub", "type": "cloud-hub"},
-        services={"service-manager": {"config": {"http_port": port}}},
+    process = hub_process(
+        tmp_path_factory.mktemp("hub"),
         provisioning={"enabled": True, "advertise": False, "credential_ttl": CREDENTIAL_TTL},
-        components=[{"id": "in", "type": "websocket_input", "config": {"port": port}}],
     )
-    process = AgentProcess(config, workdir, program="cloud_hub.cli", name="hub")
     process.start()
     yield process
     process.stop()
@@ -265,15 +259,20 @@ def test_credentials_renew_before_expiry_and_the_link_outlives_the_first_one(
     assert health["hub_key"].startswith("sha256:") and health["device_key"].startswith("sha256:")
 
 
+def devices_cli(hub: AgentProcess, *args: str) -> subprocess.CompletedProcess[str]:
+    """``cloud-hub devices <args> --url <hub>``, run to completion."""
+    return subprocess.run(
+        [sys.executable, "-m", "cloud_hub.cli", "devices", *args, "--url", hub.api],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
 def test_the_devices_cli_drives_the_same_api(hub: AgentProcess, edge: EdgeFactory) -> None:
     def cli(*args: str) -> Any:
-        done = subprocess.run(
-            [sys.executable, "-m", "cloud_hub.cli", "devices", *args, "--url", hub.api],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
+        done = devices_cli(hub, *args)
         assert done.returncode == 0, done.stderr
         return json.loads(done.stdout)
 
@@ -285,11 +284,5 @@ def test_the_devices_cli_drives_the_same_api(hub: AgentProcess, edge: EdgeFactor
     assert cli("reject", "by-cli")["status"] == "rejected"
     assert cli("approve", "by-cli")["status"] == "approved"
     assert cli("revoke", "by-cli")["status"] == "revoked"
-    done = subprocess.run(
-        [sys.executable, "-m", "cloud_hub.cli", "devices", "approve", "nobody", "--url", hub.api],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    done = devices_cli(hub, "approve", "nobody")
     assert done.returncode == 1 and "404" in done.stderr

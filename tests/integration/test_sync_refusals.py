@@ -24,8 +24,8 @@ from edge_agent.sync.frames import (
     decode_frame,
     encode_frame,
 )
-from tests.helpers import AgentProcess, config_dict, free_port, http_json
-from tests.integration.sync_harness import metric
+from tests.helpers import AgentProcess, http_json
+from tests.integration.sync_harness import hub_process, metric
 
 pytestmark = pytest.mark.slow
 
@@ -35,25 +35,11 @@ TOKENS = {"edge-a": secrets.token_urlsafe(24), "edge-b": secrets.token_urlsafe(2
 
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProcess]:
-    workdir = tmp_path_factory.mktemp("hub")
-    port = free_port()
-    config = config_dict(
-        workdir / "state",
-        platform={"id": "hub", "type": "cloud-hub"},
-        services={"service-manager": {"config": {"http_port": port}}},
-        components=[
-            {
-                "id": "from-edges",
-                "type": "websocket_input",
-                "config": {
-                    "port": port,
-                    "max_frame_bytes": MAX_FRAME,
-                    "devices": {edge: {"token": t} for edge, t in TOKENS.items()},
-                },
-            }
-        ],
+    devices = {edge: {"token": t} for edge, t in TOKENS.items()}
+    process = hub_process(
+        tmp_path_factory.mktemp("hub"),
+        sync_input={"max_frame_bytes": MAX_FRAME, "devices": devices},
     )
-    process = AgentProcess(config, workdir, program="cloud_hub.cli", name="hub")
     process.start()
     yield process
     process.stop()

@@ -2,55 +2,28 @@
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from edge_agent.config import IndexesConfig
 from edge_agent.graph import GraphStore
 from edge_agent.graph.deltas import DeltaResult
 from edge_agent.graph.outbox import BatchLimits
-from edge_agent.model import EntityEvent, decode_event
 from edge_agent.sync.codec import decode_deltas
 from edge_agent.sync.filters import compile_filter
 from edge_agent.sync.frames import EntityDelta
+from tests.unit.graph.events import ALL_INDEXES, LAT, LON, NOW, Feed, at, ev, gone
 
-ALL_INDEXES = IndexesConfig(predicate=True, incoming=True, alias=True, spatial=True, temporal=True)
-NOW = 1_700_000_000_000
 HUB_NOW = NOW + 5_000
-LAT, LON = "geo.location.latitude", "geo.location.longitude"
 
 
-def ev(entity_id: str, **fields: Any) -> EntityEvent:
-    raw = {"entity_id": entity_id, "entity_type": "drone", "properties": {}, **fields}
-    return decode_event(json.dumps(raw).encode(), max_bytes=1 << 20)
-
-
-def gone(entity_id: str) -> EntityEvent:
-    raw = {"entity_id": entity_id, "entity_type": "drone", "op": "delete"}
-    return decode_event(json.dumps(raw).encode(), max_bytes=1 << 20)
-
-
-def at(second: int) -> str:
-    return f"2024-01-01T00:00:{second:02d}Z"
-
-
-class Edge:
+class Edge(Feed):
     """An edge's store with a state outbox: apply events, take and decode batches."""
 
     def __init__(self, path: Path) -> None:
-        self.store = GraphStore(path, origin="edge-1", indexes=ALL_INDEXES, outbox="state")
-        self.seq = 0
-
-    def __call__(self, *events: EntityEvent) -> None:
-        batch = []
-        for event in events:
-            self.seq += 1
-            batch.append((self.seq, event))
-        self.store.apply(batch, consumer="c", now_ms=NOW)
+        super().__init__(GraphStore(path, origin="edge-1", indexes=ALL_INDEXES, outbox="state"))
 
     def take(self) -> tuple[int, list[EntityDelta]]:
         batch, _ = self.store.sync_take(BatchLimits(), compile_filter({}), "zstd", NOW + 60_000)

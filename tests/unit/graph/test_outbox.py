@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -10,34 +9,16 @@ from typing import Any
 import msgspec
 import pytest
 
-from edge_agent.config import IndexesConfig
 from edge_agent.errors import GraphError
 from edge_agent.graph import GraphStore
 from edge_agent.graph.outbox import Backlog, BatchLimits, OutboxBatch, SyncMode
-from edge_agent.model import EntityEvent, decode_event
 from edge_agent.sync.codec import decode_deltas
 from edge_agent.sync.filters import SyncFilter, compile_filter
 from edge_agent.sync.frames import EntityDelta
+from tests.unit.graph.events import ALL_INDEXES, LAT, LON, NOW, Feed, at, ev, gone
 
-ALL_INDEXES = IndexesConfig(predicate=True, incoming=True, alias=True, spatial=True, temporal=True)
-NOW = 1_700_000_000_000
 LATER = NOW + 60_000  # every waiting row is past max_age by then
 EVERYTHING = compile_filter({})
-LAT, LON = "geo.location.latitude", "geo.location.longitude"
-
-
-def ev(entity_id: str, **fields: Any) -> EntityEvent:
-    raw = {"entity_id": entity_id, "entity_type": "drone", "properties": {}, **fields}
-    return decode_event(json.dumps(raw).encode(), max_bytes=1 << 20)
-
-
-def gone(entity_id: str) -> EntityEvent:
-    raw = {"entity_id": entity_id, "entity_type": "drone", "op": "delete"}
-    return decode_event(json.dumps(raw).encode(), max_bytes=1 << 20)
-
-
-def at(second: int) -> str:
-    return f"2024-01-01T00:00:{second:02d}Z"
 
 
 def ms(second: int) -> int:
@@ -54,21 +35,6 @@ def open_store(path: Path, mode: SyncMode = "state") -> GraphStore:
 @pytest.fixture
 def store(tmp_path: Path) -> GraphStore:
     return open_store(tmp_path / "edge.db")
-
-
-class Feed:
-    """Applies events, one apply (one transaction) per call, with increasing sequences."""
-
-    def __init__(self, store: GraphStore, seq: int = 0) -> None:
-        self.store = store
-        self.seq = seq
-
-    def __call__(self, *events: EntityEvent) -> None:
-        batch = []
-        for event in events:
-            self.seq += 1
-            batch.append((self.seq, event))
-        self.store.apply(batch, consumer="c", now_ms=NOW)
 
 
 def take(
