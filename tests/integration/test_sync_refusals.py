@@ -20,6 +20,7 @@ from edge_agent.sync.frames import (
     EntityDelta,
     Hello,
     Nack,
+    Slow,
     Welcome,
     decode_frame,
     encode_frame,
@@ -38,7 +39,7 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProcess]:
     devices = {edge: {"token": t} for edge, t in TOKENS.items()}
     process = hub_process(
         tmp_path_factory.mktemp("hub"),
-        sync_input={"max_frame_bytes": MAX_FRAME, "devices": devices},
+        sync_input={"max_frame_bytes": MAX_FRAME, "devices": devices, "slow_threshold": 2},
     )
     process.start()
     yield process
@@ -183,3 +184,18 @@ def test_the_welcome_caps_batches_at_what_the_hub_can_store(hub: AgentProcess) -
         welcome = _hello(ws, "edge-b", TOKENS["edge-b"])
     # The frame limit here (64 KiB) is below the NATS message limit (1 MiB).
     assert welcome.max_batch_bytes == MAX_FRAME
+
+
+def test_a_hub_with_a_long_queue_tells_the_edge_to_slow_down(hub: AgentProcess) -> None:
+    with _connect(hub) as ws:
+        hwm = _hello(ws, "edge-a", TOKENS["edge-a"]).hwm
+        # Many deltas a batch, sent without waiting: the hub's queue passes 2 batches.
+        bulk = [_delta(f"S-{i}", 1, i) for i in range(2000)]
+        for seq in range(hwm + 1, hwm + 9):
+            ws.send(_batch(seq, *bulk[(seq % 4) * 500 : (seq % 4 + 1) * 500]))
+        frames = []
+        while len([f for f in frames if isinstance(f, Ack)]) < 8:
+            frames.append(decode_frame(ws.recv(timeout=10), max_bytes=1 << 20))  # type: ignore[arg-type]
+    slows = [f for f in frames if isinstance(f, Slow)]
+    assert slows and slows[0].window == 1
+    assert [f.seq for f in frames if isinstance(f, Ack)] == list(range(hwm + 1, hwm + 9))
