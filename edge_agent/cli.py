@@ -62,32 +62,59 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 class Service(Protocol):
-    """Something with an async start and stop: the agent, the hub."""
+    """Something with an async start and stop: the agent, the hub.
+
+    It may also have ``status_line() -> str``, a one-line summary for systemd's
+    ``STATUS=``; :func:`run_service` falls back to "running" without it.
+    """
 
     async def start(self) -> None: ...
     async def stop(self) -> None: ...
 
 
+def _status_line(service: Service) -> str:
+    describe = getattr(service, "status_line", None)
+    try:
+        return str(describe()) if callable(describe) else "running"
+    except Exception as exc:  # a summary must never keep READY=1 from going out
+        return f"running (no status: {exc})"
+
+
 def run_service(service: Service, prog: str) -> int:
-    """Start ``service``, run it until SIGTERM or SIGINT, stop it; the exit code."""
+    """Start ``service``, run it until SIGTERM or SIGINT, stop it; the exit code.
+
+    Under systemd (``$NOTIFY_SOCKET``) it sends ``READY=1`` once ``start()`` returns,
+    ``WATCHDOG=1`` and ``STATUS=`` from the service's event loop, and ``STOPPING=1``.
+    """
+    from edge_agent.systemd.notify import Notifier, keep_alive
 
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        notifier = Notifier.from_environ()
+        notifier.status("starting")
         # A signal during start-up (say, waiting for an external NATS) stops it too.
         starting = asyncio.create_task(service.start())
         stopping = asyncio.create_task(stop.wait())
+        pinging: asyncio.Task[None] | None = None
         try:
             await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
             if starting.done():
                 starting.result()
+                # start() returning means NATS, the store and the API are up.
+                notifier.ready(_status_line(service))
+                pinging = asyncio.create_task(keep_alive(notifier, lambda: _status_line(service)))
                 await stopping
         finally:
             starting.cancel()
             stopping.cancel()
+            if pinging is not None:
+                pinging.cancel()
+            notifier.stopping()
             await service.stop()
+            notifier.close()
 
     try:
         asyncio.run(main())
@@ -150,6 +177,22 @@ def cmd_publish(args: argparse.Namespace) -> int:
 def cmd_stats(args: argparse.Namespace) -> int:
     """Print ``GET /graph/stats`` of a running agent."""
     return call_api(args, "/graph/stats", prog="edge-agent stats")
+
+
+def cmd_firstboot(args: argparse.Namespace) -> int:
+    """Give a freshly flashed device its identity (run once by semstreams-firstboot.service)."""
+    from edge_agent.systemd.firstboot import FirstBoot, FirstbootError
+
+    root = Path(args.root)
+    boot_file = Path(args.boot_file) if args.boot_file else None
+    state_dir = Path(args.state_dir) if args.state_dir else None
+    try:
+        for line in FirstBoot(root, boot_file, state_dir, args.user).run():
+            print(f"edge-agent firstboot: {line}")
+    except FirstbootError as exc:
+        print(f"edge-agent firstboot: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    return 0
 
 
 def add_api_arguments(parser: argparse.ArgumentParser) -> None:
@@ -216,6 +259,16 @@ def build_parser() -> argparse.ArgumentParser:
     stats = commands.add_parser("stats", help="show the graph stats of a running agent")
     add_api_arguments(stats)
     stats.set_defaults(func=cmd_stats)
+
+    firstboot = commands.add_parser("firstboot", help="first-boot setup of a flashed device")
+    firstboot.add_argument("--root", default="/", help="the system's root (default: /)")
+    firstboot.add_argument(
+        "--boot-file",
+        help="provisioning file (default: <root>/boot/firmware/semstreams-provision.json)",
+    )
+    firstboot.add_argument("--state-dir", help="default: <root>/var/lib/semstreams")
+    firstboot.add_argument("--user", default="semstreams", help="owner of the state dir")
+    firstboot.set_defaults(func=cmd_firstboot)
     return parser
 
 

@@ -113,6 +113,7 @@ class AgentProcess:
         workdir: where the config and the log go.
         program: the CLI module to run: ``edge_agent.cli`` or ``cloud_hub.cli``.
         name: names the config and log files, so several processes share a workdir.
+        env: extra environment variables for the child (e.g. ``NOTIFY_SOCKET``).
     """
 
     def __init__(
@@ -122,8 +123,10 @@ class AgentProcess:
         *,
         program: str = "edge_agent.cli",
         name: str = "agent",
+        env: dict[str, str] | None = None,
     ) -> None:
         self.config = config
+        self.env = env or {}
         self.program = program
         self.config_path = workdir / f"{name}.json"
         self.config_path.write_text(json.dumps(config))
@@ -151,7 +154,7 @@ class AgentProcess:
                 [sys.executable, "-m", self.program, "run", "--config", str(self.config_path)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
