@@ -7,6 +7,7 @@ problem is reported as ``key.path: cause`` so a typo names itself.
 from __future__ import annotations
 
 import importlib.util
+import ipaddress
 import os
 import re
 import socket
@@ -180,6 +181,7 @@ def _check(config: Config) -> list[str]:
         problems.append(
             f"components: {len(outputs)} websocket_output components; an agent has one link"
         )
+    problems += _check_interfaces(config.provisioning.interfaces)
     if config.nats.embedded is False and not config.nats.urls:
         problems.append("nats.urls: must name a server when nats.embedded is false")
     for index, url in enumerate(config.nats.urls):
@@ -195,6 +197,20 @@ def _check(config: Config) -> list[str]:
     tls = config.nats.tls
     if tls and bool(tls.cert_file) != bool(tls.key_file):
         problems.append("nats.tls: cert_file and key_file must be given together")
+    return problems
+
+
+def _check_interfaces(interfaces: list[str]) -> list[str]:
+    """mDNS binds to IPv4 addresses, not interface names."""
+    problems = []
+    for index, address in enumerate(interfaces):
+        try:
+            ipaddress.IPv4Address(address)
+        except ValueError:
+            problems.append(
+                f"provisioning.interfaces[{index}]: {address!r} is not an IPv4 address"
+                " (e.g. 192.168.1.10; not an interface name)"
+            )
     return problems
 
 

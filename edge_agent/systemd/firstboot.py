@@ -13,6 +13,7 @@ is retried on the next boot, and the agent starts regardless.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -142,9 +143,11 @@ class FirstBoot:
                 os.fsync(out.fileno())
             self._give(partial)
             partial.replace(target)
+            erased = _erase_claim(source, data)
         except OSError as exc:
             raise FirstbootError(f"provisioning file: cannot copy {source}: {exc}") from exc
-        return f"provisioning file: copied to {target}"
+        suffix = "; claim token erased from the boot partition" if erased else ""
+        return f"provisioning file: copied to {target}{suffix}"
 
     # ---- helpers ------------------------------------------------------------------------
 
@@ -169,6 +172,25 @@ class FirstBoot:
         owner = _lookup_user(self.root / "etc/passwd", self.user)
         if owner is not None:
             os.chown(path, *owner)
+
+
+def _erase_claim(source: Path, data: bytes) -> bool:
+    """Blank the claim token in the boot partition's file, keeping the rest.
+
+    The secret then lives on only in the 0600 copy, which the agent erases once it has
+    enrolled; the boot partition is readable by anyone holding the card.
+    """
+    try:
+        content = json.loads(data)
+    except ValueError:
+        return False  # not ours to rewrite: the agent reports it when it reads the copy
+    if not isinstance(content, dict) or not content.get("claim_token"):
+        return False
+    content["claim_token"] = ""
+    partial = source.with_name(f".{source.name}.tmp")
+    partial.write_text(json.dumps(content))
+    partial.replace(source)
+    return True
 
 
 def _lookup_user(passwd: Path, name: str) -> tuple[int, int] | None:

@@ -5,6 +5,7 @@ Runs the real ``ssh-keygen -A -f ROOT`` and ``systemd-machine-id-setup --root=RO
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -58,6 +59,9 @@ def test_first_boot_makes_the_identity_and_copies_the_provisioning_file(tmp_path
         assert state.stat().st_uid == UID
     assert (state / MARKER).is_file()
     assert set(state.iterdir()) == {copy, state / MARKER}  # no temporary file left
+    # The boot partition keeps the hub URL but no longer the secret.
+    boot = json.loads((root / "boot/firmware/semstreams-provision.json").read_text())
+    assert boot == {"claim_token": "", "hub_url": "https://hub:8443"}
 
 
 def test_a_second_run_changes_nothing(tmp_path: Path) -> None:

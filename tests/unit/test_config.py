@@ -132,6 +132,10 @@ def test_misspelt_key_names_its_path() -> None:
             "components[0].config.devices.pi-7.token: empty",
         ),
         (
+            {"provisioning": {"interfaces": ["lo"]}},
+            "provisioning.interfaces[0]: 'lo' is not an IPv4 address",
+        ),
+        (
             {
                 "components": [
                     {"id": "o", "type": "websocket_output", "config": {"url": "http://h"}}
