@@ -34,21 +34,22 @@ from edge_agent.errors import NatsServerError
 from edge_agent.graph import GraphStore
 from edge_agent.graph.querier import Querier
 from edge_agent.ingest.dead_letters import DeadLetters
-from edge_agent.ingest.gpio import GpioInput
 from edge_agent.ingest.processor import GraphProcessor
 from edge_agent.ingest.publisher import EventPublisher
 from edge_agent.ingest.simulator import run_simulator
-from edge_agent.ingest.telemetry import SystemSampler, run_system_telemetry
 from edge_agent.metrics import Metrics
 from edge_agent.nats.client import connect, embedded_port, ensure_streams
 from edge_agent.nats.server import EmbeddedNatsServer
 from edge_agent.nats.subjects import DEAD_LETTER_STREAM, ENTITY_STREAM
-from edge_agent.sync.output import SyncOutput, read_token
 from edge_agent.tracing import setup_tracing, shutdown_tracing
 
-if TYPE_CHECKING:  # provisioning (zeroconf, cryptography) loads only where it is on
+# What only some configs use (provisioning: zeroconf, cryptography; GPIO: gpiozero;
+# telemetry: psutil; the sync link: websockets' client) loads where it is used: each
+# megabyte counts on a 1 GB board.
+if TYPE_CHECKING:
     from edge_agent.provision.client import Provisioner
     from edge_agent.provision.mdns import Advertiser
+    from edge_agent.sync.output import SyncOutput
 
 __all__ = ["Agent"]
 
@@ -265,6 +266,7 @@ class Agent:
 
     async def _enrol_and_sync(self, provisioner: Provisioner) -> None:
         from edge_agent.provision.client import ProvisionError
+        from edge_agent.sync.output import SyncOutput
 
         enrolment = await provisioner.enrolment()
         config = enrolment.config
@@ -344,11 +346,15 @@ class Agent:
         self._spawn(run_simulator(component.config, self.publisher), f"component {component.id}")
 
     async def _start_gpio_input(self, component: ComponentConfig, index: int) -> None:
+        from edge_agent.ingest.gpio import GpioInput
+
         gpio = GpioInput(component.config, self.publisher, where=f"components[{index}]")
         await gpio.open()  # a device that can't be opened fails the start, named
         self._spawn(gpio.run(), f"component {component.id}")
 
     async def _start_system_telemetry(self, component: ComponentConfig, index: int) -> None:
+        from edge_agent.ingest.telemetry import SystemSampler, run_system_telemetry
+
         sampler = SystemSampler(
             self.state_dir,
             nats_pid=lambda: self.nats_server.pid if self.nats_server else None,
@@ -361,6 +367,8 @@ class Agent:
         )
 
     async def _start_sync_output(self, component: ComponentConfig, index: int) -> None:
+        from edge_agent.sync.output import SyncOutput, read_token
+
         self.sync_output = SyncOutput(
             component.config,
             edge_id=self.config.platform.id,
