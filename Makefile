@@ -22,8 +22,8 @@ test: $(STAMP)
 
 ## make lint: ruff (lint + format check) and mypy on the packages
 lint: $(STAMP)
-	$(BIN)/ruff check edge_agent cloud_hub tests bench
-	$(BIN)/ruff format --check edge_agent cloud_hub tests bench
+	$(BIN)/ruff check edge_agent cloud_hub tests bench image ansible
+	$(BIN)/ruff format --check edge_agent cloud_hub tests bench image ansible
 	$(BIN)/mypy
 
 ## make bench: every benchmark; each prints one JSON line last (bench/common.py is their helpers)
