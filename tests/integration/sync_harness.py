@@ -189,18 +189,23 @@ class SyncPair:
         return result
 
     def wait_synced(
-        self, timeout: float = 60.0, view: Callable[[Entity], Entity | None] | None = None
+        self,
+        timeout: float = 60.0,
+        view: Callable[[Entity], Entity | None] | None = None,
+        minimum: int = 1,
     ) -> dict[str, Entity]:
-        """Wait until the hub holds exactly the edge's entities; return them.
+        """Wait until the hub holds exactly the edge's entities (``minimum`` at least);
+        return them.
 
         ``view`` is what the link's filter makes of an edge entity (``None``: not sent).
+        ``minimum`` guards the start, when both sides are still empty.
         """
         deadline = time.monotonic() + timeout
         while True:
+            pending = self.edge.stats()["stream_pending"]  # first: the exports come after
             edge = _viewed(export(self.edge.api), view)
             hub = export(self.hub.api)
-            pending = self.edge.stats()["stream_pending"]
-            if hub == edge and pending == 0:
+            if hub == edge and pending == 0 and len(hub) >= minimum:
                 return hub
             if time.monotonic() > deadline:
                 differing = sorted(k for k in edge.keys() | hub.keys() if edge.get(k) != hub.get(k))

@@ -45,7 +45,7 @@ def pair(tmp_path: Path) -> Iterator[SyncPair]:
 def test_edge_graph_reaches_the_hub_and_the_hub_reports_the_edge(pair: SyncPair) -> None:
     for round_ in range(3):
         post_events(pair.edge.api, drone_round(round_, DRONES))
-    hub = pair.wait_synced()
+    hub = pair.wait_synced(minimum=DRONES)
     assert hub["drone-0007"]["properties"]["round"] == 2
     assert hub["drone-0007"]["version"] == 3
     assert pair.check_hub_records() >= 1
@@ -84,7 +84,7 @@ def test_ten_kill_9s_of_the_edge_mid_sync_lose_and_repeat_nothing(tmp_path: Path
             pair.edge.start()
             if stuck:
                 resent += _wait_for_resend(pair)
-        pair.wait_synced(timeout=120)
+        pair.wait_synced(timeout=120, minimum=DRONES)
         assert pair.check_hub_records() >= 10
         assert resent >= 5, "batches in flight at a kill were sent again after the restart"
     finally:
@@ -110,7 +110,7 @@ def test_five_kills_of_the_hub_mid_batch_lose_and_repeat_nothing(tmp_path: Path)
             time.sleep(0.15)
             pair.hub.kill()
             pair.hub.start()
-        pair.wait_synced(timeout=120)
+        pair.wait_synced(timeout=120, minimum=DRONES)
         pair.check_hub_records()
         assert metric(pair.edge.api, "semstreams_sync_reconnects_total") >= 5
     finally:
@@ -119,7 +119,7 @@ def test_five_kills_of_the_hub_mid_batch_lose_and_repeat_nothing(tmp_path: Path)
 
 def test_a_link_cut_for_30_s_holds_changes_and_delivers_them_after(pair: SyncPair) -> None:
     post_events(pair.edge.api, drone_round(0, DRONES))
-    pair.wait_synced()
+    pair.wait_synced(minimum=DRONES)
     pair.proxy.cut()
     for round_ in range(1, 6):
         post_events(pair.edge.api, drone_round(round_, DRONES))
@@ -128,14 +128,14 @@ def test_a_link_cut_for_30_s_holds_changes_and_delivers_them_after(pair: SyncPai
     assert metric(pair.edge.api, "semstreams_sync_backlog_entities") == DRONES, "coalesced"
     assert metric(pair.edge.api, "semstreams_sync_connected") == 0
     pair.proxy.restore()
-    hub = pair.wait_synced(timeout=30)
+    hub = pair.wait_synced(timeout=30, minimum=DRONES)
     assert hub["drone-0000"]["properties"]["round"] == 5
     pair.check_hub_records()
 
 
 def test_a_half_open_link_is_detected_by_ping_timeout_and_replaced(pair: SyncPair) -> None:
     post_events(pair.edge.api, drone_round(0, DRONES))
-    pair.wait_synced()
+    pair.wait_synced(minimum=DRONES)
     reconnects = metric(pair.edge.api, "semstreams_sync_reconnects_total")
     pair.proxy.blackhole()  # packets dropped, no FIN, no RST
     post_events(pair.edge.api, drone_round(1, DRONES))
@@ -144,7 +144,7 @@ def test_a_half_open_link_is_detected_by_ping_timeout_and_replaced(pair: SyncPai
         assert time.monotonic() < deadline, "half-open link not detected"
         time.sleep(0.2)
     pair.proxy.restore()
-    hub = pair.wait_synced(timeout=30)
+    hub = pair.wait_synced(timeout=30, minimum=DRONES)
     assert hub["drone-0001"]["properties"]["round"] == 1
     assert metric(pair.edge.api, "semstreams_sync_reconnects_total") > reconnects
     pair.check_hub_records()
@@ -154,7 +154,7 @@ def test_a_hub_that_cannot_make_batches_durable_nacks_and_nothing_is_lost(
     pair: SyncPair,
 ) -> None:
     post_events(pair.edge.api, drone_round(0, DRONES))
-    pair.wait_synced()
+    pair.wait_synced(minimum=DRONES)
     nats_pid = int((Path(pair.hub.config["state_dir"]) / "nats-server.pid").read_text())
     os.kill(nats_pid, signal.SIGSTOP)  # the hub's JetStream stops answering
     try:
@@ -165,7 +165,7 @@ def test_a_hub_that_cannot_make_batches_durable_nacks_and_nothing_is_lost(
             time.sleep(0.2)
     finally:
         os.kill(nats_pid, signal.SIGCONT)
-    hub = pair.wait_synced(timeout=60)
+    hub = pair.wait_synced(timeout=60, minimum=DRONES)
     assert hub["drone-0000"]["properties"]["round"] == 1
     pair.check_hub_records()
 
@@ -185,7 +185,7 @@ def test_filters_keep_unselected_entities_and_triples_on_the_edge(tmp_path: Path
             kept = {k: v for k, v in entity["properties"].items() if k != "status"}
             return {**entity, "properties": kept}
 
-        hub = pair.wait_synced(view=filtered)
+        hub = pair.wait_synced(view=filtered, minimum=50)
         assert len(hub) == 50
         assert not [k for k in hub if k.startswith("low-")]
         assert metric(pair.edge.api, "semstreams_sync_dropped_total", 'reason="filtered"') >= 50
