@@ -3,8 +3,12 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# Debian packages the image build and boot tests use (tests/integration/test_image.py).
+DEBIAN_PACKAGES := debootstrap systemd-container mtools dosfstools e2fsprogs fdisk iproute2
+DEBIAN_TOOLS    := debootstrap systemd-nspawn mcopy mkfs.vfat mkfs.ext4 sfdisk ip
+SUDO   := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench clean debian-packages
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,8 +20,17 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python examples/demo.py
 
-## make test: the whole suite (unit, integration with a real nats-server, fault tests)
-test: $(STAMP)
+## make debian-packages: what apt must add for the image and boot tests (only when missing)
+debian-packages:
+	@for tool in $(DEBIAN_TOOLS); do command -v $$tool >/dev/null || missing=1; done; \
+	if [ -n "$$missing" ]; then \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
+			$(DEBIAN_PACKAGES) >/dev/null; \
+	fi
+
+## make test: the whole suite (unit, integration with real nats-servers, faults, an image boot)
+test: $(STAMP) debian-packages
 	$(BIN)/pytest -q
 
 ## make lint: ruff (lint + format check) and mypy on the packages
