@@ -266,7 +266,6 @@ class Agent:
 
     async def _enrol_and_sync(self, provisioner: Provisioner) -> None:
         from edge_agent.provision.client import ProvisionError
-        from edge_agent.sync.output import SyncOutput
 
         enrolment = await provisioner.enrolment()
         config = enrolment.config
@@ -275,15 +274,7 @@ class Agent:
             filters=config.filters,
             max_bytes_per_second=ByteSize(config.max_bytes_per_second),
         )
-        self.sync_output = SyncOutput(
-            settings,
-            edge_id=self.config.platform.id,
-            token=enrolment.credential,
-            store=self.store,
-            write=self.write,
-            metrics=self.metrics,
-        )
-        self._spawn(self.sync_output.run(), "sync (provisioned)")
+        sync_output = self._run_sync_output(settings, enrolment.credential, "sync (provisioned)")
         while True:  # renew the credential two thirds into its life
             await asyncio.sleep(max(1.0, provisioner.renewal_due(enrolment) - time.time()))
             try:
@@ -292,7 +283,7 @@ class Agent:
                 log.warning("provisioning: credential renewal failed: %s", exc)
                 await asyncio.sleep(60)
                 continue
-            self.sync_output.set_token(enrolment.credential)
+            sync_output.set_token(enrolment.credential)
             log.info("provisioning: credential renewed until %s", enrolment.expires_at)
 
     def _committed(self, touched: frozenset[str]) -> None:
@@ -367,17 +358,27 @@ class Agent:
         )
 
     async def _start_sync_output(self, component: ComponentConfig, index: int) -> None:
-        from edge_agent.sync.output import SyncOutput, read_token
+        from edge_agent.sync.output import read_token
+
+        token = read_token(component.config, f"components[{index}].config")
+        self._run_sync_output(component.config, token, f"component {component.id}")
+
+    def _run_sync_output(
+        self, settings: WebsocketOutputConfig, token: str, name: str
+    ) -> SyncOutput:
+        """Start the link to the hub (configured, or given by enrolment) as task ``name``."""
+        from edge_agent.sync.output import SyncOutput
 
         self.sync_output = SyncOutput(
-            component.config,
+            settings,
             edge_id=self.config.platform.id,
-            token=read_token(component.config, f"components[{index}].config"),
+            token=token,
             store=self.store,
             write=self.write,
             metrics=self.metrics,
         )
-        self._spawn(self.sync_output.run(), f"component {component.id}")
+        self._spawn(self.sync_output.run(), name)
+        return self.sync_output
 
     async def _start_http(self, ssl_context: ssl.SSLContext | None) -> None:
         service = self.config.services.service_manager.config
