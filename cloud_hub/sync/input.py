@@ -232,13 +232,12 @@ class SyncInput:
             proto.refuse(reason)
             return
         edge_id = hello.edge_id
-        hwm = await asyncio.to_thread(self._store.sync_edges)
+        stored = await asyncio.to_thread(self._store.sync_hwm, edge_id)
         # An edge the hub never heard from resumes where it says it is; so does one the
         # hub has forgotten part of (its graph restored from a backup): what the edge
         # says the hub acked is gone either way, and waiting for it would stall forever.
-        stored = hwm[edge_id][0] if edge_id in hwm else 0
-        known = max(stored, hello.acked_seq)
-        if edge_id in hwm and known > stored:
+        known = max(stored or 0, hello.acked_seq)
+        if stored is not None and known > stored:
             log.warning(
                 "sync: edge %s had batches up to %d acked, this hub remembers %d:"
                 " resuming after %d (the hub's graph was restored from an older copy?)",
@@ -255,7 +254,7 @@ class SyncInput:
         link = self.links.setdefault(edge_id, EdgeLink(edge_id))
         link.connected, link.last_seen, link.hwm = True, time.time(), known
         link.remote = _peer(websocket)
-        self._metrics.sync_connected.set(sum(1 for lk in self.links.values() if lk.connected))
+        self._count_connected()
         log.info(
             "sync: edge %s linked from %s, resuming after batch %d", edge_id, link.remote, known
         )
@@ -365,12 +364,15 @@ class SyncInput:
         log.info("sync: nack batch %d of %s: %s", seq, proto.edge_id, reason)
         proto.nack(seq, reason, retry_after=_RETRY_AFTER_S)
 
+    def _count_connected(self) -> None:
+        self._metrics.sync_connected.set(sum(1 for link in self.links.values() if link.connected))
+
     def _disconnected(self, edge_id: str, websocket: WebSocket) -> None:
         if not edge_id or self._sockets.get(edge_id) is not websocket:
             return
         del self._sockets[edge_id]
         self.links[edge_id].connected = False
-        self._metrics.sync_connected.set(sum(1 for lk in self.links.values() if lk.connected))
+        self._count_connected()
         log.info("sync: edge %s unlinked", edge_id)
 
 

@@ -405,6 +405,12 @@ class GraphStore:
         except sqlite3.Error as exc:
             raise GraphError(f"batch {seq} from {edge_id} not applied: {exc}") from exc
 
+    def sync_hwm(self, edge_id: str) -> int | None:
+        """The last batch seq applied from ``edge_id``; ``None`` if never heard from."""
+        with self.reader() as db:
+            row = db.execute("SELECT seq FROM sync_hwm WHERE edge_id = ?", (edge_id,)).fetchone()
+        return int(row[0]) if row else None
+
     def sync_edges(self) -> dict[str, tuple[int, int]]:
         """Each edge heard from: (the last batch seq applied, when, epoch ms)."""
         with self.reader() as db:
