@@ -323,17 +323,20 @@ class SyncOutput:
     # ---- bounds and gauges -------------------------------------------------------------
 
     async def _housekeeping(self) -> None:
+        limit = self.settings.max_outbox_bytes
         while True:
             with contextlib.suppress(GraphError):
-                dropped = await self._write(self._store.sync_trim, self.settings.max_outbox_bytes)
-                if dropped:
+                # Measured on a reader; the writer is asked to trim only when over.
+                backlog = await asyncio.to_thread(self._store.sync_backlog)
+                if backlog.bytes > limit:
+                    dropped = await self._write(self._store.sync_trim, limit)
                     self._metrics.sync_dropped.labels("outbox_full").inc(dropped)
                     log.warning(
                         "sync: outbox over %d bytes, dropped %d oldest lowest-priority changes",
-                        self.settings.max_outbox_bytes,
+                        limit,
                         dropped,
                     )
-                backlog = await asyncio.to_thread(self._store.sync_backlog)
+                    backlog = await asyncio.to_thread(self._store.sync_backlog)
                 self._metrics.sync_backlog_entities.set(backlog.entities)
                 self._metrics.sync_backlog_bytes.set(backlog.bytes)
                 lag = time.time() - backlog.oldest_ms / 1000 if backlog.oldest_ms else 0.0
