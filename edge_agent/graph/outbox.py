@@ -157,10 +157,10 @@ def record_events(db: sqlite3.Connection, deltas: Sequence[EntityDelta], now_ms:
 
 # ---- taking batches, on the sender's behalf ------------------------------------------
 
-_TABLES: dict[SyncMode, tuple[str, str]] = {
-    # (table, key column)
-    "state": ("sync_outbox", "entity_id"),
-    "events": ("sync_events", "seq"),
+_TABLES: dict[SyncMode, tuple[str, str, str]] = {
+    # (table, key column, the column that orders rows oldest first)
+    "state": ("sync_outbox", "entity_id", "cseq"),
+    "events": ("sync_events", "seq", "seq"),
 }
 
 
@@ -244,11 +244,10 @@ def take_batch(
     Returns:
         (the batch, or ``None`` when nothing is ready; the rows the filter dropped).
     """
-    table, key = _TABLES[mode]
+    table, key, age = _TABLES[mode]
     if not _ready(db, table, limits, now_ms):
         return None, 0
-    order = "priority DESC, " if limits.lanes else ""
-    order += "cseq" if mode == "state" else "seq"
+    order = f"priority DESC, {age}" if limits.lanes else age
     columns = "entity_id, since, reset" if mode == "state" else "seq, delta"
     rows = db.execute(
         f"SELECT {columns} FROM {table} ORDER BY {order} LIMIT ?", (limits.max_count,)
@@ -343,9 +342,9 @@ def trim(db: sqlite3.Connection, mode: SyncMode, max_bytes: int) -> int:
     excess = backlog(db).bytes - max_bytes
     if excess <= 0:
         return 0
-    table, key = _TABLES[mode]
-    order = "priority ASC, cseq ASC" if mode == "state" else "priority ASC, seq ASC"
+    table, key, age = _TABLES[mode]
     doomed: list[tuple[object]] = []
+    order = f"priority ASC, {age} ASC"
     for row_key, size in db.execute(f"SELECT {key}, size FROM {table} ORDER BY {order}"):
         doomed.append((row_key,))
         excess -= size
