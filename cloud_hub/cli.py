@@ -54,6 +54,53 @@ def cmd_devices(args: argparse.Namespace) -> int:
     return call_api(args, f"/devices/{args.device_id}/{args.action}", prog=prog, data=b"{}")
 
 
+def cmd_cluster_config(args: argparse.Namespace) -> int:
+    """Write one ``nats-server-N.conf`` per cluster node; print them and the hub's ``nats``."""
+    from pathlib import Path
+
+    from cloud_hub.cluster import (
+        ClusterOptions,
+        ClusterTLS,
+        default_nodes,
+        hub_nats_settings,
+        render_cluster_configs,
+    )
+
+    tls_paths = (args.tls_cert, args.tls_key, args.tls_ca)
+    if any(tls_paths) and not all(tls_paths):
+        print("cluster-config: --tls-cert, --tls-key and --tls-ca go together", file=sys.stderr)
+        return 2
+    nodes = default_nodes(
+        [name.strip() for name in args.nodes.split(",")],
+        client_port=args.client_port,
+        cluster_port=args.cluster_port,
+    )
+    options = ClusterOptions(
+        store_dir=args.store_dir,
+        max_memory=args.max_memory,
+        max_file=args.max_file,
+        tls=ClusterTLS(cert_file=args.tls_cert, key_file=args.tls_key, ca_file=args.tls_ca)
+        if all(tls_paths)
+        else None,
+        nkeys=tuple(args.nkey),
+    )
+    try:
+        texts = render_cluster_configs(nodes, options)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"cluster-config: {problem}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for index, text in enumerate(texts, start=1):
+        path = out / f"nats-server-{index}.conf"
+        path.write_text(text)
+        path.chmod(0o644)
+        print(path)
+    print(json.dumps(hub_nats_settings(nodes, options), indent=2))
+    return 0
+
+
 def _devices_parser(commands: Any) -> None:
     from edge_agent.cli import add_api_arguments
 
@@ -73,6 +120,29 @@ def _devices_parser(commands: Any) -> None:
     devices.set_defaults(func=cmd_devices)
 
 
+def _cluster_parser(commands: Any) -> None:
+    """``cloud-hub cluster-config``: the seed's NATS cluster as nats-server config files."""
+    cluster = commands.add_parser(
+        "cluster-config", help="write the nats-server configs of a 3-node JetStream cluster"
+    )
+    cluster.add_argument("--out", required=True, help="directory for nats-server-N.conf")
+    cluster.add_argument(
+        "--nodes", default="nats-1,nats-2,nats-3", help="server names, also their host names"
+    )
+    cluster.add_argument("--store-dir", default="/data/jetstream", help="JetStream store")
+    cluster.add_argument("--max-memory", default="4GB", help="JetStream memory limit")
+    cluster.add_argument("--max-file", default="100GB", help="JetStream file store limit")
+    cluster.add_argument("--client-port", type=int, default=4222, help="clients' port")
+    cluster.add_argument("--cluster-port", type=int, default=6222, help="routes' port")
+    cluster.add_argument("--tls-cert", default="", help="server certificate (client + routes)")
+    cluster.add_argument("--tls-key", default="", help="its private key")
+    cluster.add_argument("--tls-ca", default="", help="CA of the servers' certificates")
+    cluster.add_argument(
+        "--nkey", action="append", default=[], help="an NKey user public key allowed in"
+    )
+    cluster.set_defaults(func=cmd_cluster_config)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``cloud-hub`` console script."""
     parser = argparse.ArgumentParser(prog="cloud-hub", description="SemStreams cloud hub")
@@ -85,6 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     check.add_argument("file")
     check.set_defaults(func=cmd_check_config)
     _devices_parser(commands)
+    _cluster_parser(commands)
     args = parser.parse_args(argv)
     code: int = args.func(args)
     return code
