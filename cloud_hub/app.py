@@ -1,172 +1,365 @@
-"""Wiring of the cloud hub: the edge agent's parts plus the edges' sync links.
+"""Wiring of the cloud hub: the parts it shares with the edge agent, and its own.
 
-The hub is an :class:`~edge_agent.app.Agent` (embedded NATS, JetStream, the graph store,
-queries, the HTTP API) that also runs ``websocket_input`` components and serves
-``GET /edges``. On the API's port the sync path is a route of the API server; on
-another port it gets a listener of its own.
+The hub is a blueprint (:mod:`edge_agent.blueprint`) of the NATS connection, the graph
+service and the API (the edge's parts), plus the replicated log ``SYNC_BATCHES``, the
+materialiser that applies it, enrolment, the ``websocket_input`` links and the mDNS
+advertisement. It ingests nothing itself: its graph is written only from the log, so
+every instance on a NATS cluster holds the same one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
 
 import msgspec
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 
-from cloud_hub.api.views import edges
+from cloud_hub.api import views as hub_views
+from cloud_hub.config import WebsocketInputConfig, sync_inputs
+from cloud_hub.graph.schema import HUB_MIGRATIONS
+from cloud_hub.metrics import HubMetrics
 from cloud_hub.provision.advertise import hub_advertiser
 from cloud_hub.provision.api import ENROL_PATH, provisioning_routes
 from cloud_hub.provision.registry import Registry
 from cloud_hub.provision.service import Enrolment
 from cloud_hub.sync.input import SyncInput
-from edge_agent.api.server import HttpServer
-from edge_agent.app import Agent
-from edge_agent.config import AuthConfig, ComponentConfig
-from edge_agent.config.schema import WebsocketInputConfig
+from cloud_hub.sync.log import SyncLog
+from cloud_hub.sync.materialiser import Materialiser
+from edge_agent import __version__
+from edge_agent.api.routes import SHARED_ROUTES
+from edge_agent.api.service import ApiService
+from edge_agent.blueprint import Blueprint
+from edge_agent.config import AuthConfig, Config
+from edge_agent.graph import GraphStore
+from edge_agent.graph.querier import Querier
+from edge_agent.graph.service import GraphService
+from edge_agent.metrics import Metrics
+from edge_agent.nats.connection import NatsConnection
 from edge_agent.provision.identity import Identity
+from edge_agent.provision.mdns import Advertiser
 
 __all__ = ["Hub"]
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
+_DEFAULT_SYNC = WebsocketInputConfig()
 
 
-class Hub(Agent):
-    """The running cloud hub."""
+class _Part:
+    """A part of the hub that is a pair of its own coroutines."""
 
-    program = "cloud hub"
-    sync_input: SyncInput | None = None
-    enrolment: Enrolment | None = None
+    def __init__(self, name: str, start: Callable[[], Any], stop: Callable[[], Any]) -> None:
+        self.name = name
+        self._start, self._stop = start, stop
+
+    async def start(self) -> None:
+        await self._start()
+
+    async def stop(self) -> None:
+        await self._stop()
+
+    def health(self) -> None:
+        return None
+
+
+class Hub:
+    """The running cloud hub (one instance; several share a NATS cluster's log)."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.state_dir = Path(config.state_dir)
+        self.metrics = Metrics(include_runtime=config.services.metrics.config.include_go_metrics)
+        self.hub_metrics = HubMetrics(self.metrics)
+        inputs = sync_inputs(config)
+        self.sync_settings = inputs[0] if inputs else _DEFAULT_SYNC
+        self.sync_input: SyncInput | None = None
+        self.enrolment: Enrolment | None = None
+        self._advertiser: Advertiser | None = None
+        self.started_at = 0.0
+        self.nats = NatsConnection(
+            config.nats,
+            self.state_dir,
+            name=config.platform.id,
+            client_name=f"cloud-hub {config.platform.id}",
+            stream_bytes=int(self.sync_settings.stream_max_bytes),
+            on_restart=self.metrics.nats_server_restarts.inc,
+        )
+        self.graph = GraphService(
+            self.state_dir / "graph.db",
+            origin=config.platform.id,
+            settings=config.graph.config,
+            metrics=self.metrics,
+            migrations=HUB_MIGRATIONS,
+        )
+        self.api = ApiService(
+            self,
+            config,
+            routes=self.routes,
+            auth=self._auth,
+            nats=self.nats,
+            http_options=self._api_http_options,
+        )
+        self.materialiser: Materialiser
+        self.parts = Blueprint(
+            [
+                self.nats,
+                self.graph,
+                _Part("log", self._start_log, _nothing),
+                _Part("enrolment", self._start_enrolment, self._stop_enrolment),
+                _Part("sync", self._start_sync_input, _nothing),
+                self.api,
+                _Part("sync-listener", self._start_sync_listener, _nothing),
+                _Part("advertise", self._start_advertising, self._stop_advertising),
+            ]
+        )
+
+    # ---- what the API and the CLI see ------------------------------------------------
+
+    @property
+    def http_port(self) -> int:
+        """The port the API listens on."""
+        return self.api.port
+
+    @property
+    def store(self) -> GraphStore:
+        """The hub's graph store."""
+        return self.graph.store
+
+    @property
+    def querier(self) -> Querier:
+        """The hub graph's querier."""
+        return self.graph.querier
 
     @property
     def sync_path(self) -> str:
-        """Where edges sync (the first ``websocket_input``'s path)."""
-        return self.sync_input.settings.path if self.sync_input else "/edge-sync"
+        """Where edges sync."""
+        return self.sync_settings.path
 
     @property
     def sync_port(self) -> int | None:
         """The sync listener's port when it is not the API's, else ``None``."""
-        if self.sync_input is None or self._shares_api_port(self.sync_input.settings):
+        if self.sync_input is None or self._shares_api_port():
             return None
-        return self.sync_input.settings.port
+        return self.sync_settings.port
+
+    # ---- lifecycle -----------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start the agent's parts and the hub's; then advertise the hub by mDNS."""
-        await super().start()
-        settings = self.config.provisioning
-        if self.enrolment is not None and settings.advertise:
-            self._advertiser = hub_advertiser(self, settings)
-            await self._advertiser.start()
+        """Start every part in order.
+
+        Raises:
+            SemStreamsError: a part could not start; the message says which.
+            OSError: a port could not be bound.
+        """
+        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        await self.parts.start()
+        self.started_at = time.time()
+        log.info(
+            "cloud hub %s up: id=%s nats=%s api=%s://%s:%d",
+            __version__,
+            self.config.platform.id,
+            ",".join(self.nats.urls),
+            self.api.scheme,
+            self.config.services.service_manager.config.http_host,
+            self.http_port,
+        )
 
     async def stop(self) -> None:
-        """Stop everything, then close the registry."""
-        await super().stop()
+        """Stop every part, newest first; safe after a failed start."""
+        await self.parts.stop()
+        log.info("cloud hub stopped")
+
+    async def _start_log(self) -> None:
+        settings = self.sync_settings
+        replicas = settings.stream_replicas or (1 if self.nats.server else 3)
+        self.sync_log = SyncLog(
+            self.nats.jetstream,
+            max_bytes=int(settings.stream_max_bytes),
+            max_msg_bytes=int(settings.max_frame_bytes) + 4096,
+            replicas=replicas,
+        )
+        await _retry(self.sync_log.ensure, "SYNC_BATCHES not available")
+        self.materialiser = Materialiser(
+            self.nats.jetstream,
+            self.store,
+            instance=self.config.platform.id,
+            metrics=self.metrics,
+            hub_metrics=self.hub_metrics,
+            on_commit=self.graph.committed,
+            max_frame_bytes=int(settings.max_frame_bytes) + 4096,
+            max_batch_bytes=int(settings.max_batch_bytes),
+        )
+        self.parts.parts.insert(self.parts.parts.index(self.api), self.materialiser)
+        await self.materialiser.start()
+
+    async def _start_enrolment(self) -> None:
+        if not self.config.provisioning.enabled:
+            return
+        loop = asyncio.get_running_loop()
+
+        def cut_off(device_id: str) -> None:  # from any thread: revoked or rejected
+            if self.sync_input is not None:
+                kick = self.sync_input.kick(device_id, "device revoked")
+                asyncio.run_coroutine_threadsafe(kick, loop)
+
+        self.enrolment = Enrolment(
+            self.config.provisioning,
+            Identity.load_or_create(self.state_dir / "hub_key.pem"),
+            await asyncio.to_thread(Registry, self.state_dir / "registry.db"),
+            on_revoke=cut_off,
+        )
+        log.info("provisioning: hub key %s", self.enrolment.identity.fingerprint)
+
+    async def _stop_enrolment(self) -> None:
         if self.enrolment is not None:
             self.enrolment.registry.close()
 
-    def _prepare_identity(self) -> None:
-        """The hub's identity is its own key (made in :meth:`_start_components`)."""
+    async def _start_sync_input(self) -> None:
+        if not sync_inputs(self.config):
+            return
+        self.sync_input = SyncInput(
+            self.sync_settings,
+            sync_log=self.sync_log,
+            metrics=self.metrics,
+            hub_metrics=self.hub_metrics,
+            backlog=lambda: self.materialiser.pending,
+            authenticate=self.enrolment.authenticate if self.enrolment else None,
+            max_payload=self.nats.client.max_payload,
+            hub_id=self.config.platform.id,
+        )
 
-    async def _start_edge_provisioning(self) -> None:
-        """A hub does not enrol; it advertises itself in :meth:`start`."""
+    async def _start_sync_listener(self) -> None:
+        """The sync path on a port of its own, when it is not the API's."""
+        if self.sync_input is None or self._shares_api_port():
+            return
+        app = Starlette(routes=[WebSocketRoute(self.sync_path, self.sync_input.endpoint)])
+        server = await self.api.serve(
+            app,
+            port=self.sync_settings.port,
+            ssl_context=self.api.ssl_context,  # wss:// whenever the API speaks https://
+            options=_websocket_options(self.sync_settings),
+        )
+        log.info("sync: listening for edges on port %d at %s", server.port, self.sync_path)
 
-    async def _start_components(self) -> None:
-        if self.config.provisioning.enabled:
-            self._loop = asyncio.get_running_loop()
-            self.enrolment = Enrolment(
-                self.config.provisioning,
-                Identity.load_or_create(self.state_dir / "hub_key.pem"),
-                Registry(self.state_dir / "registry.db"),
-                on_revoke=self._cut_off,
-            )
-            log.info("provisioning: hub key %s", self.enrolment.identity.fingerprint)
-        await super()._start_components()
+    async def _start_advertising(self) -> None:
+        if self.enrolment is not None and self.config.provisioning.advertise:
+            self._advertiser = hub_advertiser(self, self.config.provisioning)
+            await self._advertiser.start()
 
-    def _cut_off(self, device_id: str) -> None:
-        """Called from any thread when a device is revoked or rejected."""
-        if self.sync_input is not None:
-            kick = self.sync_input.kick(device_id, "device revoked")
-            asyncio.run_coroutine_threadsafe(kick, self._loop)
+    async def _stop_advertising(self) -> None:
+        if self._advertiser is not None:
+            await self._advertiser.stop()
 
-    def auth_settings(self) -> AuthConfig:
+    def _shares_api_port(self) -> bool:
+        return self.sync_settings.port == self.config.services.service_manager.config.http_port
+
+    # ---- the API -------------------------------------------------------------------
+
+    def _auth(self) -> AuthConfig:
         """The API's auth, with the enrolment paths open: devices prove themselves by keys."""
-        auth = super().auth_settings()
+        auth = self.config.services.service_manager.config.auth
         if self.enrolment is None:
             return auth
         return msgspec.structs.replace(auth, open_paths=(*auth.open_paths, ENROL_PATH))
 
-    def component_starters(self) -> dict[str, Callable[[ComponentConfig, int], Awaitable[None]]]:
-        """The edge's component types plus ``websocket_input``."""
-        return {**super().component_starters(), "websocket_input": self._start_sync_input}
-
-    async def _start_sync_input(self, component: ComponentConfig, index: int) -> None:
-        settings: WebsocketInputConfig = component.config
-        assert self.js is not None
-        self.sync_input = SyncInput(
-            settings,
-            store=self.store,
-            write=self.write,
-            js=self.js,
-            metrics=self.metrics,
-            on_commit=self.querier.invalidate,
-            authenticate=self.enrolment.authenticate if self.enrolment else None,
-            max_payload=self.nc.max_payload if self.nc else 0,
-        )
-        await self.sync_input.ensure_stream(self.config.nats.jetstream.replicas)
-        if self._shares_api_port(settings):
-            return
-        app = Starlette(routes=[WebSocketRoute(settings.path, self.sync_input.endpoint)])
-        server = HttpServer(
-            app,
-            host=self.config.services.service_manager.config.http_host,
-            port=settings.port,
-            ssl_context=self.api_ssl,  # wss:// whenever the API speaks https://
-            options=_websocket_options(settings),
-        )
-        await server.start()
-        self._servers.append(server)
-        log.info("sync: listening for edges on port %d at %s", server.port, settings.path)
-
-    def _shares_api_port(self, settings: WebsocketInputConfig) -> bool:
-        return settings.port == self.config.services.service_manager.config.http_port
-
-    def extra_stream_bytes(self) -> int:
-        """The ``SYNC_BATCHES`` stream's byte limit."""
-        return sum(
-            int(c.config.stream_max_bytes)
-            for c in self.config.components
-            if isinstance(c.config, WebsocketInputConfig)
-        )
-
-    def http_options(self) -> dict[str, Any]:
-        """WebSocket settings for the API listener when it also serves the sync path."""
-        if self.sync_input is None or not self._shares_api_port(self.sync_input.settings):
+    def _api_http_options(self) -> dict[str, Any]:
+        if self.sync_input is None or not self._shares_api_port():
             return {}
-        return _websocket_options(self.sync_input.settings)
+        return _websocket_options(self.sync_settings)
 
     def routes(self) -> list[BaseRoute]:
-        """The edge agent's routes, ``GET /edges``, and the sync path on the API port."""
-        routes = [*super().routes(), Route("/edges", edges, methods=["GET"])]
+        """The shared graph routes (entities with provenance), the fleet views, enrolment,
+        and the sync path when it shares the API's port."""
+        routes: list[BaseRoute] = [
+            Route("/graph/entities/{entity_id}", hub_views.entity_with_provenance),
+            *SHARED_ROUTES,
+            Route("/edges", hub_views.edges, methods=["GET"]),
+            Route("/graph/types", hub_views.types, methods=["GET"]),
+            Route("/graph/shared", hub_views.shared, methods=["GET"]),
+            Route("/graph/conflicts", hub_views.conflicts, methods=["GET"]),
+        ]
         if self.enrolment is not None:
             routes += provisioning_routes()
-        if self.sync_input is not None and self._shares_api_port(self.sync_input.settings):
-            routes.append(WebSocketRoute(self.sync_input.settings.path, self.sync_input.endpoint))
+        if self.sync_input is not None and self._shares_api_port():
+            routes.append(WebSocketRoute(self.sync_path, self.sync_input.endpoint))
         return routes
 
+    def link_views(self) -> dict[str, dict[str, Any]]:
+        """This instance's sync links, by edge id."""
+        return self.sync_input.link_views() if self.sync_input else {}
+
+    async def write(self, fn: Callable[..., _T], *args: Any) -> _T:
+        """Run ``fn(*args)`` on the graph store's single writer thread."""
+        return await self.store.write(fn, *args)
+
+    async def stream_stats(self) -> dict[str, int]:
+        """What ``/graph/stats`` adds: log batches this instance has not applied yet."""
+        return {"dead_letters": 0, "stream_pending": self.materialiser.pending}
+
+    def status_line(self) -> str:
+        """A one-line summary for systemd's ``STATUS=``."""
+        links = self.sync_input.links.values() if self.sync_input else []
+        connected = sum(1 for link in links if link.connected)
+        parts = [
+            f"{connected} edges linked",
+            f"{self.materialiser.applied:,} batches applied",
+            f"{self.materialiser.pending:,} pending",
+        ]
+        if not self.nats.connected:
+            parts.append("NATS down")
+        return ", ".join(parts)
+
     async def health(self) -> dict[str, Any]:
-        """The agent's health plus how many edges are linked."""
-        report = await super().health()
+        """Per-part status; ``unhealthy`` when the store or materialiser is down,
+        ``degraded`` when NATS is away or the materialiser retries."""
+        await self.graph.check()
+        components = self.parts.health()
         if self.sync_input is not None:
             links = self.sync_input.links.values()
-            report["components"]["sync"] = {
+            components["sync"] = {
                 "status": "ok",
                 "edges": len(links),
                 "connected": sum(1 for link in links if link.connected),
             }
-        return report
+        verdicts = (components["store"]["status"], components["materialiser"]["status"])
+        if "down" in verdicts:
+            status = "unhealthy"
+        elif not self.nats.connected or verdicts[1] != "ok":
+            status = "degraded"
+        else:
+            status = "healthy"
+        return {
+            "status": status,
+            "version": __version__,
+            "id": self.config.platform.id,
+            "uptime_s": round(time.time() - self.started_at, 1),
+            "components": components,
+        }
+
+
+async def _nothing() -> None:
+    return None
+
+
+async def _retry(action: Callable[[], Any], what: str, timeout: float = 20.0) -> None:
+    """``action()`` until it succeeds (a just-started JetStream, a cluster electing)."""
+    from edge_agent.errors import NatsServerError
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            await action()
+            return
+        except Exception as exc:
+            if time.monotonic() > deadline:
+                raise NatsServerError(f"{what}: {exc}") from exc
+            await asyncio.sleep(0.25)
 
 
 def _websocket_options(settings: WebsocketInputConfig) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from cloud_hub import __version__
-from edge_agent.config import load_config
+from cloud_hub.config import load_hub_config
 from edge_agent.errors import ConfigError
 
 __all__ = ["main"]
@@ -21,7 +21,7 @@ __all__ = ["main"]
 def cmd_check_config(args: argparse.Namespace) -> int:
     """Validate a hub config file; print each problem with its key path."""
     try:
-        config = load_config(args.file)
+        config = load_hub_config(args.file)
     except ConfigError as exc:
         for problem in exc.problems:
             print(f"{args.file}: {problem}", file=sys.stderr)
@@ -36,7 +36,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from edge_agent.cli import load_or_exit, run_service
     from edge_agent.logs import setup_logging
 
-    config = load_or_exit(args.config)
+    config = load_or_exit(args.config, load_hub_config)
     setup_logging(config.logging)
     return run_service(Hub(config), "cloud-hub")
 

@@ -1,6 +1,9 @@
-"""Wiring: start the parts of the agent in order, report their health, stop them in reverse.
+"""Wiring of the edge agent: its parts, assembled in order, and what the API asks of it.
 
-This module holds no domain logic; it connects config to the capabilities.
+The agent is a blueprint (see :mod:`edge_agent.blueprint`) of the parts it shares with
+the hub (the NATS connection, the graph service, the API) and its own (ingest, the
+configured components, zero-touch provisioning). This module holds no domain logic;
+it connects config to the capabilities.
 """
 
 from __future__ import annotations
@@ -8,37 +11,34 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import ssl
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import msgspec
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from starlette.applications import Starlette
-from starlette.routing import BaseRoute, Route
 
 from edge_agent import __version__
-from edge_agent.api import build_app, views
-from edge_agent.api.nats_queries import serve_queries
 from edge_agent.api.routes import ROUTES
-from edge_agent.api.security import server_ssl_context
-from edge_agent.api.server import HttpServer
-from edge_agent.config import AuthConfig, ComponentConfig, Config
+from edge_agent.api.service import ApiService
+from edge_agent.blueprint import Blueprint
+from edge_agent.config import ComponentConfig, Config
 from edge_agent.config.runtime import change_graph_settings, runtime_values
 from edge_agent.config.schema import WebsocketOutputConfig
 from edge_agent.config.units import ByteSize
 from edge_agent.errors import NatsServerError
 from edge_agent.graph import GraphStore
 from edge_agent.graph.querier import Querier
+from edge_agent.graph.service import GraphService
 from edge_agent.ingest.dead_letters import DeadLetters
 from edge_agent.ingest.processor import GraphProcessor
 from edge_agent.ingest.publisher import EventPublisher
 from edge_agent.ingest.simulator import run_simulator
 from edge_agent.metrics import Metrics
-from edge_agent.nats.client import connect, embedded_port, ensure_streams
+from edge_agent.nats.client import ensure_streams
+from edge_agent.nats.connection import NatsConnection
 from edge_agent.nats.server import EmbeddedNatsServer
 from edge_agent.nats.subjects import DEAD_LETTER_STREAM, ENTITY_STREAM
 from edge_agent.tracing import setup_tracing, shutdown_tracing
@@ -51,12 +51,13 @@ if TYPE_CHECKING:
     from edge_agent.provision.mdns import Advertiser
     from edge_agent.sync.output import SyncOutput
 
-__all__ = ["Agent"]
+__all__ = ["Agent", "Tasks"]
 
 log = logging.getLogger(__name__)
 _STREAM_POLL_S = 2.0
 _JETSTREAM_READY_TIMEOUT_S = 20.0
 _T = TypeVar("_T")
+_P = ParamSpec("_P")
 
 
 def sync_output_settings(config: Config) -> tuple[int, WebsocketOutputConfig] | None:
@@ -67,6 +68,50 @@ def sync_output_settings(config: Config) -> tuple[int, WebsocketOutputConfig] | 
     return None
 
 
+class Tasks:
+    """The background tasks of a program's own parts: spawned, then cancelled together."""
+
+    def __init__(self) -> None:
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def spawn(self, coro: Any, name: str) -> None:
+        """Run ``coro`` as task ``name`` until :meth:`cancel`."""
+        self._tasks.append(asyncio.create_task(coro, name=name))
+
+    async def cancel(self) -> None:
+        """Cancel every task, newest first, and wait for them."""
+        for task in reversed(self._tasks):
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+
+
+class _Stage:
+    """A part of the agent that is one of its own methods (ingest, components, ...)."""
+
+    def __init__(
+        self,
+        name: str,
+        start: Callable[[], Awaitable[None]],
+        stop: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        self.name = name
+        self._start = start
+        self._stop = stop
+
+    async def start(self) -> None:
+        await self._start()
+
+    async def stop(self) -> None:
+        if self._stop is not None:
+            await self._stop()
+
+    def health(self) -> None:
+        return None
+
+
 class Agent:
     """The running edge agent.
 
@@ -74,36 +119,93 @@ class Agent:
     :attr:`http_port`.
     """
 
-    #: What the logs call this program.
-    program = "edge agent"
-
     def __init__(self, config: Config) -> None:
         self.config = config
         self.state_dir = Path(config.state_dir)
         self.metrics = Metrics(include_runtime=config.services.metrics.config.include_go_metrics)
-        self.nats_server: EmbeddedNatsServer | None = None
-        self.nc: Client | None = None
-        self.js: JetStreamContext | None = None
-        self.store: GraphStore
-        self.querier: Querier
         self.publisher: EventPublisher
         self.processor: GraphProcessor
         self.sync_output: SyncOutput | None = None
         self.provisioner: Provisioner | None = None
         self._advertiser: Advertiser | None = None
-        #: The API's TLS context (also the hub's sync listener's), once started.
-        self.api_ssl: ssl.SSLContext | None = None
-        self._tasks: list[asyncio.Task[None]] = []
-        self._servers: list[HttpServer] = []
-        self._api: HttpServer | None = None
+        self._tasks = Tasks()
         self._stream_stats = {"dead_letters": 0, "stream_pending": 0}
         self.started_at = 0.0
+        self._prepare_identity()  # may change platform.id: before the parts read it
+        self.nats: NatsConnection
+        self.graph: GraphService
+        self.api: ApiService
+        self.parts = Blueprint([])
+
+    def _assemble(self) -> Blueprint:
+        config = self.config
+        jetstream = config.nats.jetstream
+        self.nats = NatsConnection(
+            config.nats,
+            self.state_dir,
+            name=config.platform.id,
+            client_name=f"edge-agent {config.platform.id}",
+            stream_bytes=jetstream.max_bytes + jetstream.dead_letter_max_bytes,
+            on_restart=self.metrics.nats_server_restarts.inc,
+        )
+        self.nats.on_resync(self._on_resync)
+        output = sync_output_settings(config)
+        self.graph = GraphService(
+            self.state_dir / "graph.db",
+            origin=config.platform.id,
+            settings=config.graph.config,
+            metrics=self.metrics,
+            outbox=output[1].mode if output else ("state" if self.provisioner else None),
+        )
+        self.api = ApiService(
+            self,
+            config,
+            routes=lambda: list(ROUTES),
+            auth=lambda: config.services.service_manager.config.auth,
+            nats=self.nats,
+        )
+        return Blueprint(
+            [
+                self.nats,
+                self.graph,
+                _Stage("processor", self._start_ingest, self._tasks.cancel),
+                _Stage("components", self._start_components),
+                self.api,
+                _Stage("provisioning", self._start_edge_provisioning, self._stop_advertising),
+            ]
+        )
+
+    # ---- the parts, as the API and the CLI see them ------------------------------------
 
     @property
     def http_port(self) -> int:
         """The port the API listens on (resolved when configured as 0)."""
-        assert self._api is not None, "the API is not started"
-        return self._api.port
+        return self.api.port
+
+    @property
+    def store(self) -> GraphStore:
+        """The graph store."""
+        return self.graph.store
+
+    @property
+    def querier(self) -> Querier:
+        """The graph's querier."""
+        return self.graph.querier
+
+    @property
+    def nats_server(self) -> EmbeddedNatsServer | None:
+        """The embedded nats-server, when the agent runs one."""
+        return self.nats.server
+
+    @property
+    def nc(self) -> Client:
+        """The NATS client."""
+        return self.nats.client
+
+    @property
+    def js(self) -> JetStreamContext:
+        """JetStream on the NATS client."""
+        return self.nats.jetstream
 
     # ---- lifecycle -----------------------------------------------------------------
 
@@ -114,57 +216,32 @@ class Agent:
             SemStreamsError: a part could not start; the message says which.
             OSError: the HTTP port could not be bound.
         """
-        # Before anything starts, so a bad certificate fails fast and leaves nothing behind.
-        tls = self.config.services.service_manager.config.tls
-        self.api_ssl = api_ssl = server_ssl_context(tls) if tls and tls.cert_file else None
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._prepare_identity()
+        self.parts = self._assemble()  # a bad API certificate fails here, before anything
         setup_tracing(self.config.telemetry, service=f"semstreams-edge {self.config.platform.id}")
-        nats_config = self.config.nats
+        await self.parts.start()
+        self.started_at = time.time()
+        log.info(
+            "edge agent %s up: id=%s nats=%s api=%s://%s:%d",
+            __version__,
+            self.config.platform.id,
+            ",".join(self.nats.urls),
+            self.api.scheme,
+            self.config.services.service_manager.config.http_host,
+            self.http_port,
+        )
+
+    async def stop(self) -> None:
+        """Stop everything in reverse order; safe to call after a failed start."""
+        await self.parts.stop()
+        shutdown_tracing()
+        log.info("edge agent stopped")
+
+    # ---- ingest: JetStream streams, the publisher, the graph processor ------------------
+
+    async def _start_ingest(self) -> None:
+        await _ensure_streams(self.js, self.config)
         graph = self.config.graph.config
-        urls = list(nats_config.urls)
-        port = await embedded_port(nats_config)
-        if port is not None:
-            self.nats_server = EmbeddedNatsServer(
-                self.state_dir,
-                port=port,
-                # Headroom over the streams' own limits, which are what bound the disk use:
-                # the server refuses a stream whose reservation does not fit.
-                max_file_store=2
-                * (
-                    nats_config.jetstream.max_bytes
-                    + nats_config.jetstream.dead_letter_max_bytes
-                    + self.extra_stream_bytes()
-                ),
-                name=self.config.platform.id,
-                on_restart=self.metrics.nats_server_restarts.inc,
-            )
-            await self.nats_server.start()
-            urls = [self.nats_server.url]
-        self.nc = await connect(
-            nats_config,
-            urls,
-            name=f"edge-agent {self.config.platform.id}",
-            on_resync=self._on_resync,
-        )
-        self.js = self.nc.jetstream()
-        await self._ensure_streams()
-        output = sync_output_settings(self.config)
-        self.store = GraphStore(
-            self.state_dir / "graph.db",
-            origin=self.config.platform.id,
-            indexes=graph.indexer.indexes,
-            edge_batch_size=graph.data_manager.edge_batch_size,
-            outbox=output[1].mode if output else ("state" if self.provisioner else None),
-        )
-        querier_config = graph.querier
-        self.querier = Querier(
-            self.store,
-            indexes=graph.indexer.indexes,
-            metrics=self.metrics,
-            cache_enabled=querier_config.cache_enabled,
-            max_cache_size=querier_config.max_cache_size,
-        )
         dead_letters = DeadLetters(self.js, self.metrics)
         self.publisher = EventPublisher(
             self.js, dead_letters, self.metrics, max_event_bytes=graph.max_event_bytes
@@ -179,49 +256,23 @@ class Agent:
             owns_stream=self.nats_server is not None,
             on_commit=self._committed,
         )
-        self._spawn(self.processor.run(), "graph-processor")
+        self._tasks.spawn(self.processor.run(), "graph-processor")
         try:
             await asyncio.wait_for(self.processor.bound.wait(), _JETSTREAM_READY_TIMEOUT_S)
         except TimeoutError as exc:
             cause = self.processor.status.last_error or "no answer from JetStream"
             raise NatsServerError(f"graph consumer not ready: {cause}") from exc
-        self._spawn(self._watch_stream(), "stream-watch")
-        await serve_queries(self.nc, self.querier)
-        await self._start_components()
-        await self._start_http(api_ssl)
-        await self._start_edge_provisioning()
-        self.started_at = time.time()
-        log.info(
-            "%s %s up: id=%s nats=%s api=%s://%s:%d",
-            self.program,
-            __version__,
-            self.config.platform.id,
-            ",".join(urls),
-            "https" if api_ssl else "http",
-            self.config.services.service_manager.config.http_host,
-            self.http_port,
-        )
+        self._tasks.spawn(self._watch_stream(), "stream-watch")
 
-    async def stop(self) -> None:
-        """Stop everything in reverse order; safe to call after a failed start."""
-        if self._advertiser is not None:
-            await self._advertiser.stop()
-        for server in reversed(self._servers):
-            await server.stop()
-        for task in reversed(self._tasks):
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        if self.nc is not None:
-            with contextlib.suppress(Exception):
-                await self.nc.close()
-        if self.nats_server is not None:
-            await self.nats_server.stop()
-        if hasattr(self, "store"):
-            self.store.close()
-        shutdown_tracing()
-        log.info("%s stopped", self.program)
+    def _committed(self, touched: frozenset[str]) -> None:
+        """On the writer thread, after each commit: stale cache out, the sync link woken."""
+        self.graph.committed(touched)
+        if self.sync_output is not None:
+            self.sync_output.notify()
+
+    def _on_resync(self) -> None:
+        if hasattr(self, "processor"):
+            self.processor.request_rebind()
 
     # ---- zero-touch provisioning (edge) ------------------------------------------------
 
@@ -233,6 +284,7 @@ class Agent:
         from edge_agent.provision.client import Provisioner, device_id_for
         from edge_agent.provision.identity import Identity
 
+        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         identity = Identity.load_or_create(self.state_dir / "device_key.pem")
         device_id = device_id_for(settings, self.config.platform.id, identity)
         platform = msgspec.structs.replace(self.config.platform, id=device_id)
@@ -262,7 +314,11 @@ class Agent:
             )
             await self._advertiser.start()
         if sync_output_settings(self.config) is None:
-            self._spawn(self._enrol_and_sync(self.provisioner), "provisioning")
+            self._tasks.spawn(self._enrol_and_sync(self.provisioner), "provisioning")
+
+    async def _stop_advertising(self) -> None:
+        if self._advertiser is not None:
+            await self._advertiser.stop()
 
     async def _enrol_and_sync(self, provisioner: Provisioner) -> None:
         from edge_agent.provision.client import ProvisionError
@@ -286,46 +342,22 @@ class Agent:
             sync_output.set_token(enrolment.credential)
             log.info("provisioning: credential renewed until %s", enrolment.expires_at)
 
-    def _committed(self, touched: frozenset[str]) -> None:
-        """On the writer thread, after each commit: stale cache out, the sync link woken."""
-        self.querier.invalidate(touched)
-        if self.sync_output is not None:
-            self.sync_output.notify()
-
-    def _on_resync(self) -> None:
-        if hasattr(self, "processor"):
-            self.processor.request_rebind()
-
-    def _spawn(self, coro: Any, name: str) -> None:
-        self._tasks.append(asyncio.create_task(coro, name=name))
-
-    async def _ensure_streams(self) -> None:
-        assert self.js is not None
-        deadline = time.monotonic() + _JETSTREAM_READY_TIMEOUT_S
-        while True:
-            try:
-                await ensure_streams(self.js, self.config.nats.jetstream)
-                return
-            except Exception as exc:
-                if time.monotonic() > deadline:
-                    raise NatsServerError(f"JetStream not available: {exc}") from exc
-                await asyncio.sleep(0.25)
+    # ---- components ----------------------------------------------------------------
 
     async def _start_components(self) -> None:
-        starters = self.component_starters()
+        starters = self._component_starters()
         for index, component in enumerate(self.config.components):
             starter = starters.get(component.type)
             if starter is None:
                 log.warning(
-                    "component %s: type %s is not run by this program",
+                    "component %s: type %s is not run by the edge agent",
                     component.id,
                     component.type,
                 )
                 continue
             await starter(component, index)
 
-    def component_starters(self) -> dict[str, Callable[[ComponentConfig, int], Awaitable[None]]]:
-        """Each component type this program runs, with what starts it."""
+    def _component_starters(self) -> dict[str, Callable[[ComponentConfig, int], Awaitable[None]]]:
         return {
             "simulator": self._start_simulator,
             "websocket_output": self._start_sync_output,
@@ -334,14 +366,16 @@ class Agent:
         }
 
     async def _start_simulator(self, component: ComponentConfig, index: int) -> None:
-        self._spawn(run_simulator(component.config, self.publisher), f"component {component.id}")
+        self._tasks.spawn(
+            run_simulator(component.config, self.publisher), f"component {component.id}"
+        )
 
     async def _start_gpio_input(self, component: ComponentConfig, index: int) -> None:
         from edge_agent.ingest.gpio import GpioInput
 
         gpio = GpioInput(component.config, self.publisher, where=f"components[{index}]")
         await gpio.open()  # a device that can't be opened fails the start, named
-        self._spawn(gpio.run(), f"component {component.id}")
+        self._tasks.spawn(gpio.run(), f"component {component.id}")
 
     async def _start_system_telemetry(self, component: ComponentConfig, index: int) -> None:
         from edge_agent.ingest.telemetry import SystemSampler, run_system_telemetry
@@ -352,7 +386,7 @@ class Agent:
             backlog=self.store.sync_backlog if self.store.outbox else None,
         )
         entity_id = component.config.entity_id or self.config.platform.id
-        self._spawn(
+        self._tasks.spawn(
             run_system_telemetry(component.config, self.publisher, sampler, entity_id=entity_id),
             f"component {component.id}",
         )
@@ -377,56 +411,14 @@ class Agent:
             write=self.write,
             metrics=self.metrics,
         )
-        self._spawn(self.sync_output.run(), name)
+        self._tasks.spawn(self.sync_output.run(), name)
         return self.sync_output
-
-    async def _start_http(self, ssl_context: ssl.SSLContext | None) -> None:
-        service = self.config.services.service_manager.config
-        app = build_app(
-            self,
-            routes=self.routes(),
-            auth=self.auth_settings(),
-            rate_limit=self.config.api_gateway.config.rate_limit,
-        )
-        api = HttpServer(
-            app,
-            host=service.http_host,
-            port=service.http_port,
-            ssl_context=ssl_context,
-            options=self.http_options(),
-        )
-        await api.start()
-        self._servers.append(api)
-        self._api = api
-        metrics = self.config.services.metrics
-        if metrics.enabled:
-            app = Starlette(routes=[Route(metrics.config.path, views.metrics, methods=["GET"])])
-            app.state.agent = self
-            server = HttpServer(app, host=service.http_host, port=metrics.config.port)
-            await server.start()
-            self._servers.append(server)
-
-    def auth_settings(self) -> AuthConfig:
-        """The API's bearer auth (the hub opens its enrolment paths to devices)."""
-        return self.config.services.service_manager.config.auth
-
-    def extra_stream_bytes(self) -> int:
-        """Bytes of JetStream streams beyond the agent's own (the hub's sync stream)."""
-        return 0
-
-    def http_options(self) -> dict[str, Any]:
-        """Extra uvicorn settings for the API listener (the hub adds WebSocket ones)."""
-        return {}
-
-    def routes(self) -> list[BaseRoute]:
-        """The HTTP routes this program serves."""
-        return list(ROUTES)
 
     # ---- administration ------------------------------------------------------------
 
-    async def write(self, fn: Callable[..., _T], *args: Any) -> _T:
-        """Run ``fn(*args)`` on the graph's single writer thread."""
-        return await self.processor.run_on_writer(fn, *args)
+    async def write(self, fn: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        """Run ``fn(*args)`` on the graph store's single writer thread."""
+        return await self.store.write(fn, *args, **kwargs)
 
     def runtime_settings(self) -> dict[str, Any]:
         """The settings ``POST /admin/config`` can change, with their values."""
@@ -455,7 +447,6 @@ class Agent:
             await asyncio.sleep(_STREAM_POLL_S)
 
     async def _refresh_stream_stats(self) -> dict[str, int]:
-        assert self.js is not None
         consumer = await self.js.consumer_info(ENTITY_STREAM, self.processor.consumer, timeout=1)
         dead = await self.js.stream_info(DEAD_LETTER_STREAM)
         pending = int(consumer.num_pending or 0) + int(consumer.num_ack_pending or 0)
@@ -479,7 +470,7 @@ class Agent:
         applied = self.metrics.registry.get_sample_value("semstreams_messages_processed_total")
         pending = self._stream_stats["stream_pending"]
         parts = [f"{int(applied or 0):,} events applied", f"{pending:,} pending"]
-        if self.nc is None or not self.nc.is_connected:
+        if not self.nats.connected:
             parts.append("NATS down")
         if not self.processor.status.running:
             parts.append("processor down")
@@ -492,28 +483,22 @@ class Agent:
             parts.append(f"provisioning: {self.provisioner.status}")
         return ", ".join(parts)
 
+    def _processor_health(self) -> dict[str, Any]:
+        status = self.processor.status
+        verdict = "ok" if status.running else "down"
+        if verdict == "ok" and status.last_error:
+            verdict = "retrying"
+        return {"status": verdict, "batches": status.batches, "last_error": status.last_error}
+
     async def health(self) -> dict[str, Any]:
         """Per-component status and the overall verdict.
 
         ``unhealthy`` (503) when the store or the processor is down; ``degraded`` when
         NATS is unreachable or the processor is retrying; else ``healthy``.
         """
-        nats_ok = self.nc is not None and self.nc.is_connected
-        server = self.nats_server
-        components: dict[str, dict[str, Any]] = {
-            "nats": {
-                "status": "ok" if nats_ok else "down",
-                "embedded": server is not None,
-                "server_running": server.running if server else None,
-                "server_restarts": server.restarts if server else 0,
-            },
-            "store": {"status": "ok" if await asyncio.to_thread(self._store_ok) else "down"},
-            "processor": {
-                "status": "ok" if self.processor.status.running else "down",
-                "batches": self.processor.status.batches,
-                "last_error": self.processor.status.last_error,
-            },
-        }
+        await self.graph.check()
+        components = self.parts.health()
+        components["processor"] = self._processor_health()
         if self.provisioner is not None:
             components["provisioning"] = {
                 "status": self.provisioner.status,
@@ -523,11 +508,9 @@ class Agent:
         if self.sync_output is not None:
             # Informational: an edge offline for days is normal operation, not ill health.
             components["sync"] = self.sync_output.status()
-        if components["processor"]["status"] == "ok" and self.processor.status.last_error:
-            components["processor"]["status"] = "retrying"
         if "down" in (components["store"]["status"], components["processor"]["status"]):
             status = "unhealthy"
-        elif not nats_ok or components["processor"]["status"] != "ok":
+        elif not self.nats.connected or components["processor"]["status"] != "ok":
             status = "degraded"
         else:
             status = "healthy"
@@ -539,10 +522,15 @@ class Agent:
             "components": components,
         }
 
-    def _store_ok(self) -> bool:
+
+async def _ensure_streams(js: JetStreamContext, config: Config) -> None:
+    """The agent's streams, retried while a just-started JetStream finds its feet."""
+    deadline = time.monotonic() + _JETSTREAM_READY_TIMEOUT_S
+    while True:
         try:
-            with self.store.reader() as db:
-                db.execute("SELECT 1 FROM entities LIMIT 1").fetchall()
-        except Exception:
-            return False
-        return True
+            await ensure_streams(js, config.nats.jetstream)
+            return
+        except Exception as exc:
+            if time.monotonic() > deadline:
+                raise NatsServerError(f"JetStream not available: {exc}") from exc
+            await asyncio.sleep(0.25)

@@ -13,7 +13,7 @@ import ssl
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -30,10 +30,11 @@ EXIT_CONFIG = 2
 EXIT_REFUSED = 3
 
 
-def load_or_exit(path: str | None) -> Config:
-    """The config at ``path``; on problems, print each with its key and exit 2."""
+def load_or_exit(path: str | None, loader: Callable[[str | None], Config] = load_config) -> Config:
+    """The config at ``path`` (read by ``loader``); on problems, print each with its key
+    and exit 2."""
     try:
-        return load_config(path)
+        return loader(path)
     except ConfigError as exc:
         where = path or "(defaults)"
         for problem in exc.problems:

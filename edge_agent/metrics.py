@@ -165,7 +165,7 @@ class Metrics:
         )
         self.sync_deltas = Counter(
             "semstreams_sync_deltas",
-            "Entity deltas by outcome: sent (edge); applied, stale, conflict (hub).",
+            "Entity deltas by outcome: sent (edge); applied (hub).",
             ["outcome"],
             registry=registry,
         )

@@ -10,13 +10,14 @@ from __future__ import annotations
 import hmac
 import secrets
 import sqlite3
-import threading
 from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
 
 from edge_agent.errors import AuthError
+from edge_agent.graph.database import Database
+from edge_agent.graph.migrations import Migration
 from edge_agent.provision.identity import claim_key
 from edge_agent.provision.messages import EnrolRequest
 
@@ -24,7 +25,8 @@ __all__ = ["ClaimError", "Device", "Registry", "Status", "split_claim_token"]
 
 Status = Literal["pending", "approved", "rejected", "revoked"]
 
-_SCHEMA = """
+# IF NOT EXISTS: registries made before migrations were recorded already hold them.
+_R001_INITIAL = """
 CREATE TABLE IF NOT EXISTS devices (
     id TEXT PRIMARY KEY,
     public_key TEXT NOT NULL,
@@ -45,6 +47,9 @@ CREATE TABLE IF NOT EXISTS claim_tokens (
     used_by TEXT
 );
 """
+
+#: The registry's schema, as named migrations (the graph store's machinery).
+REGISTRY_MIGRATIONS: list[Migration] = [("registry_001_initial", _R001_INITIAL)]
 
 
 class ClaimError(AuthError):
@@ -82,15 +87,14 @@ def split_claim_token(token: str) -> tuple[str, str]:
 
 
 class Registry:
-    """Devices and claim tokens; safe to call from any thread (one lock, short writes)."""
+    """Devices and claim tokens; safe to call from any thread (writers take turns).
+
+    Raises:
+        GraphError: the file cannot be opened, or SQLite refused a write.
+    """
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode = WAL")
-        self._db.execute("PRAGMA synchronous = FULL")
-        self._db.executescript(_SCHEMA)
-        self._lock = threading.Lock()
+        self._db = Database(path, REGISTRY_MIGRATIONS, what="device registry")
 
     def close(self) -> None:
         """Close the database."""
@@ -102,11 +106,12 @@ class Registry:
         """A new single-use token for ``group``; (token, expiry in epoch seconds)."""
         token_id, secret = secrets.token_hex(6), secrets.token_urlsafe(24)
         expires = int(now + ttl_s)
-        with self._lock:
-            self._db.execute(
+        self._db.transaction(
+            lambda db: db.execute(
                 "INSERT INTO claim_tokens VALUES (?, ?, ?, ?, NULL, NULL)",
                 (token_id, claim_key(secret), group, expires),
             )
+        )
         return f"ct_{token_id}.{secret}", expires
 
     def claim_key(self, token_id: str) -> str | None:
@@ -115,25 +120,11 @@ class Registry:
         Used and expired tokens too: the hub proves it issued them, then refuses them at
         enrolment with the reason (409 used, 401 expired).
         """
-        with self._lock:
-            row = self._db.execute(
+        with self._db.reader() as db:
+            row = db.execute(
                 "SELECT secret_hash FROM claim_tokens WHERE id = ?", (token_id,)
             ).fetchone()
         return str(row[0]) if row else None
-
-    def _check_claim(self, token: str, now: float) -> tuple[str, str]:
-        token_id, secret = split_claim_token(token)
-        row = self._db.execute(
-            "SELECT secret_hash, device_group, expires_at, used_at FROM claim_tokens WHERE id = ?",
-            (token_id,),
-        ).fetchone()
-        if row is None or not hmac.compare_digest(row[0], claim_key(secret)):
-            raise ClaimError("unknown claim token", 401)
-        if row[3] is not None:
-            raise ClaimError("claim token already used", 409)
-        if row[2] <= now:
-            raise ClaimError("claim token expired", 401)
-        return token_id, row[1]
 
     # ---- devices -----------------------------------------------------------------------
 
@@ -147,73 +138,85 @@ class Registry:
             ClaimError: the claim token is unknown, used or expired; or the id is taken by
                 another key (409).
         """
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                device = self._enrol(request, fingerprint, now)
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-        return device
-
-    def _enrol(self, request: EnrolRequest, fingerprint: str, now: float) -> Device:
-        device_id, claim_token = request.device_id, request.claim_token
-        known = self._get(device_id)
-        if known is not None and known.public_key != request.public_key:
-            raise ClaimError(f"device id {device_id!r} is enrolled with another key", 409)
-        if known is not None and (known.status != "pending" or not claim_token):
-            return known
-        status: Status = "pending"
-        group = ""
-        if claim_token:
-            token_id, group = self._check_claim(claim_token, now)
-            self._db.execute(
-                "UPDATE claim_tokens SET used_at = ?, used_by = ? WHERE id = ?",
-                (int(now), device_id, token_id),
-            )
-            status = "approved"
-        self._db.execute(
-            "INSERT OR REPLACE INTO devices VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                device_id,
-                request.public_key,
-                fingerprint,
-                request.hostname,
-                msgspec.json.encode(request.hardware).decode(),
-                status,
-                group,
-                known.enrolled_at if known else int(now),
-                int(now),
-            ),
-        )
-        device = self._get(device_id)
-        assert device is not None
-        return device
+        return self._db.transaction(_enrol, request, fingerprint, now)
 
     def set_status(self, device_id: str, status: Status, now: float) -> Device | None:
         """Approve, reject or revoke a device; ``None`` when it is unknown."""
-        with self._lock:
-            self._db.execute(
+
+        def update(db: sqlite3.Connection) -> Device | None:
+            db.execute(
                 "UPDATE devices SET status = ?, updated_at = ? WHERE id = ?",
                 (status, int(now), device_id),
             )
-            return self._get(device_id)
+            return _get(db, device_id)
+
+        return self._db.transaction(update)
 
     def get(self, device_id: str) -> Device | None:
         """One device, or ``None``."""
-        with self._lock:
-            return self._get(device_id)
+        with self._db.reader() as db:
+            return _get(db, device_id)
 
     def devices(self) -> list[Device]:
         """Every device, by id."""
-        with self._lock:
-            rows = self._db.execute("SELECT * FROM devices ORDER BY id").fetchall()
+        with self._db.reader() as db:
+            rows = db.execute("SELECT * FROM devices ORDER BY id").fetchall()
         return [_device(row) for row in rows]
 
-    def _get(self, device_id: str) -> Device | None:
-        row = self._db.execute("SELECT * FROM devices WHERE id = ?", (device_id,)).fetchone()
-        return _device(row) if row else None
+
+def _check_claim(db: sqlite3.Connection, token: str, now: float) -> tuple[str, str]:
+    token_id, secret = split_claim_token(token)
+    row = db.execute(
+        "SELECT secret_hash, device_group, expires_at, used_at FROM claim_tokens WHERE id = ?",
+        (token_id,),
+    ).fetchone()
+    if row is None or not hmac.compare_digest(row[0], claim_key(secret)):
+        raise ClaimError("unknown claim token", 401)
+    if row[3] is not None:
+        raise ClaimError("claim token already used", 409)
+    if row[2] <= now:
+        raise ClaimError("claim token expired", 401)
+    return token_id, row[1]
+
+
+def _enrol(db: sqlite3.Connection, request: EnrolRequest, fingerprint: str, now: float) -> Device:
+    device_id, claim_token = request.device_id, request.claim_token
+    known = _get(db, device_id)
+    if known is not None and known.public_key != request.public_key:
+        raise ClaimError(f"device id {device_id!r} is enrolled with another key", 409)
+    if known is not None and (known.status != "pending" or not claim_token):
+        return known
+    status: Status = "pending"
+    group = ""
+    if claim_token:
+        token_id, group = _check_claim(db, claim_token, now)
+        db.execute(
+            "UPDATE claim_tokens SET used_at = ?, used_by = ? WHERE id = ?",
+            (int(now), device_id, token_id),
+        )
+        status = "approved"
+    db.execute(
+        "INSERT OR REPLACE INTO devices VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            device_id,
+            request.public_key,
+            fingerprint,
+            request.hostname,
+            msgspec.json.encode(request.hardware).decode(),
+            status,
+            group,
+            known.enrolled_at if known else int(now),
+            int(now),
+        ),
+    )
+    device = _get(db, device_id)
+    assert device is not None
+    return device
+
+
+def _get(db: sqlite3.Connection, device_id: str) -> Device | None:
+    row = db.execute("SELECT * FROM devices WHERE id = ?", (device_id,)).fetchone()
+    return _device(row) if row else None
 
 
 def _device(row: tuple[Any, ...]) -> Device:

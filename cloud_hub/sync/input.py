@@ -1,55 +1,50 @@
 """The ``websocket_input`` component: the hub's end of the sync link, as an ASGI endpoint.
 
-Per connection: authenticate the Hello, welcome with the edge's high-water mark, then
-for each batch in order: decode it, publish it to the ``SYNC_BATCHES`` stream with
-``<edge>:<seq>`` as the message id, apply it to the graph (the high-water mark moves in
-the same transaction), and only then ack. A batch that cannot be made durable is
-nacked, and so is every later one until the edge sends it again: batches are applied in
-``seq`` order, never around a gap. A bad frame closes that connection only.
+A thin shell around :class:`~edge_agent.sync.protocol.HubProtocol` (which decides what
+is next, what is a re-send, what lies past a gap, when to ask for slow) and the
+replicated log (:class:`~cloud_hub.sync.log.SyncLog`). Per connection: authenticate the
+Hello, welcome the edge with its resume point read from the log, then for each batch
+the protocol hands over: validate it, append it to ``SYNC_BATCHES`` with
+compare-and-set on the edge's subject, and ack once JetStream stored it (on every
+replica of an R3 stream). The graph is written by the materialiser, from the log, on
+every instance alike. A bad frame closes that connection only.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hmac
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import nats.errors
-from nats.js import JetStreamContext
-from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from edge_agent.config.schema import WebsocketInputConfig
-from edge_agent.errors import AuthError, GraphError, RemoteProtocolError
-from edge_agent.graph import GraphStore
+from cloud_hub.config import WebsocketInputConfig
+from cloud_hub.metrics import HubMetrics
+from cloud_hub.sync.log import SyncLog, WrongLastSequence
+from edge_agent.errors import AuthError, RemoteProtocolError
 from edge_agent.metrics import Metrics
 from edge_agent.sync.codec import available_encodings, decode_deltas
-from edge_agent.sync.frames import Batch, EntityDelta, Frame, Hello, encode_frame
+from edge_agent.sync.frames import Batch, Hello
 from edge_agent.sync.protocol import HubProtocol, State
 
-__all__ = ["SYNC_STREAM", "EdgeLink", "SyncInput"]
+__all__ = ["EdgeLink", "SyncInput"]
 
 log = logging.getLogger(__name__)
-SYNC_STREAM = "SYNC_BATCHES"
-_SYNC_SUBJECT = "sync.batches"
 _RETRY_AFTER_S = 2.0
-# Batches decoded ahead of the one being made durable, per connection.
-_PIPELINE_DEPTH = 4
 # Room for the JetStream message's headers next to a batch frame.
 _HEADER_ROOM = 4096
-# WebSocket close codes (RFC 6455): policy violation, protocol error, too big.
+# WebSocket close codes (RFC 6455): policy violation, protocol error.
 _CLOSE_POLICY, _CLOSE_PROTOCOL = 1008, 1002
-Writer = Callable[..., Awaitable[Any]]
 
 
 @dataclass
 class EdgeLink:
-    """What ``GET /edges`` shows about one edge."""
+    """What this instance knows of one edge's link (``GET /edges`` adds the graph's view)."""
 
     edge_id: str
     connected: bool = False
@@ -61,7 +56,7 @@ class EdgeLink:
     remote: str = ""
 
     def view(self) -> dict[str, Any]:
-        """The JSON object of this edge."""
+        """The JSON object of this link."""
         return {
             "edge_id": self.edge_id,
             "connected": self.connected,
@@ -74,29 +69,14 @@ class EdgeLink:
         }
 
 
+@dataclass
 class _Session:
-    """One edge's connection: its protocol state and its pipeline of batches.
-
-    The receiving side decodes batch N+1 while the worker makes batch N durable, so the
-    hub's decoding and its SQLite writes overlap; the worker takes batches strictly in
-    ``seq`` order and acks only ``hwm + 1``.
-    """
-
-    def __init__(self, websocket: WebSocket, proto: HubProtocol) -> None:
-        self.websocket = websocket
-        self.proto = proto
-        self.expected = 0  # the next seq the receiving side takes into the pipeline
-        self.pipeline: asyncio.Queue[tuple[Batch, list[EntityDelta]]] = asyncio.Queue(
-            _PIPELINE_DEPTH
-        )
-        self.worker: asyncio.Task[None] | None = None
-        self._send_lock = asyncio.Lock()
-
-    async def flush(self) -> None:
-        """Send every frame the protocol has queued, from either side, in order."""
-        async with self._send_lock:
-            for out in self.proto.data_to_send():
-                await self.websocket.send_bytes(out)
+    websocket: WebSocket
+    proto: HubProtocol
+    #: The stream sequence of the edge's newest batch in the log, as far as this link knows.
+    after: int = 0
+    #: Closed by this side (another instance took the edge): stop reading.
+    closed: bool = False
 
 
 def _iso(epoch: float) -> str | None:
@@ -106,70 +86,46 @@ def _iso(epoch: float) -> str | None:
 
 
 class SyncInput:
-    """Accepts edges' sync links and makes their batches durable in JetStream and the graph.
+    """Accepts edges' sync links and appends their batches to the replicated log.
 
     Args:
         settings: the component's config.
-        store: the hub's graph store.
-        write: runs a function on the store's writer thread.
-        js: JetStream on the hub's NATS.
-        metrics: the hub's metrics.
-        on_commit: called with the entities a batch touched (cache invalidation).
+        sync_log: the ``SYNC_BATCHES`` stream.
+        metrics, hub_metrics: where to count.
+        backlog: batches in the log this instance has not applied yet (for Slow).
         authenticate: checks an enrolled device's credential (raises AuthError) for
             edges not in ``settings.devices``.
         max_payload: the NATS server's largest message (0: unknown).
+        hub_id: this hub's own id, which no edge may use.
     """
 
     def __init__(
         self,
         settings: WebsocketInputConfig,
         *,
-        store: GraphStore,
-        write: Writer,
-        js: JetStreamContext,
+        sync_log: SyncLog,
         metrics: Metrics,
-        on_commit: Callable[[frozenset[str]], None],
+        hub_metrics: HubMetrics,
+        backlog: Callable[[], int],
         authenticate: Callable[[str, str, float], None] | None = None,
         max_payload: int = 0,
+        hub_id: str = "",
     ) -> None:
         self.settings = settings
-        self._store = store
-        self._write = write
-        self._js = js
+        self._log = sync_log
         self._metrics = metrics
-        self._on_commit = on_commit
+        self._hub = hub_metrics
+        self._backlog = backlog
         self._authenticate = authenticate
         self._max_payload = max_payload
+        self._hub_id = hub_id
         self._encodings = available_encodings()
-        self._waiting = 0
         self._sockets: dict[str, WebSocket] = {}
         self.links: dict[str, EdgeLink] = {edge: EdgeLink(edge) for edge in settings.devices}
 
-    async def ensure_stream(self, replicas: int = 1) -> None:
-        """Create or update ``SYNC_BATCHES``: every batch the hub took, deduplicated by id."""
-        config = StreamConfig(
-            name=SYNC_STREAM,
-            subjects=[f"{_SYNC_SUBJECT}.>"],
-            retention=RetentionPolicy.LIMITS,
-            storage=StorageType.FILE,
-            discard=DiscardPolicy.OLD,
-            max_bytes=self.settings.stream_max_bytes,
-            max_msg_size=self.settings.max_frame_bytes,
-            duplicate_window=120.0,
-            num_replicas=replicas,
-        )
-        try:
-            await self._js.add_stream(config)
-        except nats.js.errors.BadRequestError:
-            await self._js.update_stream(config)
-
-    def edges(self) -> list[dict[str, Any]]:
-        """Every edge configured or heard from, with its link's state."""
-        for edge_id, (seq, at_ms) in self._store.sync_edges().items():
-            link = self.links.setdefault(edge_id, EdgeLink(edge_id))
-            link.hwm = max(link.hwm, seq)
-            link.last_seen = max(link.last_seen, at_ms / 1000)
-        return [self.links[e].view() for e in sorted(self.links)]
+    def link_views(self) -> dict[str, dict[str, Any]]:
+        """Every edge configured or linked to this instance, by id."""
+        return {edge: link.view() for edge, link in self.links.items()}
 
     # ---- one connection -------------------------------------------------------------
 
@@ -177,7 +133,9 @@ class SyncInput:
         """The ASGI WebSocket endpoint at ``settings.path``."""
         await websocket.accept()
         proto = HubProtocol(
-            encodings=self._encodings, max_frame_bytes=int(self.settings.max_frame_bytes)
+            encodings=self._encodings,
+            max_frame_bytes=int(self.settings.max_frame_bytes),
+            retry_after=_RETRY_AFTER_S,
         )
         session = _Session(websocket, proto)
         try:
@@ -189,14 +147,11 @@ class SyncInput:
         except WebSocketDisconnect:
             pass
         finally:
-            if session.worker is not None:
-                session.worker.cancel()
-            self._waiting -= session.pipeline.qsize()  # never to be made durable here
             self._disconnected(proto.edge_id, websocket)
 
     async def _serve(self, session: _Session) -> None:
         websocket, proto = session.websocket, session.proto
-        while True:
+        while proto.state != State.CLOSED:
             message = await websocket.receive()
             if message["type"] == "websocket.disconnect":
                 return
@@ -206,20 +161,24 @@ class SyncInput:
             self._metrics.sync_bytes_received.labels("wire").inc(len(data))
             proto.receive_data(data)
             for frame in proto.events_received():
-                await self._handle(session, frame, len(data))
-            await session.flush()
-            if proto.state == State.CLOSED:
-                await _close(websocket, _CLOSE_POLICY, "refused")
+                if isinstance(frame, Hello):
+                    await self._hello(session, frame)
+                elif isinstance(frame, Batch):
+                    await self._take(session, frame, data)
+            self._count_answers(proto)
+            if session.closed:
                 return
+            for out in proto.data_to_send():
+                await websocket.send_bytes(out)
+        await _close(websocket, _CLOSE_POLICY, "refused")
 
-    async def _handle(self, session: _Session, frame: Frame, size: int) -> None:
-        if isinstance(frame, Hello):
-            await self._hello(session, frame)
-        elif isinstance(frame, Batch):
-            link = self.links[session.proto.edge_id]
-            link.bytes_received += size
-            link.last_seen = time.time()
-            await self._take(session, frame)
+    def _count_answers(self, proto: HubProtocol) -> None:
+        if proto.duplicates:
+            self._metrics.sync_batches.labels("duplicate").inc(proto.duplicates)
+            proto.duplicates = 0
+        if proto.gaps:
+            self._metrics.sync_nacks.labels("out of order").inc(proto.gaps)
+            proto.gaps = 0
 
     async def _hello(self, session: _Session, hello: Hello) -> None:
         websocket, proto = session.websocket, session.proto
@@ -232,18 +191,19 @@ class SyncInput:
             proto.refuse(reason)
             return
         edge_id = hello.edge_id
-        stored = await asyncio.to_thread(self._store.sync_hwm, edge_id)
-        # An edge the hub never heard from resumes where it says it is; so does one the
-        # hub has forgotten part of (its graph restored from a backup): what the edge
-        # says the hub acked is gone either way, and waiting for it would stall forever.
-        known = max(stored or 0, hello.acked_seq)
-        if stored is not None and known > stored:
+        last = await self._log.last(edge_id)
+        session.after = last.stream_seq
+        # An edge the log never heard from resumes where it says it is; so does one the
+        # log has forgotten part of (aged out by its byte limit): what the edge says the
+        # hub acked is gone either way, and waiting for it would stall forever.
+        known = max(last.seq, hello.acked_seq)
+        if known > last.seq and last.seq:
             log.warning(
-                "sync: edge %s had batches up to %d acked, this hub remembers %d:"
-                " resuming after %d (the hub's graph was restored from an older copy?)",
+                "sync: edge %s had batches up to %d acked, the log holds up to %d:"
+                " resuming after %d",
                 edge_id,
                 known,
-                stored,
+                last.seq,
                 known,
             )
         previous = self._sockets.get(edge_id)
@@ -259,8 +219,6 @@ class SyncInput:
             "sync: edge %s linked from %s, resuming after batch %d", edge_id, link.remote, known
         )
         proto.accept(known, max_batch_bytes=self._max_batch_bytes())
-        session.expected = known + 1
-        session.worker = asyncio.create_task(self._work(session, link), name=f"sync {edge_id}")
 
     def _max_batch_bytes(self) -> int:
         """The largest batch frame this hub can store: its frame limit, and JetStream's
@@ -270,6 +228,8 @@ class SyncInput:
         return min(int(self.settings.max_frame_bytes), self._max_payload - _HEADER_ROOM)
 
     def _refusal(self, hello: Hello) -> str:
+        if not hello.edge_id or hello.edge_id == self._hub_id:
+            return f"edge id {hello.edge_id!r} is not allowed"
         device = self.settings.devices.get(hello.edge_id)
         if device is not None:
             matches = hmac.compare_digest(device.token.encode(), hello.token.encode())
@@ -289,80 +249,68 @@ class SyncInput:
             log.warning("sync: closing the link of %s: %s", edge_id, reason)
             await _close(websocket, _CLOSE_POLICY, reason)
 
-    async def _take(self, session: _Session, batch: Batch) -> None:
-        """The receiving side: ack a re-send, nack a gap, else decode into the pipeline."""
+    async def _take(self, session: _Session, batch: Batch, frame: bytes) -> None:
+        """Validate the next batch, append it to the log, ack it; or nack it."""
         proto, seq = session.proto, batch.seq
-        if proto.is_duplicate(batch):
-            self._metrics.sync_batches.labels("duplicate").inc()
-            proto.ack(seq)
+        if not proto.ready(seq):
             return
-        if seq != session.expected:
-            self._nack(proto, seq, f"out of order: expected batch {session.expected}")
-            return
+        link = self.links[proto.edge_id]
+        link.bytes_received += len(frame)
+        link.last_seen = now = time.time()
         deltas = decode_deltas(
             batch.payload, batch.encoding, max_bytes=self.settings.max_batch_bytes
         )
         self._metrics.sync_batches.labels("received").inc()
-        session.expected += 1
-        await session.pipeline.put((batch, deltas))
-        self._waiting += 1  # counted once queued: a put cut short by a close leaks nothing
-        if self._waiting > self.settings.slow_threshold:
-            proto.slow(window=1)
-
-    async def _work(self, session: _Session, link: EdgeLink) -> None:
-        """The worker: make each batch durable in order, then ack it; after a failure,
-        nack what follows until the edge sends from the failed one again."""
-        proto = session.proto
-        while True:
-            batch, deltas = await session.pipeline.get()
-            try:
-                if batch.seq != proto.hwm + 1:  # behind a batch that just failed
-                    self._nack(proto, batch.seq, f"out of order: expected batch {proto.hwm + 1}")
-                elif not await self._make_durable(proto, batch, deltas, link):
-                    session.expected = batch.seq
-            finally:
-                self._waiting -= 1
-            await session.flush()
-
-    async def _make_durable(
-        self, proto: HubProtocol, batch: Batch, deltas: list[EntityDelta], link: EdgeLink
-    ) -> bool:
-        """Publish to SYNC_BATCHES, apply to the graph, ack; or nack. Whether it took."""
-        edge_id, seq = proto.edge_id, batch.seq
-        try:
-            await self._js.publish(
-                f"{_SYNC_SUBJECT}.{edge_id}",
-                encode_frame(batch),
-                stream=SYNC_STREAM,
-                headers={"Nats-Msg-Id": f"{edge_id}:{seq}"},
-            )
-            now = time.time()
-            result = await self._write(
-                self._store.apply_deltas, edge_id, seq, deltas, int(now * 1000)
-            )
-        except (nats.errors.Error, TimeoutError, GraphError) as exc:
-            self._nack(proto, seq, f"not durable: {exc or type(exc).__name__}")
-            return False
+        if not await self._append(session, batch, frame, now):
+            return
         proto.ack(seq)
-        self._on_commit(result.touched)
         self._metrics.sync_acks.inc()
-        for outcome, count in (
-            ("applied", result.applied),
-            ("stale", result.stale),
-            ("conflict", result.conflicts),
-        ):
-            if count:
-                self._metrics.sync_deltas.labels(outcome).inc(count)
         link.hwm, link.batches = seq, link.batches + 1
-        if result.newest_ms:
-            link.lag_seconds = max(0.0, now - result.newest_ms / 1000)
-            self._metrics.sync_lag.labels(edge_id).set(link.lag_seconds)
-        return True
+        newest = max((d.updated_at for d in deltas), default=0)
+        if newest:
+            link.lag_seconds = max(0.0, now - newest / 1000)
+            self._metrics.sync_lag.labels(proto.edge_id).set(link.lag_seconds)
+        proto.backlog(self._backlog(), self.settings.slow_threshold)
+
+    async def _append(self, session: _Session, batch: Batch, frame: bytes, now: float) -> bool:
+        """Append to the log; whether it is there (stored now, or already, by anyone)."""
+        proto, edge_id = session.proto, session.proto.edge_id
+        received_ms = int(now * 1000)
+        try:
+            session.after = await self._log.append(
+                edge_id,
+                batch.seq,
+                frame,
+                after=session.after,
+                received_ms=received_ms,
+                ceiling_ms=received_ms + int(self.settings.max_clock_skew * 1000),
+            )
+            self._hub.log_appends.labels("stored").inc()
+            return True
+        except WrongLastSequence:
+            return await self._raced(session, batch.seq)
+        except (nats.errors.Error, TimeoutError) as exc:
+            self._hub.log_appends.labels("failed").inc()
+            self._nack(proto, batch.seq, f"not durable: {exc or type(exc).__name__}")
+            return False
+
+    async def _raced(self, session: _Session, seq: int) -> bool:
+        """The log moved since this link looked: stored by an earlier try of ours (its
+        ack lost), or another instance now holds this edge's link."""
+        self._hub.log_appends.labels("raced").inc()
+        last = await self._log.last(session.proto.edge_id)
+        session.after = last.stream_seq
+        if last.seq >= seq:
+            return True
+        self._nack(session.proto, seq, "not durable: another hub instance took this edge")
+        session.closed = True
+        await _close(session.websocket, _CLOSE_POLICY, "another hub instance took this edge")
+        return False
 
     def _nack(self, proto: HubProtocol, seq: int, reason: str) -> None:
         self._metrics.sync_nacks.labels(reason.split(":", maxsplit=1)[0]).inc()
         log.info("sync: nack batch %d of %s: %s", seq, proto.edge_id, reason)
-        proto.nack(seq, reason, retry_after=_RETRY_AFTER_S)
+        proto.nack(seq, reason)
 
     def _count_connected(self) -> None:
         self._metrics.sync_connected.set(sum(1 for link in self.links.values() if link.connected))

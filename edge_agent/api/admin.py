@@ -16,7 +16,7 @@ from starlette.concurrency import iterate_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from edge_agent.api.views import AgentServices, agent_of, error, json_response
+from edge_agent.api.views import AgentServices, agent_of, error, json_response, service_of
 from edge_agent.errors import ConfigError, EventError
 from edge_agent.graph.records import EntityRecord, export_records
 from edge_agent.model import check_id
@@ -43,7 +43,7 @@ async def admin_export(request: Request) -> Response:
         spec = msgspec.json.decode(await request.body() or b"{}", type=ExportRequest)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
         return error(400, f"bad export request: {exc}")
-    store = agent_of(request).store
+    store = service_of(request).store
 
     def lines() -> Iterator[bytes]:
         with store.snapshot() as db:

@@ -10,12 +10,13 @@ from starlette.routing import BaseRoute, Route
 from edge_agent.api import admin, views
 from edge_agent.api.openapi import openapi
 from edge_agent.api.security import security_middleware
-from edge_agent.api.views import AgentServices
+from edge_agent.api.views import ServiceCore
 from edge_agent.config import AuthConfig, RateLimitConfig
 
-__all__ = ["ROUTES", "build_app"]
+__all__ = ["ROUTES", "SHARED_ROUTES", "build_app"]
 
-ROUTES = [
+#: What both the edge agent and the hub serve.
+SHARED_ROUTES = [
     Route("/health", views.health, methods=["GET"]),
     Route("/openapi.json", openapi, methods=["GET"]),
     Route("/metrics", views.metrics, methods=["GET"]),
@@ -23,15 +24,21 @@ ROUTES = [
     Route("/graph/entities/{entity_id}", views.entity, methods=["GET"]),
     Route("/graph/entities/{entity_id}/relationships", views.relationships, methods=["GET"]),
     Route("/graph/query/{name}", views.query, methods=["POST"]),
-    Route("/ingest", views.ingest, methods=["POST"]),
     Route("/admin/export", admin.admin_export, methods=["POST"]),
+]
+
+#: The edge agent's routes: the shared ones, and those that write its own graph
+#: (a hub's graph is written by its materialiser only, so it serves neither).
+ROUTES = [
+    *SHARED_ROUTES,
+    Route("/ingest", views.ingest, methods=["POST"]),
     Route("/admin/import", admin.admin_import, methods=["POST"]),
     Route("/admin/config", admin.admin_config, methods=["GET", "POST"]),
 ]
 
 
 def build_app(
-    agent: AgentServices,
+    agent: ServiceCore,
     *,
     routes: Sequence[BaseRoute] = ROUTES,
     auth: AuthConfig | None = None,

@@ -17,6 +17,7 @@ from edge_agent.metrics import CONTENT_TYPE, Metrics
 
 __all__ = [
     "AgentServices",
+    "ServiceCore",
     "entity",
     "graph_stats",
     "health",
@@ -25,6 +26,7 @@ __all__ = [
     "metrics",
     "query",
     "relationships",
+    "service_of",
 ]
 
 MAX_INGEST_BYTES = 8 << 20
@@ -32,13 +34,20 @@ _encoder = msgspec.json.Encoder()
 _T = TypeVar("_T")
 
 
-class AgentServices(Protocol):
-    """What the views need from the running agent."""
+class ServiceCore(Protocol):
+    """What the views both programs serve need from the running program."""
 
-    store: GraphStore
-    querier: Querier
-    publisher: EventPublisher
     metrics: Metrics
+
+    @property
+    def store(self) -> GraphStore:
+        """The graph store."""
+        ...
+
+    @property
+    def querier(self) -> Querier:
+        """The graph's querier."""
+        ...
 
     async def health(self) -> dict[str, Any]:
         """``{"status": ..., "components": {...}}``."""
@@ -51,6 +60,12 @@ class AgentServices(Protocol):
     async def write(self, fn: Callable[..., _T], *args: Any) -> _T:
         """Run ``fn(*args)`` on the graph's single writer thread."""
         ...
+
+
+class AgentServices(ServiceCore, Protocol):
+    """What the edge agent's own views (ingest, run-time settings) need besides."""
+
+    publisher: EventPublisher
 
     def runtime_settings(self) -> dict[str, Any]:
         """The settings ``POST /admin/config`` can change, with their values."""
@@ -72,31 +87,37 @@ def error(status: int, message: str, headers: dict[str, str] | None = None) -> R
 
 
 def agent_of(request: Request) -> AgentServices:
-    """The running agent behind this request's app."""
+    """The running agent behind this request's app (a view only the edge serves)."""
     agent: AgentServices = request.app.state.agent
     return agent
 
 
+def service_of(request: Request) -> ServiceCore:
+    """The running program (agent or hub) behind this request's app."""
+    service: ServiceCore = request.app.state.agent
+    return service
+
+
 async def health(request: Request) -> Response:
     """``GET /health``: 200 when healthy or degraded, 503 when unhealthy."""
-    report = await agent_of(request).health()
+    report = await service_of(request).health()
     return json_response(report, 503 if report["status"] == "unhealthy" else 200)
 
 
 async def metrics(request: Request) -> Response:
     """``GET /metrics``: Prometheus text format."""
-    return Response(agent_of(request).metrics.exposition(), media_type=CONTENT_TYPE)
+    return Response(service_of(request).metrics.exposition(), media_type=CONTENT_TYPE)
 
 
 async def graph_stats(request: Request) -> Response:
     """``GET /graph/stats``: graph counts plus JetStream backlog and dead letters."""
-    agent = agent_of(request)
-    counts = await run_in_threadpool(agent.store.stats)
-    return json_response({**counts, **await agent.stream_stats()})
+    service = service_of(request)
+    counts = await run_in_threadpool(service.store.stats)
+    return json_response({**counts, **await service.stream_stats()})
 
 
 async def _query(request: Request, name: str, body: bytes) -> Response:
-    status, answer = await run_in_threadpool(agent_of(request).querier.handle, name, body)
+    status, answer = await run_in_threadpool(service_of(request).querier.handle, name, body)
     return Response(answer, status, media_type="application/json")
 
 

@@ -21,7 +21,7 @@ from edge_agent.config.schema import (
     COMPONENT_TYPES,
     ComponentConfig,
     Config,
-    WebsocketInputConfig,
+    Section,
     WebsocketOutputConfig,
 )
 from edge_agent.config.units import decode_hook
@@ -41,12 +41,22 @@ _MIN_HS256_SECRET = 32
 _T = TypeVar("_T")
 
 
-def load_config(path: Path | str | None, env: Mapping[str, str] | None = None) -> Config:
+ComponentTypes = Mapping[str, type[Section]]
+
+
+def load_config(
+    path: Path | str | None,
+    env: Mapping[str, str] | None = None,
+    *,
+    component_types: ComponentTypes = COMPONENT_TYPES,
+) -> Config:
     """Read, expand and validate a JSON config file; ``None`` gives the defaults.
 
     Args:
         path: the JSON file, or ``None`` for the built-in defaults.
         env: the environment for ``${VAR}`` and ``SEMSTREAMS_STATE_DIR`` (default: ``os.environ``).
+        component_types: the ``components[].type`` values this program runs, with the
+            struct each one's ``config`` decodes into (the hub passes its own).
 
     Returns:
         The validated config.
@@ -55,15 +65,20 @@ def load_config(path: Path | str | None, env: Mapping[str, str] | None = None) -
         ConfigError: the file is unreadable or invalid; each problem names its key path.
     """
     if path is None:
-        return load_config_bytes(b"{}", env=env)
+        return load_config_bytes(b"{}", env=env, component_types=component_types)
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
         raise ConfigError([f"cannot read the file: {exc.strerror}"]) from exc
-    return load_config_bytes(data, env=env)
+    return load_config_bytes(data, env=env, component_types=component_types)
 
 
-def load_config_bytes(data: bytes, env: Mapping[str, str] | None = None) -> Config:
+def load_config_bytes(
+    data: bytes,
+    env: Mapping[str, str] | None = None,
+    *,
+    component_types: ComponentTypes = COMPONENT_TYPES,
+) -> Config:
     """Like :func:`load_config`, from the JSON text itself."""
     env = os.environ if env is None else env
     try:
@@ -75,7 +90,9 @@ def load_config_bytes(data: bytes, env: Mapping[str, str] | None = None) -> Conf
     config = _convert(_expand(raw, env), Config, prefix="")
     config = msgspec.structs.replace(
         config,
-        components=[_typed_component(c, i) for i, c in enumerate(config.components)],
+        components=[
+            _typed_component(c, i, component_types) for i, c in enumerate(config.components)
+        ],
     )
     config = _apply_overrides(config, env)
     problems = _check(config)
@@ -129,11 +146,13 @@ def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
 
-def _typed_component(component: ComponentConfig, index: int) -> ComponentConfig:
+def _typed_component(
+    component: ComponentConfig, index: int, component_types: ComponentTypes
+) -> ComponentConfig:
     where = f"components[{index}]"
-    kind = COMPONENT_TYPES.get(component.type)
+    kind = component_types.get(component.type)
     if kind is None:
-        known = ", ".join(sorted(COMPONENT_TYPES))
+        known = ", ".join(sorted(component_types))
         raise ConfigError([f"{where}.type: unknown component type {component.type!r} ({known})"])
     typed = _convert(component.config, kind, prefix=f".{where}.config")
     return msgspec.structs.replace(component, config=typed)
@@ -169,13 +188,6 @@ def _check(config: Config) -> list[str]:
         problems += [f"{where}.{key}: {cause}" for key, cause in component.config.problems()]
         if isinstance(component.config, WebsocketOutputConfig):
             problems += _check_output(component.config, f"components[{index}].config")
-        if isinstance(component.config, WebsocketInputConfig):
-            problems += [
-                f"components[{index}].config.devices.{edge}.token: empty (is the environment"
-                " variable it names set?)"
-                for edge, device in component.config.devices.items()
-                if not device.token
-            ]
     outputs = [c for c in config.components if isinstance(c.config, WebsocketOutputConfig)]
     if len(outputs) > 1:
         problems.append(

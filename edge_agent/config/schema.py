@@ -6,6 +6,7 @@ Defaults suit a Raspberry Pi edge (seed: "Edge configuration (Raspberry Pi)").
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -20,7 +21,6 @@ __all__ = [
     "AuthConfig",
     "ComponentConfig",
     "Config",
-    "DeviceConfig",
     "GpioInputConfig",
     "GraphConfig",
     "GraphSettings",
@@ -34,6 +34,7 @@ __all__ = [
     "ProvisioningConfig",
     "RateLimitConfig",
     "ReconnectConfig",
+    "Section",
     "ServiceManagerSettings",
     "ServicesConfig",
     "SimulatorConfig",
@@ -43,7 +44,6 @@ __all__ = [
     "SystemTelemetryConfig",
     "TelemetryConfig",
     "TlsConfig",
-    "WebsocketInputConfig",
     "WebsocketOutputConfig",
 ]
 
@@ -52,7 +52,7 @@ Positive = Annotated[int, msgspec.Meta(ge=1)]
 Fraction = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
 
 
-class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+class Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """Base of every config section: immutable, and unknown keys are errors."""
 
     def problems(self) -> list[tuple[str, str]]:
@@ -63,7 +63,7 @@ class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
         return []
 
 
-class PlatformConfig(_Section, frozen=True):
+class PlatformConfig(Section, frozen=True):
     """``platform``: what this instance is. ``id`` names the edge (default: the hostname)."""
 
     type: str = "edge"
@@ -71,7 +71,7 @@ class PlatformConfig(_Section, frozen=True):
     id: str = ""
 
 
-class TlsConfig(_Section, frozen=True):
+class TlsConfig(Section, frozen=True):
     """``nats.tls``: client certificate and CA for a TLS connection to NATS."""
 
     cert_file: str = ""
@@ -79,7 +79,7 @@ class TlsConfig(_Section, frozen=True):
     ca_file: str = ""
 
 
-class JetStreamConfig(_Section, frozen=True):
+class JetStreamConfig(Section, frozen=True):
     """``nats.jetstream``: byte limits of the agent's streams on the local store."""
 
     max_bytes: ByteSize = ByteSize(1 << 30)
@@ -88,7 +88,7 @@ class JetStreamConfig(_Section, frozen=True):
     replicas: Annotated[int, msgspec.Meta(ge=1, le=5)] = 1
 
 
-class NatsConfig(_Section, frozen=True):
+class NatsConfig(Section, frozen=True):
     """``nats``: where the broker is, and whether the agent runs it itself.
 
     ``embedded`` is ``"auto"`` (start a server when ``urls`` is empty or names only this
@@ -105,7 +105,7 @@ class NatsConfig(_Section, frozen=True):
     jetstream: JetStreamConfig = JetStreamConfig()
 
 
-class IndexesConfig(_Section, frozen=True):
+class IndexesConfig(Section, frozen=True):
     """``graph.config.indexer.indexes``: which secondary indexes the store keeps."""
 
     predicate: bool = True
@@ -115,20 +115,20 @@ class IndexesConfig(_Section, frozen=True):
     temporal: bool = False
 
 
-class BatchProcessingConfig(_Section, frozen=True):
+class BatchProcessingConfig(Section, frozen=True):
     """``graph.config.indexer.batch_processing``: events applied per SQLite transaction."""
 
     size: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 500
 
 
-class EmbeddingConfig(_Section, frozen=True):
+class EmbeddingConfig(Section, frozen=True):
     """``graph.config.indexer.embedding``: vector embeddings (hub only)."""
 
     enabled: bool = False
     service_url: str = ""
 
 
-class IndexerConfig(_Section, frozen=True):
+class IndexerConfig(Section, frozen=True):
     """``graph.config.indexer``."""
 
     indexes: IndexesConfig = IndexesConfig()
@@ -136,20 +136,20 @@ class IndexerConfig(_Section, frozen=True):
     embedding: EmbeddingConfig = EmbeddingConfig()
 
 
-class DataManagerConfig(_Section, frozen=True):
+class DataManagerConfig(Section, frozen=True):
     """``graph.config.data_manager``: relationship rows written per SQL statement."""
 
     edge_batch_size: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 100
 
 
-class QuerierConfig(_Section, frozen=True):
+class QuerierConfig(Section, frozen=True):
     """``graph.config.querier``: the query result cache."""
 
     cache_enabled: bool = True
     max_cache_size: Annotated[int, msgspec.Meta(ge=0, le=10_000_000)] = 10_000
 
 
-class GraphSettings(_Section, frozen=True):
+class GraphSettings(Section, frozen=True):
     """``graph.config``: the graph processor.
 
     ``workers`` bounds the batches in flight between JetStream and the single SQLite
@@ -169,13 +169,13 @@ class GraphSettings(_Section, frozen=True):
     querier: QuerierConfig = QuerierConfig()
 
 
-class GraphConfig(_Section, frozen=True):
+class GraphConfig(Section, frozen=True):
     """``graph``."""
 
     config: GraphSettings = GraphSettings()
 
 
-class ComponentConfig(_Section, frozen=True):
+class ComponentConfig(Section, frozen=True):
     """One entry of ``components``; ``config`` is decoded by the component's type."""
 
     id: str
@@ -184,7 +184,7 @@ class ComponentConfig(_Section, frozen=True):
     config: Any = msgspec.field(default_factory=dict)
 
 
-class SimulatorConfig(_Section, frozen=True):
+class SimulatorConfig(Section, frozen=True):
     """``components[].config`` of type ``simulator``: a small demo event source."""
 
     entities: Positive = 20
@@ -231,14 +231,14 @@ def _entity_problems(entity_id: str, entity_type: str) -> list[tuple[str, str]]:
     return []
 
 
-class SpiConfig(_Section, frozen=True):
+class SpiConfig(Section, frozen=True):
     """``gpio_input`` ``spi``: the hardware SPI bus (``port``) and chip select (``device``)."""
 
     port: Annotated[int, msgspec.Meta(ge=0, le=1)] = 0
     device: Annotated[int, msgspec.Meta(ge=0, le=1)] = 0
 
 
-class GpioInputConfig(_Section, frozen=True):
+class GpioInputConfig(Section, frozen=True):
     """``components[].config`` of type ``gpio_input``: one gpiozero input as an entity.
 
     ``kind`` picks the device: ``button``, ``digital_input`` and ``motion_sensor`` need a
@@ -301,7 +301,7 @@ class GpioInputConfig(_Section, frozen=True):
         return found + _entity_problems(self.entity_id, self.entity_type)
 
 
-class SystemTelemetryConfig(_Section, frozen=True):
+class SystemTelemetryConfig(Section, frozen=True):
     """``components[].config`` of type ``system_telemetry``: the device as an entity.
 
     Every ``interval`` (and once at start) the agent publishes CPU, memory, disk,
@@ -320,7 +320,7 @@ class SystemTelemetryConfig(_Section, frozen=True):
         return found + _entity_problems(self.entity_id, self.entity_type)
 
 
-class AuthConfig(_Section, frozen=True):
+class AuthConfig(Section, frozen=True):
     """``services.service-manager.config.auth``: bearer tokens on the HTTP API.
 
     ``type: "jwt"`` requires an HS256 token signed with ``jwt_secret`` (at least 32
@@ -336,14 +336,14 @@ class AuthConfig(_Section, frozen=True):
     open_paths: tuple[str, ...] = ("/health", "/metrics", "/openapi.json")
 
 
-class HttpTlsConfig(_Section, frozen=True):
+class HttpTlsConfig(Section, frozen=True):
     """``services.service-manager.config.tls``: serve the API over HTTPS (both or neither)."""
 
     cert_file: str = ""
     key_file: str = ""
 
 
-class ServiceManagerSettings(_Section, frozen=True):
+class ServiceManagerSettings(Section, frozen=True):
     """``services.service-manager.config``: the HTTP API listener."""
 
     http_port: Port = 8080
@@ -352,13 +352,13 @@ class ServiceManagerSettings(_Section, frozen=True):
     tls: HttpTlsConfig | None = None
 
 
-class ServiceManagerConfig(_Section, frozen=True):
+class ServiceManagerConfig(Section, frozen=True):
     """``services.service-manager``."""
 
     config: ServiceManagerSettings = ServiceManagerSettings()
 
 
-class MetricsSettings(_Section, frozen=True):
+class MetricsSettings(Section, frozen=True):
     """``services.metrics.config``: a separate Prometheus listener.
 
     ``/metrics`` is always served on the API port too.
@@ -369,14 +369,14 @@ class MetricsSettings(_Section, frozen=True):
     include_go_metrics: bool = False
 
 
-class MetricsConfig(_Section, frozen=True):
+class MetricsConfig(Section, frozen=True):
     """``services.metrics``."""
 
     enabled: bool = False
     config: MetricsSettings = MetricsSettings()
 
 
-class ServicesConfig(_Section, frozen=True):
+class ServicesConfig(Section, frozen=True):
     """``services``."""
 
     service_manager: ServiceManagerConfig = msgspec.field(
@@ -385,7 +385,7 @@ class ServicesConfig(_Section, frozen=True):
     metrics: MetricsConfig = MetricsConfig()
 
 
-class RateLimitConfig(_Section, frozen=True):
+class RateLimitConfig(Section, frozen=True):
     """``api-gateway.config.rate_limit``: a token bucket per client on the HTTP API.
 
     Each client (the token's ``sub`` when authenticated, else its IP address) may make
@@ -398,19 +398,19 @@ class RateLimitConfig(_Section, frozen=True):
     burst: Positive = 50
 
 
-class ApiGatewaySettings(_Section, frozen=True):
+class ApiGatewaySettings(Section, frozen=True):
     """``api-gateway.config``."""
 
     rate_limit: RateLimitConfig = RateLimitConfig()
 
 
-class ApiGatewayConfig(_Section, frozen=True):
+class ApiGatewayConfig(Section, frozen=True):
     """``api-gateway``."""
 
     config: ApiGatewaySettings = ApiGatewaySettings()
 
 
-class LoggingConfig(_Section, frozen=True):
+class LoggingConfig(Section, frozen=True):
     """``logging``: level, ``json`` or ``text``, ``stdout``/``stderr``/a file path, extra fields."""
 
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "debug", "info", "warning", "error"] = (
@@ -421,7 +421,7 @@ class LoggingConfig(_Section, frozen=True):
     fields: dict[str, str] = msgspec.field(default_factory=dict)
 
 
-class TelemetryConfig(_Section, frozen=True):
+class TelemetryConfig(Section, frozen=True):
     """``telemetry``: OpenTelemetry tracing."""
 
     enabled: bool = False
@@ -430,7 +430,7 @@ class TelemetryConfig(_Section, frozen=True):
     sample_rate: Fraction = 1.0
 
 
-class ReconnectConfig(_Section, frozen=True):
+class ReconnectConfig(Section, frozen=True):
     """``websocket_output.config.reconnect``: exponential backoff with jitter, capped.
 
     The wait after the n-th failure in a row is ``initial * multiplier**(n-1)``, at most
@@ -443,7 +443,7 @@ class ReconnectConfig(_Section, frozen=True):
     jitter: Fraction = 0.2
 
 
-class ProvisioningConfig(_Section, frozen=True):
+class ProvisioningConfig(Section, frozen=True):
     """``provisioning``: zero-touch enrolment (edge) and the enrolment service (hub).
 
     Edge: with ``enabled`` and no ``websocket_output``, a device without a credential
@@ -475,7 +475,7 @@ class ProvisioningConfig(_Section, frozen=True):
     max_bytes_per_second: ByteSize = ByteSize(0)
 
 
-class Config(_Section, frozen=True):
+class Config(Section, frozen=True):
     """The whole agent (or hub) configuration file."""
 
     state_dir: str = "/var/lib/semstreams"
@@ -492,7 +492,7 @@ class Config(_Section, frozen=True):
     provisioning: ProvisioningConfig = ProvisioningConfig()
 
 
-class SyncBatchConfig(_Section, frozen=True):
+class SyncBatchConfig(Section, frozen=True):
     """``websocket_output.config.batch``: a batch goes when any limit is reached.
 
     ``max_bytes`` bounds the uncompressed batch; under a rate cap the link also keeps a
@@ -505,7 +505,7 @@ class SyncBatchConfig(_Section, frozen=True):
     max_age: Duration = Duration(0.5)
 
 
-class SyncTlsConfig(_Section, frozen=True):
+class SyncTlsConfig(Section, frozen=True):
     """``websocket_output.config.tls``: the CA that signs the hub, and a client certificate."""
 
     ca_file: str = ""
@@ -513,7 +513,7 @@ class SyncTlsConfig(_Section, frozen=True):
     key_file: str = ""
 
 
-class WebsocketOutputConfig(_Section, frozen=True):
+class WebsocketOutputConfig(Section, frozen=True):
     """``components[].config`` of type ``websocket_output``: the edge's link to the hub.
 
     ``mode`` is ``"state"`` (the latest changed triples per entity; default) or
@@ -542,38 +542,11 @@ class WebsocketOutputConfig(_Section, frozen=True):
     token_file: str = ""
 
 
-class DeviceConfig(_Section, frozen=True):
-    """``websocket_input.config.devices.<edge id>``: an edge's static credential."""
-
-    token: str
-
-
-class WebsocketInputConfig(_Section, frozen=True):
-    """``components[].config`` of type ``websocket_input``: the hub's listener for edges.
-
-    On the API's port (the seed's 8080) the sync path is served by the API server
-    itself; on another port, by a listener of its own on the API's host. ``devices``
-    maps each edge id to its credential. A frame over ``max_frame_bytes`` or a payload
-    expanding past ``max_batch_bytes`` closes that edge's connection; past
-    ``slow_threshold`` batches waiting hub-wide, edges are told to slow down.
-    """
-
-    port: Port = 8080
-    path: str = "/edge-sync"
-    devices: dict[str, DeviceConfig] = msgspec.field(default_factory=dict)
-    max_frame_bytes: ByteSize = ByteSize(8 << 20)
-    max_batch_bytes: ByteSize = ByteSize(64 << 20)
-    slow_threshold: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 16
-    ping_interval: Duration = Duration(10.0)
-    ping_timeout: Duration = Duration(10.0)
-    stream_max_bytes: ByteSize = ByteSize(1 << 30)
-
-
-#: Each component type and the struct its ``config`` decodes into.
-COMPONENT_TYPES: dict[str, type[_Section]] = {
+#: Each component type the edge agent runs, with the struct its ``config`` decodes
+#: into (the hub adds its own: ``cloud_hub.config``).
+COMPONENT_TYPES: Mapping[str, type[Section]] = {
     "simulator": SimulatorConfig,
     "websocket_output": WebsocketOutputConfig,
-    "websocket_input": WebsocketInputConfig,
     "gpio_input": GpioInputConfig,
     "system_telemetry": SystemTelemetryConfig,
 }

@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Sequence
 
-__all__ = ["MIGRATIONS", "migrate"]
+__all__ = ["MIGRATIONS", "Migration", "migrate"]
+
+#: A named schema change: (name, SQL script).
+Migration = tuple[str, str]
 
 
 # entities keeps a rowid so the R*Tree spatial index can refer to it by integer.
@@ -120,33 +124,28 @@ _M003_SYNC = """
             name TEXT PRIMARY KEY,
             value INTEGER NOT NULL
         );
-        CREATE TABLE sync_hwm (
-            edge_id TEXT PRIMARY KEY,
-            seq INTEGER NOT NULL,
-            updated_at INTEGER NOT NULL
-        );
-        CREATE TABLE sync_conflicts (
-            entity_id TEXT NOT NULL,
-            origin TEXT NOT NULL,
-            version INTEGER NOT NULL,
-            updated_at INTEGER NOT NULL,
-            kept_origin TEXT NOT NULL,
-            kept_version INTEGER NOT NULL,
-            kept_updated_at INTEGER NOT NULL,
-            recorded_at INTEGER NOT NULL
-        );
 """
 
-#: Ordered (name, SQL script) pairs; each runs once, inside its own transaction.
-MIGRATIONS: list[tuple[str, str]] = [
+# The hub's tables (``sync_hwm``, ``sync_conflicts``) were created by 003 once; they are
+# the hub's own migrations now (``cloud_hub/graph/schema.py``), 003 no longer makes them,
+# and this drops them from databases made before: an edge's database holds nothing of
+# the hub's.
+_M004_HUB_TABLES_LEAVE = """
+        DROP TABLE IF EXISTS sync_hwm;
+        DROP TABLE IF EXISTS sync_conflicts;
+"""
+
+#: The graph's migrations, in order; each runs once, inside its own transaction.
+MIGRATIONS: list[Migration] = [
     ("001_initial", _M001_INITIAL),
     ("002_temporal_latest", _M002_TEMPORAL_LATEST),
     ("003_sync", _M003_SYNC),
+    ("004_hub_tables_leave", _M004_HUB_TABLES_LEAVE),
 ]
 
 
-def migrate(db: sqlite3.Connection) -> list[str]:
-    """Apply the migrations this database has not had yet.
+def migrate(db: sqlite3.Connection, migrations: Sequence[Migration] = MIGRATIONS) -> list[str]:
+    """Apply the ``migrations`` this database has not had yet, in order.
 
     Returns:
         The names applied now, in order.
@@ -156,7 +155,7 @@ def migrate(db: sqlite3.Connection) -> list[str]:
     )
     done = {row[0] for row in db.execute("SELECT name FROM schema_migrations")}
     applied = []
-    for name, script in MIGRATIONS:
+    for name, script in migrations:
         if name in done:
             continue
         # executescript commits whatever is open first, so the script carries its own

@@ -1,30 +1,30 @@
 """The graph store: one SQLite file in WAL mode, one writer, any number of readers.
 
-Write methods (:meth:`GraphStore.apply`, :meth:`GraphStore.position`) must be called from
-one thread at a time: the graph processor owns a single-thread executor for them. Read
-methods open a read-only connection per calling thread, so API queries never wait for
-the writer (WAL) and never see a half-applied batch.
+The store owns its single writer (:meth:`GraphStore.write`): write methods
+(:meth:`GraphStore.apply`, :meth:`GraphStore.position`, the ``sync_*`` ones) run on that
+thread only, whoever asks for them. Read methods use a read-only connection per calling
+thread, so API queries never wait for the writer (WAL) and never see a half-applied
+batch.
 """
 
 from __future__ import annotations
 
 import sqlite3
-import threading
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import msgspec
 
 from edge_agent.config import IndexesConfig
 from edge_agent.errors import GraphError
 from edge_agent.graph import outbox
-from edge_agent.graph.deltas import DeltaResult, apply_deltas
+from edge_agent.graph.database import Database
 from edge_agent.graph.indexes import LATITUDE, LONGITUDE, TEMPORAL_BUCKET_MS, reconcile_indexes
-from edge_agent.graph.migrations import migrate
+from edge_agent.graph.migrations import MIGRATIONS, Migration
 from edge_agent.graph.outbox import Backlog, BatchLimits, OutboxBatch, SyncMode
 from edge_agent.graph.records import EntityRecord, import_record
 from edge_agent.graph.sql import write_transaction
@@ -48,6 +48,7 @@ __all__ = ["ApplyResult", "GraphStore", "ImportResult", "iso_ms"]
 
 _json = msgspec.json.Encoder()
 _T = TypeVar("_T")
+_P = ParamSpec("_P")
 
 
 class ImportResult(msgspec.Struct, frozen=True):
@@ -110,6 +111,10 @@ class GraphStore:
         edge_batch_size: relationship rows per SQL statement.
         outbox: queue every change for a sync link, coalesced per entity (``"state"``)
             or one per reading (``"events"``); ``None`` keeps no outbox.
+        migrations: the schema (the hub passes the graph's plus its own).
+
+    Raises:
+        GraphError: the file cannot be opened, migrated or indexed.
     """
 
     def __init__(
@@ -120,31 +125,36 @@ class GraphStore:
         indexes: IndexesConfig,
         edge_batch_size: int = 100,
         outbox: SyncMode | None = None,
+        migrations: Sequence[Migration] = MIGRATIONS,
     ) -> None:
         self.path = path
         self.origin = origin
         self.indexes = indexes
         self.edge_batch_size = edge_batch_size
         self.outbox = outbox
-        self._local = threading.local()
-        path.parent.mkdir(parents=True, exist_ok=True)
+        self.database = Database(path, migrations, what="graph store")
+        self.migrations_applied = self.database.migrations_applied
+        self._db = self.database.connection
         try:
-            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode = WAL")
-            # FULL: a batch is acked to JetStream after commit, so the commit must survive
-            # a power cut, or an acked event would be lost.
-            self._db.execute("PRAGMA synchronous = FULL")
-            self._db.execute("PRAGMA busy_timeout = 5000")
-            self.migrations_applied = migrate(self._db)
             self.index_changes = reconcile_indexes(self._db, indexes)
         except sqlite3.Error as exc:
-            raise GraphError(f"cannot open graph store {path}: {exc}") from exc
+            self.database.close()
+            raise GraphError(f"cannot index graph store {path}: {exc}") from exc
 
     def close(self) -> None:
-        """Close the write connection (readers close with their threads)."""
-        self._db.close()
+        """Finish queued writes and close the write connection (readers close with their
+        threads)."""
+        self.database.close()
 
-    # ---- writes (one thread) -------------------------------------------------------
+    async def write(self, fn: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        """Run ``fn(*args)`` on the store's single writer thread; await its result.
+
+        Every write method of the store (and any function that writes through
+        :attr:`database`) must run there.
+        """
+        return await self.database.write(fn, *args, **kwargs)
+
+    # ---- writes (the writer thread) ------------------------------------------------
 
     def position(self, consumer: str, stream_created: str) -> int:
         """The last stream sequence applied for ``consumer``.
@@ -349,20 +359,13 @@ class GraphStore:
 
     # ---- the sync link (writer thread) -----------------------------------------------
 
-    def _write(self, fn: Callable[..., _T], *args: Any) -> _T:
-        try:
-            with write_transaction(self._db) as db:
-                return fn(db, *args)
-        except sqlite3.Error as exc:
-            raise GraphError(f"sync state not written: {exc}") from exc
-
     def sync_take(
         self, limits: BatchLimits, sync_filter: SyncFilter, encoding: str, now_ms: int
     ) -> tuple[OutboxBatch | None, int]:
         """Move the next ready outbox batch into flight (see :func:`outbox.take_batch`)."""
         mode = self.outbox
         assert mode is not None, "the store keeps no outbox"
-        return self._write(
+        return self.database.transaction(
             lambda db: outbox.take_batch(
                 db, mode, limits, sync_filter, encoding=encoding, now_ms=now_ms
             )
@@ -370,16 +373,16 @@ class GraphStore:
 
     def sync_ack(self, seq: int) -> None:
         """The hub has every batch up to ``seq``."""
-        self._write(outbox.acknowledge, seq)
+        self.database.transaction(outbox.acknowledge, seq)
 
     def sync_resume(self, hwm: int) -> list[OutboxBatch]:
         """Settle in-flight batches against the hub's ``hwm``; return those to send again."""
-        return self._write(outbox.resume, hwm)
+        return self.database.transaction(outbox.resume, hwm)
 
     def sync_trim(self, max_bytes: int) -> int:
         """Drop waiting outbox rows over ``max_bytes``; the number dropped."""
         assert self.outbox is not None, "the store keeps no outbox"
-        return self._write(outbox.trim, self.outbox, max_bytes)
+        return self.database.transaction(outbox.trim, self.outbox, max_bytes)
 
     def sync_acked_seq(self) -> int:
         """The highest batch seq the hub has acked, as far as this edge knows."""
@@ -391,61 +394,16 @@ class GraphStore:
         with self.reader() as db:
             return outbox.backlog(db)
 
-    def apply_deltas(
-        self, edge_id: str, seq: int, deltas: Sequence[EntityDelta], now_ms: int
-    ) -> DeltaResult:
-        """Apply batch ``seq`` from ``edge_id`` once (the hub's side; see :mod:`deltas`).
-
-        Raises:
-            GraphError: SQLite refused the transaction; nothing of the batch is applied.
-        """
-        try:
-            with write_transaction(self._db) as db:
-                return apply_deltas(db, edge_id, seq, deltas, now_ms=now_ms, indexes=self.indexes)
-        except sqlite3.Error as exc:
-            raise GraphError(f"batch {seq} from {edge_id} not applied: {exc}") from exc
-
-    def sync_hwm(self, edge_id: str) -> int | None:
-        """The last batch seq applied from ``edge_id``; ``None`` if never heard from."""
-        with self.reader() as db:
-            row = db.execute("SELECT seq FROM sync_hwm WHERE edge_id = ?", (edge_id,)).fetchone()
-        return int(row[0]) if row else None
-
-    def sync_edges(self) -> dict[str, tuple[int, int]]:
-        """Each edge heard from: (the last batch seq applied, when, epoch ms)."""
-        with self.reader() as db:
-            return {e: (seq, at) for e, seq, at in db.execute("SELECT * FROM sync_hwm")}
-
     # ---- reads (any thread) --------------------------------------------------------
 
-    @contextmanager
-    def snapshot(self) -> Iterator[sqlite3.Connection]:
-        """A dedicated read-only connection holding one consistent snapshot until closed.
+    def snapshot(self) -> AbstractContextManager[sqlite3.Connection]:
+        """A dedicated read-only connection holding one consistent snapshot (see
+        :meth:`Database.snapshot`)."""
+        return self.database.snapshot()
 
-        For long reads (export) that span many pages: writes go on meanwhile, and the
-        reader sees none of them.
-        """
-        db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
-        try:
-            db.execute("BEGIN")
-            yield db
-        except sqlite3.Error as exc:
-            raise GraphError(f"read failed: {exc}") from exc
-        finally:
-            db.close()
-
-    @contextmanager
-    def reader(self) -> Iterator[sqlite3.Connection]:
-        """A read-only connection for this thread, converting SQLite errors to GraphError."""
-        db = getattr(self._local, "db", None)
-        if db is None:
-            db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
-            db.execute("PRAGMA busy_timeout = 5000")
-            self._local.db = db
-        try:
-            yield db
-        except sqlite3.Error as exc:
-            raise GraphError(f"query failed: {exc}") from exc
+    def reader(self) -> AbstractContextManager[sqlite3.Connection]:
+        """This thread's read-only connection (see :meth:`Database.reader`)."""
+        return self.database.reader()
 
     def stats(self) -> dict[str, Any]:
         """Counts of entities, triples and edges, and entities per type."""

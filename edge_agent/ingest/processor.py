@@ -20,13 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import ParamSpec, TypeVar
 
 import nats.errors
 from nats.aio.client import Client
@@ -48,8 +45,6 @@ log = logging.getLogger(__name__)
 _LINGER_S = 0.005
 _RETRY_INITIAL_S = 0.2
 _RETRY_MAX_S = 10.0
-_P = ParamSpec("_P")
-_T = TypeVar("_T")
 
 
 @dataclass
@@ -107,7 +102,6 @@ class GraphProcessor:
         self._owns_stream = owns_stream
         self.consumer = consumer_name(settings.input_subject, instance)
         self.status = ProcessorStatus()
-        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="graph-writer")
         # Unbounded by itself: _enqueue waits on _room for fewer than `workers`
         # batches queued, a bound that /admin/config can change at run time.
         self._queue: asyncio.Queue[list[Msg]] = asyncio.Queue()
@@ -151,7 +145,6 @@ class GraphProcessor:
             with contextlib.suppress(asyncio.CancelledError):
                 await applier
             self.status.running = False
-            self._writer.shutdown(wait=True)
 
     # ---- receiving -----------------------------------------------------------------
 
@@ -170,7 +163,7 @@ class GraphProcessor:
     async def _bind_and_receive(self) -> None:
         info = await self._js.stream_info(ENTITY_STREAM)
         self.status.stream_created = str(info.created)
-        position = await self.run_on_writer(
+        position = await self._store.write(
             self._store.position, self.consumer, self.status.stream_created
         )
         self._rebind.clear()
@@ -254,7 +247,7 @@ class GraphProcessor:
 
     async def _apply(self, messages: list[Msg]) -> None:
         started = time.perf_counter()
-        decoded, result = await self.run_on_writer(self._decode_and_apply, messages)
+        decoded, result = await self._store.write(self._decode_and_apply, messages)
         for message, seq, error in decoded.bad:
             await self._dead_letters.put(
                 message.data,
@@ -293,8 +286,3 @@ class GraphProcessor:
             except EventError as error:
                 decoded.bad.append((message, seq, error))
         return decoded
-
-    async def run_on_writer(self, fn: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
-        """Run ``fn`` on the single graph-writer thread."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._writer, functools.partial(fn, *args, **kwargs))

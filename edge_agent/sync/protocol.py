@@ -7,7 +7,13 @@ Invariants:
   nacked; at most ``window`` batches are in flight, and Slow only ever shrinks it.
 - The hub acks a batch only after the shell has made it durable (the shell calls
   :meth:`HubProtocol.ack`); a batch at or below the hub's high-water mark is a
-  re-send, acked without being applied again.
+  re-send, acked here without reaching the shell.
+- The hub hands the shell batches strictly in ``seq`` order: only the next one
+  (``expected``) becomes an event; one past a gap is nacked here. After the shell nacks
+  a batch, ``expected`` goes back to it, so what was sent behind it is nacked too
+  until the edge sends it again. Batches are never made durable around a gap.
+- Slow is sent once when the hub's backlog crosses its threshold, and may be sent
+  again only after the backlog fell below half of it.
 - Any frame that is malformed, oversized or unexpected in the current state raises
   :class:`RemoteProtocolError`; the shell closes the link with its message.
 
@@ -78,9 +84,10 @@ class _Protocol:
         if new is None:
             what = f"{type(frame).__name__} frame while {self.state.name.lower()}"
             raise RemoteProtocolError(f"unexpected {what}")
-        self._receive(frame)
+        wanted = self._receive(frame)
         self.state = new if self.state != State.CLOSED else State.CLOSED
-        self._events.append(frame)
+        if wanted:
+            self._events.append(frame)
 
     def data_to_send(self) -> list[bytes]:
         """Messages to send, in order; each is one binary WebSocket message."""
@@ -99,8 +106,10 @@ class _Protocol:
         if self.state != state:
             raise LocalProtocolError(f"cannot {action}: link is {self.state.name.lower()}")
 
-    def _receive(self, frame: Frame) -> None:
-        """Side-specific checks and bookkeeping for an accepted frame."""
+    def _receive(self, frame: Frame) -> bool:
+        """Side-specific checks and bookkeeping for an accepted frame; whether the shell
+        gets it as an event."""
+        return True
 
 
 class EdgeProtocol(_Protocol):
@@ -152,7 +161,7 @@ class EdgeProtocol(_Protocol):
         self.in_flight.add(seq)
         self._send(Batch(seq=seq, encoding=encoding or self.encoding, count=count, payload=payload))
 
-    def _receive(self, frame: Frame) -> None:
+    def _receive(self, frame: Frame) -> bool:
         match frame:
             case Welcome(accepted=False, reason=reason):
                 self.refusal = reason or "refused"
@@ -170,13 +179,17 @@ class EdgeProtocol(_Protocol):
                     self.hwm = max(self.hwm, seq)
             case Slow(window=window):
                 self.window = max(1, min(self.window, window))
+        return True
 
 
 class HubProtocol(_Protocol):
     """The hub's side: waits for Hello, lets the shell authenticate, takes batches.
 
-    After a Hello event the shell calls :meth:`accept` or :meth:`refuse`; after each
-    Batch event it makes the batch durable and calls :meth:`ack` (or :meth:`nack`).
+    After a Hello event the shell calls :meth:`accept` or :meth:`refuse`; each Batch
+    event is the next one in ``seq`` order, which the shell makes durable and then
+    acks (:meth:`ack`) or nacks (:meth:`nack`). Re-sends and batches past a gap never become
+    events: they are answered here (:attr:`duplicates`, :attr:`gaps` count them). The
+    shell reports its backlog with :meth:`backlog`.
     """
 
     def __init__(
@@ -184,10 +197,17 @@ class HubProtocol(_Protocol):
         *,
         encodings: tuple[str, ...] = ("zstd", "zlib", "none"),
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+        retry_after: float = 2.0,
     ) -> None:
         super().__init__(_HUB_NEXT, max_frame_bytes)
         self.edge_id = ""
         self.hwm = 0
+        #: The seq the next Batch event must carry.
+        self.expected = 1
+        self.duplicates = 0
+        self.gaps = 0
+        self.slowed = False
+        self._retry_after = retry_after
         self._encodings = encodings
         self._hello: Hello | None = None
         self._unanswered: set[int] = set()
@@ -199,6 +219,7 @@ class HubProtocol(_Protocol):
             raise LocalProtocolError("cannot accept before a Hello")
         encoding = next((e for e in self._hello.encodings if e in self._encodings), "none")
         self.hwm = hwm
+        self.expected = hwm + 1
         self.state = State.SYNCING
         self._send(
             Welcome(
@@ -216,20 +237,41 @@ class HubProtocol(_Protocol):
         self.state = State.CLOSED
         self._send(Welcome(accepted=False, reason=reason))
 
-    def is_duplicate(self, batch: Batch) -> bool:
-        """Whether ``batch`` is a re-send of one already durable here."""
-        return batch.seq <= self.hwm
-
     def ack(self, seq: int) -> None:
         """Acknowledge batch ``seq`` once it is durable."""
         self._answer(seq)
         self.hwm = max(self.hwm, seq)
         self._send(Ack(seq=seq))
 
-    def nack(self, seq: int, reason: str, retry_after: float = 1.0) -> None:
-        """Refuse batch ``seq`` for now; the edge sends it again later."""
+    def nack(self, seq: int, reason: str, retry_after: float | None = None) -> None:
+        """Refuse batch ``seq`` for now; the edge sends it (and what follows) again."""
         self._answer(seq)
-        self._send(Nack(seq=seq, reason=reason, retry_after=retry_after))
+        self.expected = min(self.expected, seq)
+        wait = self._retry_after if retry_after is None else retry_after
+        self._send(Nack(seq=seq, reason=reason, retry_after=wait))
+
+    def ready(self, seq: int) -> bool:
+        """Whether Batch event ``seq`` is the one to make durable now (``hwm + 1``).
+
+        An event taken before an earlier batch was nacked is not: it is nacked here,
+        and the shell drops it.
+        """
+        if seq == self.hwm + 1:
+            return True
+        self.gaps += 1
+        self.nack(seq, f"out of order: expected batch {self.hwm + 1}")
+        return False
+
+    def backlog(self, batches: int, threshold: int) -> None:
+        """The hub holds ``batches`` not yet applied: past ``threshold``, ask for a window
+        of one (once, until the backlog fell below half the threshold)."""
+        if self.state != State.SYNCING:
+            return
+        if batches > threshold and not self.slowed:
+            self.slowed = True
+            self._send(Slow(window=1))
+        elif batches < threshold / 2:
+            self.slowed = False
 
     def slow(self, window: int, max_bytes_per_second: int = 0) -> None:
         """Ask the edge to shrink its window (and rate)."""
@@ -242,7 +284,7 @@ class HubProtocol(_Protocol):
             raise LocalProtocolError(f"no batch {seq} is waiting for an answer")
         self._unanswered.discard(seq)
 
-    def _receive(self, frame: Frame) -> None:
+    def _receive(self, frame: Frame) -> bool:
         match frame:
             case Hello():
                 if self._hello is not None:
@@ -257,3 +299,17 @@ class HubProtocol(_Protocol):
                 if seq in self._unanswered:
                     raise RemoteProtocolError(f"batch {seq} sent twice before an answer")
                 self._unanswered.add(seq)
+                return self._next_in_order(seq)
+        return True
+
+    def _next_in_order(self, seq: int) -> bool:
+        if seq <= self.hwm:  # a re-send of a durable batch
+            self.duplicates += 1
+            self.ack(seq)
+            return False
+        if seq != self.expected:
+            self.gaps += 1
+            self.nack(seq, f"out of order: expected batch {self.expected}")
+            return False
+        self.expected = seq + 1
+        return True

@@ -220,9 +220,11 @@ class SyncPair:
     def check_hub_records(self) -> int:
         """No stale or conflicting delta, and each batch stored once; the hub's hwm."""
         with sqlite3.connect(f"file:{self.hub_db}?mode=ro", uri=True) as db:
-            refused = db.execute("SELECT count(*) FROM sync_conflicts").fetchone()[0]
-            row = db.execute("SELECT seq FROM sync_hwm WHERE edge_id = ?", (EDGE_ID,)).fetchone()
-        assert refused == 0, f"{refused} deltas refused as stale or conflicting"
+            refused = db.execute("SELECT count(*) FROM hub_conflicts").fetchone()[0]
+            row = db.execute(
+                "SELECT seq FROM hub_edge_state WHERE edge_id = ?", (EDGE_ID,)
+            ).fetchone()
+        assert refused == 0, f"{refused} conflicts recorded for a single edge"
         hwm = int(row[0])
         stored = asyncio.run(_stream_messages(self.hub.nats_url))
         assert stored == hwm, f"SYNC_BATCHES holds {stored} batches for hwm {hwm}"

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from cloud_hub.config import HUB_COMPONENT_TYPES, load_hub_config
 from edge_agent.config import ByteSize, Duration, load_config, load_config_bytes
 from edge_agent.config.schema import SimulatorConfig, WebsocketOutputConfig
 from edge_agent.errors import ConfigError
@@ -23,8 +24,11 @@ SEED_ENV = {
 
 
 def problems(raw: dict[str, object], env: dict[str, str] | None = None) -> list[str]:
+    """What the loader says of ``raw`` (with the hub's component types: a superset)."""
     with pytest.raises(ConfigError) as caught:
-        load_config_bytes(json.dumps(raw).encode(), env=env or {})
+        load_config_bytes(
+            json.dumps(raw).encode(), env=env or {}, component_types=HUB_COMPONENT_TYPES
+        )
     return caught.value.problems
 
 
@@ -34,8 +38,21 @@ def test_every_seed_example_is_kept_as_a_fixture() -> None:
 
 @pytest.mark.parametrize("path", SEED, ids=lambda p: p.stem)
 def test_seed_example_loads(path: Path) -> None:
-    config = load_config(path, env=SEED_ENV)
+    # The hub runs a superset of the edge's component types: every example loads there,
+    # and every one without a websocket_input loads on the edge as well.
+    config = load_hub_config(path, env=SEED_ENV)
     assert config.platform.id  # defaults to the hostname
+    if "websocket_input" not in path.read_text():
+        assert load_config(path, env=SEED_ENV) == config
+
+
+def test_the_edge_refuses_the_hubs_component_and_names_it() -> None:
+    raw = {"components": [{"id": "in", "type": "websocket_input", "config": {}}]}
+    with pytest.raises(ConfigError) as caught:
+        load_config_bytes(json.dumps(raw).encode(), env={})
+    assert caught.value.problems[0].startswith(
+        "components[0].type: unknown component type 'websocket_input'"
+    )
 
 
 def test_seed_keys_take_effect() -> None:

@@ -226,7 +226,7 @@ def test_migration_002_turns_bucket_history_into_latest_only(tmp_path: Path) -> 
         db.execute("INSERT INTO entities VALUES ('A', 't', 2, 1, 0, 7200000, 'e')")
         db.executemany("INSERT INTO temporal VALUES (?, 'A')", [(0,), (1,), (2,)])
     store = GraphStore(path, origin="e", indexes=ALL_INDEXES)
-    assert store.migrations_applied == ["002_temporal_latest", "003_sync"]
+    assert store.migrations_applied == ["002_temporal_latest", "003_sync", "004_hub_tables_leave"]
     assert sqlite3.connect(path).execute("SELECT * FROM temporal").fetchall() == [("A", 2)]
 
 

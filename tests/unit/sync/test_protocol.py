@@ -149,10 +149,52 @@ def test_handshake_resume_and_window() -> None:
     assert edge.can_send()
 
 
-def test_hub_recognises_a_resend() -> None:
+def _batch(seq: int) -> bytes:
+    return encode_frame(Batch(seq=seq, encoding="none", count=0, payload=b""))
+
+
+def test_hub_acks_a_resend_itself_and_hands_the_shell_only_the_next_batch() -> None:
+    edge, hub = connected(hwm=5)
+    hub.receive_data(_batch(5))
+    assert hub.events_received() == [] and hub.duplicates == 1
+    assert [decode_frame(d, max_bytes=1 << 20) for d in hub.data_to_send()] == [Ack(seq=5)]
+    hub.receive_data(_batch(6))
+    assert [b.seq for b in hub.events_received()] == [6]  # type: ignore[attr-defined]
+
+
+def test_hub_nacks_a_batch_past_a_gap_without_the_shell() -> None:
     _, hub = connected(hwm=5)
-    assert hub.is_duplicate(Batch(seq=5, encoding="none", count=0, payload=b""))
-    assert not hub.is_duplicate(Batch(seq=6, encoding="none", count=0, payload=b""))
+    hub.receive_data(_batch(8))
+    assert hub.events_received() == [] and hub.gaps == 1
+    (nack,) = [decode_frame(d, max_bytes=1 << 20) for d in hub.data_to_send()]
+    assert isinstance(nack, Nack) and nack.seq == 8 and "expected batch 6" in nack.reason
+
+
+def test_after_a_nack_what_was_sent_behind_it_is_nacked_until_it_comes_again() -> None:
+    _, hub = connected(hwm=5)
+    hub.receive_data(_batch(6))
+    hub.receive_data(_batch(7))
+    assert [b.seq for b in hub.events_received()] == [6, 7]  # type: ignore[attr-defined]
+    assert hub.ready(6)
+    hub.nack(6, "not durable: store busy")
+    assert not hub.ready(7)  # taken before 6 failed: never made durable around the gap
+    hub.data_to_send()
+    hub.receive_data(_batch(6))
+    assert [b.seq for b in hub.events_received()] == [6]  # type: ignore[attr-defined]
+    assert hub.ready(6)
+    hub.ack(6)
+    assert hub.hwm == 6 and hub.expected == 7
+
+
+def test_hub_asks_to_slow_once_per_crossing_of_its_threshold() -> None:
+    edge, hub = connected(window=4)
+    hub.backlog(20, threshold=16)
+    hub.backlog(30, threshold=16)
+    assert exchange(hub, edge) == [Slow(window=1)] and edge.window == 1
+    hub.backlog(10, threshold=16)  # still above half: no new crossing
+    hub.backlog(7, threshold=16)
+    hub.backlog(17, threshold=16)
+    assert exchange(hub, edge) == [Slow(window=1)]
 
 
 def test_slow_only_shrinks_the_window() -> None:

@@ -1,0 +1,87 @@
+"""The hub's config: the edge's schema and loader, plus the components only a hub runs.
+
+The file format is the edge's (``edge_agent.config``); what the hub adds is the
+``websocket_input`` component type, decoded and checked by the same loader.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated
+
+import msgspec
+
+from edge_agent.config import Config, Duration, load_config
+from edge_agent.config.schema import COMPONENT_TYPES, Port, Section
+from edge_agent.config.units import ByteSize
+
+__all__ = [
+    "HUB_COMPONENT_TYPES",
+    "DeviceConfig",
+    "WebsocketInputConfig",
+    "load_hub_config",
+    "sync_inputs",
+]
+
+
+class DeviceConfig(Section, frozen=True):
+    """``websocket_input.config.devices.<edge id>``: an edge's static credential."""
+
+    token: str
+
+
+class WebsocketInputConfig(Section, frozen=True):
+    """``components[].config`` of type ``websocket_input``: the hub's listener for edges.
+
+    On the API's port (the seed's 8080) the sync path is served by the API server
+    itself; on another port, by a listener of its own on the API's host. ``devices``
+    maps each edge id to its credential. A frame over ``max_frame_bytes`` or a payload
+    expanding past ``max_batch_bytes`` closes that edge's connection; past
+    ``slow_threshold`` batches waiting hub-wide, edges are told to slow down.
+    ``max_clock_skew`` bounds how far in the future an edge's timestamps may lie: later
+    stamps are clamped to the receive time plus this, so no edge's clock can mask
+    another edge's later writes for longer. ``stream_replicas`` (0: 3 on a cluster, 1
+    on one server) is the ``SYNC_BATCHES`` stream's replication.
+    """
+
+    port: Port = 8080
+    path: str = "/edge-sync"
+    devices: dict[str, DeviceConfig] = msgspec.field(default_factory=dict)
+    max_frame_bytes: ByteSize = ByteSize(8 << 20)
+    max_batch_bytes: ByteSize = ByteSize(64 << 20)
+    slow_threshold: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 16
+    ping_interval: Duration = Duration(10.0)
+    ping_timeout: Duration = Duration(10.0)
+    stream_max_bytes: ByteSize = ByteSize(1 << 30)
+    stream_replicas: Annotated[int, msgspec.Meta(ge=0, le=5)] = 0
+    max_clock_skew: Duration = Duration(60.0)
+
+    def problems(self) -> list[tuple[str, str]]:
+        """Empty device tokens (an unset environment variable, most likely)."""
+        return [
+            (f"devices.{edge}.token", "empty (is the environment variable it names set?)")
+            for edge, device in self.devices.items()
+            if not device.token
+        ]
+
+
+#: The component types a hub runs: the edge's, plus ``websocket_input``.
+HUB_COMPONENT_TYPES: Mapping[str, type[Section]] = {
+    **COMPONENT_TYPES,
+    "websocket_input": WebsocketInputConfig,
+}
+
+
+def load_hub_config(path: Path | str | None, env: Mapping[str, str] | None = None) -> Config:
+    """:func:`edge_agent.config.load_config` with the hub's component types.
+
+    Raises:
+        ConfigError: the file is unreadable or invalid; each problem names its key path.
+    """
+    return load_config(path, env, component_types=HUB_COMPONENT_TYPES)
+
+
+def sync_inputs(config: Config) -> list[WebsocketInputConfig]:
+    """The config's ``websocket_input`` components' settings, in order."""
+    return [c.config for c in config.components if isinstance(c.config, WebsocketInputConfig)]

@@ -1,0 +1,1 @@
+"""The hub's graph: per-edge contributions, the merged view kept from them, cross-edge reads."""

@@ -1,0 +1,43 @@
+"""The hub's own metrics, in the same registry as the shared ``semstreams_*`` ones."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge
+
+from edge_agent.metrics import Metrics
+
+__all__ = ["HubMetrics"]
+
+
+class HubMetrics:
+    """``semstreams_hub_*``: the log, the materialiser and the merge.
+
+    Args:
+        metrics: the program's metrics, whose registry these join.
+    """
+
+    def __init__(self, metrics: Metrics) -> None:
+        registry = metrics.registry
+        self.conflicts = Counter(
+            "semstreams_hub_conflicts",
+            "Conflicts recorded by kind (future_timestamp, foreign_delete, older_write).",
+            ["kind"],
+            registry=registry,
+        )
+        self.log_pending = Gauge(
+            "semstreams_hub_log_pending_batches",
+            "Batches in SYNC_BATCHES this instance has not applied yet.",
+            registry=registry,
+        )
+        self.materialised = Counter(
+            "semstreams_hub_materialised_batches",
+            "Batches applied to this instance's graph from the log, by outcome.",
+            ["outcome"],
+            registry=registry,
+        )
+        self.log_appends = Counter(
+            "semstreams_hub_log_appends",
+            "Appends to SYNC_BATCHES by outcome (stored, raced, failed).",
+            ["outcome"],
+            registry=registry,
+        )

@@ -1,0 +1,127 @@
+"""One SQLite file with a single writer: the machinery every store of the project shares.
+
+The graph store (edge and hub) and the hub's device registry each hold a
+:class:`Database`. It opens the file in WAL mode, applies the store's named
+migrations, owns the one write connection and the one thread that writes on it, and
+hands out read-only connections per thread, so readers never wait for the writer and
+never see half a transaction. SQLite's own errors leave it as :class:`GraphError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+from edge_agent.errors import GraphError
+from edge_agent.graph.migrations import Migration, migrate
+from edge_agent.graph.sql import write_transaction
+
+__all__ = ["Database"]
+
+_T = TypeVar("_T")
+
+
+class Database:
+    """A SQLite file in WAL mode: one writer thread, read-only connections per thread.
+
+    Args:
+        path: the file (created, with its directory, if missing).
+        migrations: the store's named migrations, applied once each, in order.
+        what: what the store is, for error messages ("graph store", "registry").
+
+    Raises:
+        GraphError: the file cannot be opened or migrated.
+    """
+
+    def __init__(self, path: Path, migrations: Sequence[Migration], *, what: str) -> None:
+        self.path = path
+        self.what = what
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{what}-writer")
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            self.connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self.connection.execute("PRAGMA journal_mode = WAL")
+            # FULL: what is acked after a commit (a JetStream message, a sync batch, an
+            # enrolment) must survive a power cut.
+            self.connection.execute("PRAGMA synchronous = FULL")
+            self.connection.execute("PRAGMA busy_timeout = 5000")
+            self.migrations_applied = migrate(self.connection, migrations)
+        except sqlite3.Error as exc:
+            raise GraphError(f"cannot open {what} {path}: {exc}") from exc
+
+    def close(self) -> None:
+        """Finish queued writes, then close the write connection."""
+        self._writer.shutdown(wait=True)
+        self.connection.close()
+
+    # ---- writes ------------------------------------------------------------------------
+
+    async def write(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        """Run ``fn(*args, **kwargs)`` on the single writer thread; await its result."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._writer, functools.partial(fn, *args, **kwargs))
+
+    def transaction(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        """Run ``fn(connection, *args)`` in one write transaction, from any thread.
+
+        Writers take turns (a lock), so synchronous callers (request threads) and the
+        writer thread never share the connection at once.
+
+        Raises:
+            GraphError: SQLite refused; nothing of ``fn``'s writes is kept.
+        """
+        with self._lock:
+            try:
+                with write_transaction(self.connection) as db:
+                    return fn(db, *args, **kwargs)
+            except sqlite3.Error as exc:
+                raise GraphError(f"{self.what} not written: {exc}") from exc
+
+    async def write_transaction(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        """:meth:`transaction` on the writer thread."""
+        return await self.write(self.transaction, fn, *args, **kwargs)
+
+    # ---- reads -------------------------------------------------------------------------
+
+    @contextmanager
+    def reader(self) -> Iterator[sqlite3.Connection]:
+        """This thread's read-only connection, converting SQLite errors to GraphError."""
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
+            db.execute("PRAGMA busy_timeout = 5000")
+            self._local.db = db
+        try:
+            yield db
+        except sqlite3.Error as exc:
+            raise GraphError(f"{self.what}: query failed: {exc}") from exc
+
+    def read(self, fn: Callable[..., _T], *args: Any) -> _T:
+        """``fn(reader, *args)`` on this thread's read-only connection."""
+        with self.reader() as db:
+            return fn(db, *args)
+
+    @contextmanager
+    def snapshot(self) -> Iterator[sqlite3.Connection]:
+        """A dedicated read-only connection holding one consistent snapshot until closed.
+
+        For long reads (export) that span many pages: writes go on meanwhile, and the
+        reader sees none of them.
+        """
+        db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
+        try:
+            db.execute("BEGIN")
+            yield db
+        except sqlite3.Error as exc:
+            raise GraphError(f"{self.what}: read failed: {exc}") from exc
+        finally:
+            db.close()

@@ -1,0 +1,101 @@
+"""The graph part of a program: the store (its single writer) and the querier over it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from edge_agent.config import GraphSettings
+from edge_agent.graph.migrations import MIGRATIONS, Migration
+from edge_agent.graph.outbox import SyncMode
+from edge_agent.graph.querier import Querier
+from edge_agent.graph.store import GraphStore
+from edge_agent.metrics import Metrics
+
+__all__ = ["GraphService"]
+
+
+class GraphService:
+    """The knowledge graph in ``<state_dir>/graph.db`` and its (cached) queries.
+
+    Args:
+        path: the database file.
+        origin: this program's id, written into ``origin`` of what it applies.
+        settings: ``graph.config``.
+        metrics: the program's metrics (the query cache counts into them).
+        outbox: the sync outbox's mode, or ``None`` for none.
+        migrations: the schema (the hub passes the graph's plus its own).
+    """
+
+    name = "store"
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        origin: str,
+        settings: GraphSettings,
+        metrics: Metrics,
+        outbox: SyncMode | None = None,
+        migrations: Sequence[Migration] = MIGRATIONS,
+    ) -> None:
+        self._path = path
+        self._origin = origin
+        self._settings = settings
+        self._metrics = metrics
+        self._outbox = outbox
+        self._migrations = migrations
+        self.store: GraphStore
+        self.querier: Querier
+        self._ok = True
+
+    async def start(self) -> None:
+        """Open (and migrate) the store; build the querier.
+
+        Raises:
+            GraphError: the file cannot be opened, migrated or indexed.
+        """
+        settings = self._settings
+        self.store = await asyncio.to_thread(
+            GraphStore,
+            self._path,
+            origin=self._origin,
+            indexes=settings.indexer.indexes,
+            edge_batch_size=settings.data_manager.edge_batch_size,
+            outbox=self._outbox,
+            migrations=self._migrations,
+        )
+        self.querier = Querier(
+            self.store,
+            indexes=settings.indexer.indexes,
+            metrics=self._metrics,
+            cache_enabled=settings.querier.cache_enabled,
+            max_cache_size=settings.querier.max_cache_size,
+        )
+
+    async def stop(self) -> None:
+        """Finish queued writes and close the store."""
+        if hasattr(self, "store"):
+            await asyncio.to_thread(self.store.close)
+
+    async def check(self) -> None:
+        """Read one row, to tell ``/health`` whether the store answers."""
+        self._ok = await asyncio.to_thread(self._readable)
+
+    def _readable(self) -> bool:
+        try:
+            with self.store.reader() as db:
+                db.execute("SELECT 1 FROM entities LIMIT 1").fetchall()
+        except Exception:
+            return False
+        return True
+
+    def health(self) -> dict[str, Any]:
+        """``ok`` or ``down``, as of the last :meth:`check`."""
+        return {"status": "ok" if self._ok else "down"}
+
+    def committed(self, touched: frozenset[str]) -> None:
+        """After a commit: drop what it made stale from the query cache."""
+        self.querier.invalidate(touched)

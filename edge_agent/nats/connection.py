@@ -1,0 +1,128 @@
+"""The NATS part of a program: the embedded nats-server when one is wanted, and the client.
+
+Both the edge agent and the hub hold one. With ``nats.embedded`` (``auto`` by default)
+it supervises its own server on loopback, JetStream in the state directory; otherwise
+it connects to ``nats.urls`` (a cluster) and starts nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+
+from edge_agent.config import NatsConfig
+from edge_agent.nats.client import connect, embedded_port
+from edge_agent.nats.server import EmbeddedNatsServer
+
+__all__ = ["NatsConnection"]
+
+log = logging.getLogger(__name__)
+
+
+class NatsConnection:
+    """A connected NATS client, and the embedded server behind it when there is one.
+
+    Args:
+        config: the ``nats`` section.
+        state_dir: where an embedded server keeps its JetStream store.
+        name: the program's id (the embedded server's name).
+        client_name: what the server shows for the client ("edge-agent <id>").
+        stream_bytes: the byte limits of the streams the program will create; an
+            embedded server reserves twice that (it refuses a stream that does not fit).
+        on_restart: called when the embedded server was restarted after a crash.
+    """
+
+    name = "nats"
+
+    def __init__(
+        self,
+        config: NatsConfig,
+        state_dir: Path,
+        *,
+        name: str,
+        client_name: str,
+        stream_bytes: int,
+        on_restart: Callable[[], None] | None = None,
+    ) -> None:
+        self.config = config
+        self._state_dir = state_dir
+        self._name = name
+        self._client_name = client_name
+        self._stream_bytes = stream_bytes
+        self._on_restart = on_restart
+        self._resync: list[Callable[[], None]] = []
+        self.server: EmbeddedNatsServer | None = None
+        self.nc: Client | None = None
+        self.js: JetStreamContext | None = None
+        self.urls: list[str] = list(config.urls)
+
+    def on_resync(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` after a reconnection or dropped messages (consumers rebind)."""
+        self._resync.append(callback)
+
+    @property
+    def client(self) -> Client:
+        """The connected client (after :meth:`start`)."""
+        assert self.nc is not None, "NATS is not started"
+        return self.nc
+
+    @property
+    def jetstream(self) -> JetStreamContext:
+        """JetStream on the connected client (after :meth:`start`)."""
+        assert self.js is not None, "NATS is not started"
+        return self.js
+
+    @property
+    def connected(self) -> bool:
+        """Whether the client is connected now."""
+        return self.nc is not None and self.nc.is_connected
+
+    async def start(self) -> None:
+        """Start the embedded server if wanted, then connect.
+
+        Raises:
+            NatsServerError: the server could not start, or no server answered.
+        """
+        port = await embedded_port(self.config)
+        if port is not None:
+            self.server = EmbeddedNatsServer(
+                self._state_dir,
+                port=port,
+                max_file_store=2 * self._stream_bytes,
+                name=self._name,
+                on_restart=self._on_restart,
+            )
+            await self.server.start()
+            self.urls = [self.server.url]
+        self.nc = await connect(
+            self.config, self.urls, name=self._client_name, on_resync=self._resynced
+        )
+        self.js = self.nc.jetstream()
+
+    def _resynced(self) -> None:
+        for callback in self._resync:
+            callback()
+
+    async def stop(self) -> None:
+        """Close the client, then stop the embedded server."""
+        if self.nc is not None:
+            with contextlib.suppress(Exception):
+                await self.nc.close()
+        if self.server is not None:
+            await self.server.stop()
+
+    def health(self) -> dict[str, Any]:
+        """Connected or down, and the embedded server's state."""
+        server = self.server
+        return {
+            "status": "ok" if self.connected else "down",
+            "embedded": server is not None,
+            "server_running": server.running if server else None,
+            "server_restarts": server.restarts if server else 0,
+        }
