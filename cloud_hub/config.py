@@ -12,12 +12,13 @@ from typing import Annotated
 
 import msgspec
 
-from edge_agent.config import Config, Duration, load_config
+from edge_agent.config import Config, Duration, IndexesConfig, load_config
 from edge_agent.config.schema import COMPONENT_TYPES, Port, Section
 from edge_agent.config.units import ByteSize
 
 __all__ = [
     "HUB_COMPONENT_TYPES",
+    "HUB_INDEXES",
     "DeviceConfig",
     "WebsocketInputConfig",
     "load_hub_config",
@@ -73,13 +74,29 @@ HUB_COMPONENT_TYPES: Mapping[str, type[Section]] = {
 }
 
 
+#: The hub keeps every index by default (the seed's cloud hub config turns all five on).
+HUB_INDEXES = IndexesConfig(predicate=True, incoming=True, alias=True, spatial=True, temporal=True)
+
+
 def load_hub_config(path: Path | str | None, env: Mapping[str, str] | None = None) -> Config:
-    """:func:`edge_agent.config.load_config` with the hub's component types.
+    """:func:`edge_agent.config.load_config` with the hub's component types and defaults.
+
+    Where the file leaves ``graph.config.indexer.indexes`` at the edge's defaults, the
+    hub keeps all five (:data:`HUB_INDEXES`): cross-edge spatial, temporal and alias
+    queries are what a hub is for.
 
     Raises:
         ConfigError: the file is unreadable or invalid; each problem names its key path.
     """
-    return load_config(path, env, component_types=HUB_COMPONENT_TYPES)
+    config = load_config(path, env, component_types=HUB_COMPONENT_TYPES)
+    settings = config.graph.config
+    if settings.indexer.indexes != IndexesConfig():
+        return config
+    indexer = msgspec.structs.replace(settings.indexer, indexes=HUB_INDEXES)
+    graph = msgspec.structs.replace(
+        config.graph, config=msgspec.structs.replace(settings, indexer=indexer)
+    )
+    return msgspec.structs.replace(config, graph=graph)
 
 
 def sync_inputs(config: Config) -> list[WebsocketInputConfig]:

@@ -14,7 +14,6 @@ from typing import Any, NamedTuple
 from edge_agent.graph.indexes import LATITUDE, LONGITUDE
 
 __all__ = [
-    "COPY_ENTITY",
     "DELETE_ENTITY",
     "NEIGHBOURS",
     "RDF_TYPE",
@@ -51,17 +50,6 @@ UPSERT_ENTITY = Upsert(
         version = version + 1,
         priority = excluded.priority,
         updated_at = max(updated_at, excluded.updated_at),
-        origin = excluded.origin""",
-)
-#: A synced copy (the hub): the version and stamps are the origin's.
-COPY_ENTITY = Upsert(
-    "INSERT INTO entities (id, type, version, priority, created_at, updated_at, origin) VALUES",
-    "(?, ?, ?, ?, ?, ?, ?)",
-    """ON CONFLICT (id) DO UPDATE SET
-        type = excluded.type,
-        version = excluded.version,
-        priority = excluded.priority,
-        updated_at = excluded.updated_at,
         origin = excluded.origin""",
 )
 # The newer timestamp wins per predicate; an equal one is a re-statement and also wins.

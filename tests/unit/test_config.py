@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cloud_hub.config import HUB_COMPONENT_TYPES, load_hub_config
+from cloud_hub.config import HUB_COMPONENT_TYPES, HUB_INDEXES, load_hub_config
 from edge_agent.config import ByteSize, Duration, load_config, load_config_bytes
 from edge_agent.config.schema import SimulatorConfig, WebsocketOutputConfig
 from edge_agent.errors import ConfigError
@@ -43,7 +43,7 @@ def test_seed_example_loads(path: Path) -> None:
     config = load_hub_config(path, env=SEED_ENV)
     assert config.platform.id  # defaults to the hostname
     if "websocket_input" not in path.read_text():
-        assert load_config(path, env=SEED_ENV) == config
+        assert load_config(path, env=SEED_ENV).components == config.components
 
 
 def test_the_edge_refuses_the_hubs_component_and_names_it() -> None:
@@ -276,3 +276,15 @@ def test_run_refuses_an_invalid_config(tmp_path: Path) -> None:
     result = run_cli("run", "--config", str(bad))
     assert result.returncode == 2
     assert "graph.config.workers" in result.stderr
+
+
+def test_the_hub_keeps_all_five_indexes_unless_its_file_says_otherwise(tmp_path: Path) -> None:
+    default = load_hub_config(None, env={})
+    assert default.graph.config.indexer.indexes == HUB_INDEXES
+    chosen = tmp_path / "hub.json"
+    chosen.write_text(
+        json.dumps({"graph": {"config": {"indexer": {"indexes": {"spatial": True}}}}})
+    )
+    indexes = load_hub_config(chosen, env={}).graph.config.indexer.indexes
+    assert indexes.spatial and not indexes.temporal and not indexes.alias
+    assert load_config(None, env={}).graph.config.indexer.indexes.spatial is False  # the edge's
