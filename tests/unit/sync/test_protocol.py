@@ -154,7 +154,7 @@ def _batch(seq: int) -> bytes:
 
 
 def test_hub_acks_a_resend_itself_and_hands_the_shell_only_the_next_batch() -> None:
-    edge, hub = connected(hwm=5)
+    _, hub = connected(hwm=5)
     hub.receive_data(_batch(5))
     assert hub.events_received() == [] and hub.duplicates == 1
     assert [decode_frame(d, max_bytes=1 << 20) for d in hub.data_to_send()] == [Ack(seq=5)]
