@@ -111,6 +111,7 @@ class Hub:
                 self.nats,
                 self.graph,
                 _Part("log", self._start_log, _nothing),
+                _Part("materialiser", self._start_materialiser, self._stop_materialiser),
                 _Part("enrolment", self._start_enrolment, self._stop_enrolment),
                 _Part("sync", self._start_sync_input, _nothing),
                 self.api,
@@ -195,8 +196,12 @@ class Hub:
             max_frame_bytes=int(settings.max_frame_bytes) + 4096,
             max_batch_bytes=int(settings.max_batch_bytes),
         )
-        self.parts.parts.insert(self.parts.parts.index(self.api), self.materialiser)
+
+    async def _start_materialiser(self) -> None:
         await self.materialiser.start()
+
+    async def _stop_materialiser(self) -> None:
+        await self.materialiser.stop()
 
     async def _start_enrolment(self) -> None:
         if not self.config.provisioning.enabled:
@@ -228,7 +233,7 @@ class Hub:
             sync_log=self.sync_log,
             metrics=self.metrics,
             hub_metrics=self.hub_metrics,
-            backlog=lambda: self.materialiser.pending,
+            backlog=lambda appended: max(0, appended - self.materialiser.position),
             authenticate=self.enrolment.authenticate if self.enrolment else None,
             max_payload=self.nats.client.max_payload,
             hub_id=self.config.platform.id,
@@ -320,6 +325,7 @@ class Hub:
         ``degraded`` when NATS is away or the materialiser retries."""
         await self.graph.check()
         components = self.parts.health()
+        components["materialiser"] = self.materialiser.health()
         if self.sync_input is not None:
             links = self.sync_input.links.values()
             components["sync"] = {

@@ -92,7 +92,8 @@ class SyncInput:
         settings: the component's config.
         sync_log: the ``SYNC_BATCHES`` stream.
         metrics, hub_metrics: where to count.
-        backlog: batches in the log this instance has not applied yet (for Slow).
+        backlog: given a stream sequence this link appended, how many batches up to it
+            this instance has not applied yet (for Slow).
         authenticate: checks an enrolled device's credential (raises AuthError) for
             edges not in ``settings.devices``.
         max_payload: the NATS server's largest message (0: unknown).
@@ -106,7 +107,7 @@ class SyncInput:
         sync_log: SyncLog,
         metrics: Metrics,
         hub_metrics: HubMetrics,
-        backlog: Callable[[], int],
+        backlog: Callable[[int], int],
         authenticate: Callable[[str, str, float], None] | None = None,
         max_payload: int = 0,
         hub_id: str = "",
@@ -270,7 +271,7 @@ class SyncInput:
         if newest:
             link.lag_seconds = max(0.0, now - newest / 1000)
             self._metrics.sync_lag.labels(proto.edge_id).set(link.lag_seconds)
-        proto.backlog(self._backlog(), self.settings.slow_threshold)
+        proto.backlog(self._backlog(session.after), self.settings.slow_threshold)
 
     async def _append(self, session: _Session, batch: Batch, frame: bytes, now: float) -> bool:
         """Append to the log; whether it is there (stored now, or already, by anyone)."""

@@ -17,6 +17,7 @@ import sqlite3
 from collections.abc import Callable
 
 import nats.errors
+import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -79,6 +80,8 @@ class Materialiser:
         self._task: asyncio.Task[None] | None = None
         self.pending = 0
         self.applied = 0
+        #: The last stream sequence applied to the graph.
+        self.position = 0
         self.last_error = ""
         self.caught_up = asyncio.Event()
         self._stream_created = ""
@@ -122,22 +125,31 @@ class Materialiser:
         position = await self._store.write(
             self._store.position, self.consumer, self._stream_created
         )
-        subscription = await self._js.pull_subscribe(
-            SYNC_SUBJECTS,
-            durable=self.consumer,
-            stream=SYNC_STREAM,
-            config=ConsumerConfig(
+        # The position lives in the graph, so the consumer is disposable: made again from
+        # it on every bind (after a failover its old state may be gone or stuck), on one
+        # replica only.
+        with contextlib.suppress(nats.js.errors.NotFoundError):
+            await self._js.delete_consumer(SYNC_STREAM, self.consumer)
+        await self._js.add_consumer(
+            SYNC_STREAM,
+            ConsumerConfig(
+                durable_name=self.consumer,
+                filter_subject=SYNC_SUBJECTS,
                 ack_policy=AckPolicy.EXPLICIT,
                 deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
                 opt_start_seq=position + 1,
                 max_ack_pending=4 * _FETCH,
                 ack_wait=60,
+                num_replicas=1,
             ),
         )
+        subscription = await self._js.pull_subscribe_bind(self.consumer, stream=SYNC_STREAM)
+        self.position = max(self.position, position)
+        self.last_error = ""
         while True:
             try:
                 messages = await subscription.fetch(_FETCH, timeout=1)
-            except nats.errors.TimeoutError:
+            except (nats.errors.TimeoutError, TimeoutError):
                 await self._note_backlog(subscription)
                 continue
             await self._apply(messages)
@@ -163,6 +175,7 @@ class Materialiser:
             await message.ack()
         self.last_error = ""
         self.applied += len(messages)
+        self.position = max(self.position, messages[-1].metadata.sequence.stream)
         self._count(results)
 
     def _apply_all(self, messages: list[Msg]) -> list[BatchResult]:
