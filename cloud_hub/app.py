@@ -34,7 +34,8 @@ from cloud_hub.sync.materialiser import Materialiser
 from edge_agent import __version__
 from edge_agent.api.routes import SHARED_ROUTES
 from edge_agent.api.service import ApiService
-from edge_agent.blueprint import Blueprint
+from edge_agent.app import retry_until_ready
+from edge_agent.blueprint import Blueprint, Stage
 from edge_agent.config import AuthConfig, Config
 from edge_agent.graph import GraphStore
 from edge_agent.graph.querier import Querier
@@ -49,23 +50,6 @@ __all__ = ["Hub"]
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 _DEFAULT_SYNC = WebsocketInputConfig()
-
-
-class _Part:
-    """A part of the hub that is a pair of its own coroutines."""
-
-    def __init__(self, name: str, start: Callable[[], Any], stop: Callable[[], Any]) -> None:
-        self.name = name
-        self._start, self._stop = start, stop
-
-    async def start(self) -> None:
-        await self._start()
-
-    async def stop(self) -> None:
-        await self._stop()
-
-    def health(self) -> None:
-        return None
 
 
 class Hub:
@@ -110,13 +94,13 @@ class Hub:
             [
                 self.nats,
                 self.graph,
-                _Part("log", self._start_log, _nothing),
-                _Part("materialiser", self._start_materialiser, self._stop_materialiser),
-                _Part("enrolment", self._start_enrolment, self._stop_enrolment),
-                _Part("sync", self._start_sync_input, _nothing),
+                Stage("log", self._start_log),
+                Stage("materialiser", self._start_materialiser, self._stop_materialiser),
+                Stage("enrolment", self._start_enrolment, self._stop_enrolment),
+                Stage("sync", self._start_sync_input),
                 self.api,
-                _Part("sync-listener", self._start_sync_listener, _nothing),
-                _Part("advertise", self._start_advertising, self._stop_advertising),
+                Stage("sync-listener", self._start_sync_listener),
+                Stage("advertise", self._start_advertising, self._stop_advertising),
             ]
         )
 
@@ -185,7 +169,7 @@ class Hub:
             max_msg_bytes=int(settings.max_frame_bytes) + 4096,
             replicas=replicas,
         )
-        await _retry(self.sync_log.ensure, "SYNC_BATCHES not available")
+        await retry_until_ready(self.sync_log.ensure, "SYNC_BATCHES not available")
         self.materialiser = Materialiser(
             self.nats.jetstream,
             self.store,
@@ -347,25 +331,6 @@ class Hub:
             "uptime_s": round(time.time() - self.started_at, 1),
             "components": components,
         }
-
-
-async def _nothing() -> None:
-    return None
-
-
-async def _retry(action: Callable[[], Any], what: str, timeout: float = 20.0) -> None:
-    """``action()`` until it succeeds (a just-started JetStream, a cluster electing)."""
-    from edge_agent.errors import NatsServerError
-
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            await action()
-            return
-        except Exception as exc:
-            if time.monotonic() > deadline:
-                raise NatsServerError(f"{what}: {exc}") from exc
-            await asyncio.sleep(0.25)
 
 
 def _websocket_options(settings: WebsocketInputConfig) -> dict[str, Any]:

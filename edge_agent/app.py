@@ -23,7 +23,7 @@ from nats.js import JetStreamContext
 from edge_agent import __version__
 from edge_agent.api.routes import ROUTES
 from edge_agent.api.service import ApiService
-from edge_agent.blueprint import Blueprint
+from edge_agent.blueprint import Blueprint, Stage
 from edge_agent.config import ComponentConfig, Config
 from edge_agent.config.runtime import change_graph_settings, runtime_values
 from edge_agent.config.schema import WebsocketOutputConfig
@@ -51,7 +51,7 @@ if TYPE_CHECKING:
     from edge_agent.provision.mdns import Advertiser
     from edge_agent.sync.output import SyncOutput
 
-__all__ = ["Agent", "Tasks"]
+__all__ = ["Agent", "Tasks", "retry_until_ready"]
 
 log = logging.getLogger(__name__)
 _STREAM_POLL_S = 2.0
@@ -86,30 +86,6 @@ class Tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
-
-
-class _Stage:
-    """A part of the agent that is one of its own methods (ingest, components, ...)."""
-
-    def __init__(
-        self,
-        name: str,
-        start: Callable[[], Awaitable[None]],
-        stop: Callable[[], Awaitable[None]] | None = None,
-    ) -> None:
-        self.name = name
-        self._start = start
-        self._stop = stop
-
-    async def start(self) -> None:
-        await self._start()
-
-    async def stop(self) -> None:
-        if self._stop is not None:
-            await self._stop()
-
-    def health(self) -> None:
-        return None
 
 
 class Agent:
@@ -168,10 +144,10 @@ class Agent:
             [
                 self.nats,
                 self.graph,
-                _Stage("processor", self._start_ingest, self._tasks.cancel),
-                _Stage("components", self._start_components),
+                Stage("processor", self._start_ingest, self._tasks.cancel),
+                Stage("components", self._start_components),
                 self.api,
-                _Stage("provisioning", self._start_edge_provisioning, self._stop_advertising),
+                Stage("provisioning", self._start_edge_provisioning, self._stop_advertising),
             ]
         )
 
@@ -240,7 +216,8 @@ class Agent:
     # ---- ingest: JetStream streams, the publisher, the graph processor ------------------
 
     async def _start_ingest(self) -> None:
-        await _ensure_streams(self.js, self.config)
+        limits = self.config.nats.jetstream
+        await retry_until_ready(lambda: ensure_streams(self.js, limits), "JetStream not available")
         graph = self.config.graph.config
         dead_letters = DeadLetters(self.js, self.metrics)
         self.publisher = EventPublisher(
@@ -523,14 +500,21 @@ class Agent:
         }
 
 
-async def _ensure_streams(js: JetStreamContext, config: Config) -> None:
-    """The agent's streams, retried while a just-started JetStream finds its feet."""
-    deadline = time.monotonic() + _JETSTREAM_READY_TIMEOUT_S
+async def retry_until_ready(
+    action: Callable[[], Awaitable[Any]], what: str, timeout: float = _JETSTREAM_READY_TIMEOUT_S
+) -> None:
+    """``await action()`` until it succeeds: a just-started JetStream, or a cluster
+    electing a leader, refuses for a moment.
+
+    Raises:
+        NatsServerError: still failing after ``timeout`` seconds; names ``what``.
+    """
+    deadline = time.monotonic() + timeout
     while True:
         try:
-            await ensure_streams(js, config.nats.jetstream)
+            await action()
             return
         except Exception as exc:
             if time.monotonic() > deadline:
-                raise NatsServerError(f"JetStream not available: {exc}") from exc
+                raise NatsServerError(f"{what}: {exc}") from exc
             await asyncio.sleep(0.25)

@@ -10,10 +10,10 @@ to start, stops those already started, newest first.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
-__all__ = ["Blueprint", "Part"]
+__all__ = ["Blueprint", "Part", "Stage"]
 
 log = logging.getLogger(__name__)
 
@@ -76,3 +76,36 @@ class Blueprint:
             if report is not None:
                 reports[part.name] = report
         return reports
+
+
+class Stage:
+    """A part that is a pair of a program's own coroutines (ingest, the log, ...).
+
+    Args:
+        name: what the logs call it.
+        start: starts it.
+        stop: stops it (``None``: nothing to stop).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        start: Callable[[], Awaitable[None]],
+        stop: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        self.name = name
+        self._start = start
+        self._stop = stop
+
+    async def start(self) -> None:
+        """Run the start coroutine."""
+        await self._start()
+
+    async def stop(self) -> None:
+        """Run the stop coroutine, if there is one."""
+        if self._stop is not None:
+            await self._stop()
+
+    def health(self) -> None:
+        """Nothing to report: the program reports on its own stages."""
+        return
