@@ -69,10 +69,10 @@ from sync import MB, Bench, Node, PhaseError, machine, rss_bytes
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.cluster
 
-from edge_agent.sync.codec import encode_deltas  # noqa: E402
-from edge_agent.sync.frames import Ack, EntityDelta, Nack, Welcome  # noqa: E402
-from edge_agent.sync.protocol import EdgeProtocol, State  # noqa: E402
-from tests.cluster import NatsCluster  # noqa: E402
+from edge_agent.sync.codec import encode_deltas
+from edge_agent.sync.frames import Ack, EntityDelta, Nack, Welcome
+from edge_agent.sync.protocol import EdgeProtocol, State
+from tests.cluster import NatsCluster
 
 SYNC_PATH = "/edge-sync"
 STREAM = "SYNC_BATCHES"
@@ -248,7 +248,9 @@ class HubNode(Node):
         }
         if cluster_urls:
             config["stream_replicas"] = 3
-        super().__init__("hub", workdir / name, {"id": "in", "type": "websocket_input", "config": config})
+        super().__init__(
+            "hub", workdir / name, {"id": "in", "type": "websocket_input", "config": config}
+        )
         self.name = name
         self.cluster_urls = cluster_urls
 
@@ -302,9 +304,7 @@ class HubNode(Node):
         return metric(await self.metrics(http), APPLIED[0], **APPLIED[1])
 
 
-async def wait_applied(
-    http: httpx.AsyncClient, hub: HubNode, events: int, timeout: float
-) -> float:
+async def wait_applied(http: httpx.AsyncClient, hub: HubNode, events: int, timeout: float) -> float:
     """Poll the hub until it has applied ``events`` deltas; the poll's monotonic time."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -424,8 +424,19 @@ def start_profile(run: Run, hub: HubNode, name: str) -> subprocess.Popen[bytes] 
     run.args.profile.mkdir(parents=True, exist_ok=True)
     out = run.args.profile / f"{name}.txt"
     return subprocess.Popen(
-        [sys.executable.replace("python", "py-spy").rsplit("/", 1)[0] + "/py-spy", "record",
-         "-p", str(hub.process.pid), "-f", "raw", "-o", str(out), "-r", "200", "--nonblocking"],
+        [
+            sys.executable.replace("python", "py-spy").rsplit("/", 1)[0] + "/py-spy",
+            "record",
+            "-p",
+            str(hub.process.pid),
+            "-f",
+            "raw",
+            "-o",
+            str(out),
+            "-r",
+            "200",
+            "--nonblocking",
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -456,7 +467,9 @@ async def phase_cluster(run: Run) -> dict[str, Any]:
         half = args.edges // 2
 
         def urls_of(i: int) -> list[str]:
-            return [hub_a.sync_url, hub_b.sync_url] if i < half else [hub_b.sync_url, hub_a.sync_url]
+            return (
+                [hub_a.sync_url, hub_b.sync_url] if i < half else [hub_b.sync_url, hub_a.sync_url]
+            )
 
         edges = sim_edges(args.edges, run.token, urls_of, args.batch_size)
         for edge in edges:
@@ -511,7 +524,9 @@ async def phase_cluster(run: Run) -> dict[str, Any]:
     return figures
 
 
-def first_ack_after(edge: SimEdge, moment: float, *, sent_after: bool, url: int | None = None) -> float | None:
+def first_ack_after(
+    edge: SimEdge, moment: float, *, sent_after: bool, url: int | None = None
+) -> float | None:
     """The time of the edge's first ack after ``moment`` (of a batch sent after it, with
     ``sent_after``; on hub URL ``url`` if given)."""
     for at, seq, via in edge.acks:
@@ -543,9 +558,7 @@ async def stream_failover(run: Run, cluster: NatsCluster, edges: list[SimEdge]) 
         killed = time.monotonic()
         cluster.kill9(leader)
         log(f"  killed {cluster.names[leader]}, the {STREAM} leader, under paced traffic")
-        found = await until_all(
-            edges, lambda e: first_ack_after(e, killed, sent_after=True), 60
-        )
+        found = await until_all(edges, lambda e: first_ack_after(e, killed, sent_after=True), 60)
         new_leader = await cluster.stream_leader(STREAM)
         await asyncio.sleep(1.0)
     finally:
@@ -560,7 +573,10 @@ async def stream_failover(run: Run, cluster: NatsCluster, edges: list[SimEdge]) 
         "failover_killed": cluster.names[leader],
         "failover_new_leader": cluster.names[new_leader],
     }
-    log(f"  failover gap {figures['failover_gap_s']} s (all edges {figures['failover_all_edges_s']} s)")
+    log(
+        f"  failover gap {figures['failover_gap_s']} s"
+        f" (all edges {figures['failover_all_edges_s']} s)"
+    )
     await settle(edges, 30)
     return figures
 
@@ -614,7 +630,9 @@ def commit() -> str:
     root = Path(__file__).resolve().parent.parent
     out = subprocess.run(
         ["git", "-C", str(root), "describe", "--always", "--dirty", "--abbrev=7"],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     return out.stdout.strip() or "unknown"
 
@@ -631,7 +649,7 @@ async def sample_rss_forever(bench: Bench) -> None:
         bench.sample_rss()
         cluster = getattr(bench, "cluster_pids", None)
         if cluster is not None:
-            for index, proc in enumerate(cluster._procs):  # noqa: SLF001
+            for proc in cluster._procs:
                 if proc is not None and proc.poll() is None:
                     label = "cluster_nats_max"
                     bench.peak_rss[label] = max(bench.peak_rss.get(label, 0), rss_bytes(proc.pid))
