@@ -19,6 +19,7 @@ from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 
 from edge_agent.errors import RemoteProtocolError
+from edge_agent.nats.client import ensure_stream_config
 
 __all__ = [
     "SYNC_STREAM",
@@ -86,10 +87,7 @@ class SyncLog:
 
     async def ensure(self) -> None:
         """Create the stream, or bring an existing one to this config."""
-        try:
-            await self._js.add_stream(self.config)
-        except nats.js.errors.BadRequestError:
-            await self._js.update_stream(self.config)
+        await ensure_stream_config(self._js, self.config)
 
     async def last(self, edge_id: str) -> LastBatch:
         """The edge's newest batch in the log (zeros when it has none)."""

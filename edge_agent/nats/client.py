@@ -38,6 +38,7 @@ from edge_agent.nats.subjects import (
 __all__ = [
     "connect",
     "embedded_port",
+    "ensure_stream_config",
     "ensure_streams",
     "is_local_url",
     "port_answers",
@@ -184,17 +185,22 @@ async def ensure_stream(
         duplicate_window=120.0,
         num_replicas=replicas,
     )
+    await ensure_stream_config(js, stream)
+
+
+async def ensure_stream_config(js: JetStreamContext, stream: StreamConfig) -> None:
+    """Create ``stream``, or update it when its limits, subjects or replicas changed.
+
+    Errors other than "no such stream" (e.g. too little storage for its replicas) are
+    raised as they are, never mistaken for "it exists".
+    """
     try:
-        current = (await js.stream_info(name)).config
+        current = (await js.stream_info(stream.name or "")).config
     except NotFoundError:
         await js.add_stream(stream)
         return
-    if (current.max_bytes, current.subjects, current.discard, current.num_replicas) != (
-        stream.max_bytes,
-        stream.subjects,
-        stream.discard,
-        stream.num_replicas,
-    ):
+    fields = ("max_bytes", "max_msg_size", "subjects", "discard", "num_replicas")
+    if any(getattr(current, f) != getattr(stream, f) for f in fields):
         await js.update_stream(stream)
 
 

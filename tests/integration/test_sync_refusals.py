@@ -1,4 +1,5 @@
-"""The hub against hostile or broken edges: bad credentials, bad frames, replayed batches.
+"""The hub against hostile or broken edges: bad credentials, bad frames, replayed batches,
+and an enrolled edge that tries to overwrite, erase or mask another edge's entity.
 
 A raw WebSocket client speaks to a real hub process frame by frame. Each refusal is
 counted, closes only the offending link, and loses nothing another edge sent.
@@ -7,7 +8,9 @@ counted, closes only the offending link, and loses nothing another edge sent.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 from websockets.exceptions import ConnectionClosed
@@ -31,6 +34,8 @@ from tests.integration.sync_harness import hub_process, metric
 pytestmark = pytest.mark.slow
 
 MAX_FRAME = 64 << 10
+CLOCK_SKEW_S = 1.0
+DAY_MS = 86_400_000
 TOKENS = {"edge-a": secrets.token_urlsafe(24), "edge-b": secrets.token_urlsafe(24)}
 
 
@@ -39,7 +44,12 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProcess]:
     devices = {edge: {"token": t} for edge, t in TOKENS.items()}
     process = hub_process(
         tmp_path_factory.mktemp("hub"),
-        sync_input={"max_frame_bytes": MAX_FRAME, "devices": devices, "slow_threshold": 2},
+        sync_input={
+            "max_frame_bytes": MAX_FRAME,
+            "devices": devices,
+            "slow_threshold": 2,
+            "max_clock_skew": f"{CLOCK_SKEW_S}s",
+        },
     )
     process.start()
     yield process
@@ -199,3 +209,71 @@ def test_a_hub_with_a_long_queue_tells_the_edge_to_slow_down(hub: AgentProcess) 
     slows = [f for f in frames if isinstance(f, Slow)]
     assert slows and slows[0].window == 1
     assert [f.seq for f in frames if isinstance(f, Ack)] == list(range(hwm + 1, hwm + 9))
+
+
+def _send_acked(hub: AgentProcess, edge: str, *deltas: EntityDelta) -> None:
+    """One batch of ``deltas`` from ``edge`` on a link of its own, acked by the hub."""
+    with _connect(hub) as ws:
+        hwm = _hello(ws, edge, TOKENS[edge]).hwm
+        ws.send(_batch(hwm + 1, *deltas))
+        assert _answer(ws) == Ack(seq=hwm + 1)
+
+
+def _reading(entity: str, version: int, at_ms: int, battery: float) -> EntityDelta:
+    return EntityDelta(entity, "drone", version, at_ms, 3, [("battery", battery, at_ms, "t")])
+
+
+def _hub_entity(hub: AgentProcess, entity: str) -> dict[str, Any]:
+    """The hub's merged view of ``entity`` with each edge's contribution."""
+    status, body = http_json(f"{hub.api}/graph/entities/{entity}?provenance=1")
+    assert status == 200, body
+    return body
+
+
+def _conflict_kinds(hub: AgentProcess, entity: str) -> dict[str, set[str]]:
+    """Per conflict kind recorded for ``entity``, the edges that caused it."""
+    _, found = http_json(f"{hub.api}/graph/conflicts?entity_id={entity}")
+    kinds: dict[str, set[str]] = {}
+    for conflict in found:
+        kinds.setdefault(conflict["kind"], set()).add(conflict["edge_id"])
+    return kinds
+
+
+def _until(check: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "the hub never showed it"
+        time.sleep(0.05)
+
+
+def test_a_compromised_edge_cannot_overwrite_erase_or_mask_another_edges_entity(
+    hub: AgentProcess,
+) -> None:
+    victim = f"B-{secrets.token_hex(4)}"
+    now = int(time.time() * 1000)
+    _send_acked(hub, "edge-b", _reading(victim, 3, now, battery=80.0))
+    _until(lambda: http_json(f"{hub.api}/graph/entities/{victim}")[0] == 200)
+
+    # edge-a has valid credentials and hostile intent: a replace, then a delete.
+    takeover = EntityDelta(victim, "drone", 1000, now + 1, 3, replace=True)
+    erase = EntityDelta(victim, "drone", 1001, now + 2, 3, deleted=True)
+    _send_acked(hub, "edge-a", takeover)
+    _send_acked(hub, "edge-a", erase)
+    _until(lambda: "foreign_delete" in _conflict_kinds(hub, victim))
+    entity = _hub_entity(hub, victim)
+    assert entity["properties"] == {"battery": 80.0}, "edge-a erased edge-b's reading"
+    assert set(entity["provenance"]) == {"edge-b"}
+
+    # Then a reading stamped a day ahead: the hub clamps it to its own clock plus the
+    # allowed skew, so it wins for that long at most, and is listed.
+    _send_acked(hub, "edge-a", _reading(victim, 1002, now + DAY_MS, battery=0.0))
+    _until(lambda: "future_timestamp" in _conflict_kinds(hub, victim))
+    assert _conflict_kinds(hub, victim) == {
+        "foreign_delete": {"edge-a"},
+        "future_timestamp": {"edge-a"},
+    }
+    assert _hub_entity(hub, victim)["provenance"]["edge-b"]["properties"] == {"battery": 80.0}
+    time.sleep(CLOCK_SKEW_S + 0.5)
+    _send_acked(hub, "edge-b", _reading(victim, 4, int(time.time() * 1000), battery=70.0))
+    _until(lambda: _hub_entity(hub, victim)["properties"] == {"battery": 70.0})
+    assert set(_hub_entity(hub, victim)["provenance"]) == {"edge-a", "edge-b"}
