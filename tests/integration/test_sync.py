@@ -9,6 +9,8 @@ each batch once.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import random
 import signal
@@ -17,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import nats
 import pytest
 
 from tests.certs import self_signed
@@ -65,6 +68,66 @@ def test_edge_graph_reaches_the_hub_and_the_hub_reports_the_edge(pair: SyncPair)
     assert received > 0
     assert metric(pair.edge.api, "semstreams_sync_acks_total") >= 1
     assert metric(pair.hub.api, "semstreams_sync_deltas_total", 'outcome="applied"') >= DRONES
+
+
+def _located(i: int) -> dict[str, Any]:
+    """A drone at 52.0 + i/100 degrees north, 4.0 east (about 1.1 km apart)."""
+    return {
+        "entity_id": f"geo-{i}",
+        "entity_type": "drone",
+        "priority": 3,
+        "properties": {"geo.location.latitude": 52.0 + i / 100, "geo.location.longitude": 4.0},
+    }
+
+
+def _query(hub: AgentProcess, name: str, request: dict[str, Any]) -> dict[str, Any]:
+    status, answer = http_json(f"{hub.api}/graph/query/{name}", json.dumps(request).encode())
+    assert status == 200, answer
+    result: dict[str, Any] = answer
+    return result
+
+
+async def _over_nats(url: str, name: str, request: dict[str, Any]) -> dict[str, Any]:
+    client = await nats.connect(url)
+    try:
+        reply = await client.request(f"graph.query.{name}", json.dumps(request).encode(), 5)
+    finally:
+        await client.close()
+    assert reply.headers is not None and reply.headers["Status"] == "200", reply.data
+    answer: dict[str, Any] = json.loads(reply.data)
+    return answer
+
+
+def test_the_hub_answers_spatial_temporal_and_cross_edge_queries(pair: SyncPair) -> None:
+    before_ms = int(time.time() * 1000) - 1000
+    post_events(pair.edge.api, [_located(i) for i in range(5)])
+    pair.wait_synced(minimum=5)
+    queries = {
+        "spatial": {"min_lat": 52.015, "max_lat": 52.035, "min_lon": 3.9, "max_lon": 4.1},
+        "temporal": {
+            "start": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(before_ms / 1000)),
+            "end": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 60)),
+        },
+    }
+    for name, request in queries.items():
+        over_http = _query(pair.hub, name, request)
+        assert asyncio.run(_over_nats(pair.hub.nats_url, name, request)) == over_http
+    box = _query(pair.hub, "spatial", queries["spatial"])
+    assert [e["entity_id"] for e in box["entities"]] == ["geo-2", "geo-3"]
+    near = {"lat": 52.0, "lon": 4.0, "radius_m": 1500}
+    circle = _query(pair.hub, "spatial", near)
+    assert [(e["entity_id"], e["distance_m"] < 1500) for e in circle["entities"]] == [
+        ("geo-0", True),
+        ("geo-1", True),
+    ]
+    recent = _query(pair.hub, "temporal", queries["temporal"])
+    assert {f"geo-{i}" for i in range(5)} <= {e["entity_id"] for e in recent["entities"]}
+
+    status, types = http_json(f"{pair.hub.api}/graph/types")
+    assert status == 200 and types["drone"] == {EDGE_ID: 5}
+    (edge,) = pair.edges()
+    assert edge["types"] == {"drone": 5} and edge["entities"] == 5
+    assert edge["freshness"] and edge["applied_at"]
 
 
 def test_ten_kill_9s_of_the_edge_mid_sync_lose_and_repeat_nothing(tmp_path: Path) -> None:
