@@ -38,19 +38,6 @@ def _hub_config(tokens: dict[str, str]) -> dict[str, Any]:
         "state_dir": str(STATE / "hub"),
         "platform": {"type": "cloud-hub", "region": "demo", "id": "demo-hub"},
         "nats": {"port": 4222},
-        "graph": {
-            "config": {
-                "indexer": {
-                    "indexes": {
-                        "predicate": True,
-                        "incoming": True,
-                        "alias": True,
-                        "spatial": True,
-                        "temporal": True,
-                    }
-                }
-            }
-        },
         "components": [
             {
                 "id": "receive-from-edges",
@@ -126,8 +113,8 @@ def main() -> int:
             _wait_healthy(api)
         print(
             "\nDemo up: a hub and two edges, 20 simulated drones each.\n"
-            f"  Hub:    http://127.0.0.1:{HUB_PORT}/edges  /graph/stats  /graph/entities/UAV-021"
-            "  /metrics\n"
+            f"  Hub:    http://127.0.0.1:{HUB_PORT}/edges  /graph/stats  /graph/types"
+            "  /graph/shared  /graph/entities/fleet-west?provenance=1  /metrics\n"
             "  Edges:  http://127.0.0.1:8081/graph/stats  http://127.0.0.1:8082/graph/stats\n"
             f"  State:  ./{STATE} (configs, JetStream stores, graph.db files)\n"
             "Ctrl-C stops everything.\n",
