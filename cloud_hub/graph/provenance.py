@@ -129,11 +129,13 @@ class _Rows:
 
     def clear(self) -> None:
         self.contributions: list[tuple[Any, ...]] = []
-        self.triples: list[tuple[Any, ...]] = []
-        self.edges: list[tuple[Any, ...]] = []
+        # Keyed as their tables are: a batch often carries many readings of one entity,
+        # and only the last value (with the newest stamp) of each would remain.
+        self.triples: dict[tuple[str, str], tuple[Any, ...]] = {}
+        self.edges: dict[tuple[str, str, str], tuple[Any, ...]] = {}
         self.aliases: list[tuple[str, str, str]] = []
         self.ids: list[str] = []
-        self.located: list[dict[str, str]] = []
+        self.located: list[str] = []
 
     def add(self, delta: EntityDelta, ceiling: int) -> None:
         eid, edge, ts = delta.entity_id, self.edge_id, min(delta.updated_at, ceiling)
@@ -141,30 +143,42 @@ class _Rows:
         self.contributions.append(
             (eid, edge, delta.entity_type, delta.version, delta.priority, ts, self.received_ms)
         )
-        self.triples.append((eid, RDF_TYPE, edge, _json.encode(delta.entity_type).decode(), ts, ""))
-        self.triples.extend(
-            (eid, p, edge, _json.encode(v).decode(), min(t, ceiling), src)
-            for p, v, t, src in delta.triples
+        triples, edges = self.triples, self.edges
+        kind = _json.encode(delta.entity_type).decode()
+        triples[eid, RDF_TYPE] = _newest(
+            triples.get((eid, RDF_TYPE)), (eid, RDF_TYPE, edge, kind, ts, "")
         )
-        self.edges.extend(
-            (eid, p, o, edge, w, min(t, ceiling), src) for p, o, w, t, src in delta.edges
-        )
+        for p, v, t, src in delta.triples:
+            triple = (eid, p, edge, _json.encode(v).decode(), min(t, ceiling), src)
+            triples[eid, p] = _newest(triples.get((eid, p)), triple)
+        for p, o, w, t, src in delta.edges:
+            relationship = (eid, p, o, edge, w, min(t, ceiling), src)
+            edges[eid, p, o] = _newest(edges.get((eid, p, o)), relationship)
         self.aliases.extend((eid, alias, edge) for alias in delta.aliases)
         if delta.replace or any(t[0] in (LATITUDE, LONGITUDE) for t in delta.triples):
-            self.located.append({"id": eid})
+            self.located.append(eid)
 
     def flush(self, db: sqlite3.Connection, indexes: IndexesConfig) -> None:
         upsert_rows(db, _UPSERT_CONTRIBUTION, self.contributions, ROWS_PER_STATEMENT)
-        upsert_rows(db, _UPSERT_TRIPLE, self.triples, ROWS_PER_STATEMENT)
-        upsert_rows(db, _UPSERT_EDGE, self.edges, ROWS_PER_STATEMENT)
+        upsert_rows(db, _UPSERT_TRIPLE, list(self.triples.values()), ROWS_PER_STATEMENT)
+        upsert_rows(db, _UPSERT_EDGE, list(self.edges.values()), ROWS_PER_STATEMENT)
         db.executemany("INSERT OR IGNORE INTO hub_aliases VALUES (?, ?, ?)", self.aliases)
+        # The index rows follow the merged entity, so once per entity is enough however
+        # many of its readings the batch carried.
         if indexes.temporal:
-            db.executemany(
-                _TEMPORAL, [{"id": eid, "bucket": TEMPORAL_BUCKET_MS} for eid in self.ids]
-            )
+            ids = dict.fromkeys(self.ids)
+            db.executemany(_TEMPORAL, [{"id": eid, "bucket": TEMPORAL_BUCKET_MS} for eid in ids])
         if indexes.spatial:
-            db.executemany(UPDATE_SPATIAL, self.located)
+            db.executemany(UPDATE_SPATIAL, [{"id": eid} for eid in dict.fromkeys(self.located)])
         self.clear()
+
+
+def _newest(earlier: tuple[Any, ...] | None, row: tuple[Any, ...]) -> tuple[Any, ...]:
+    """``row``, stamped with the newer of its and ``earlier``'s timestamp (the one before
+    last column): what upserting both in turn would leave."""
+    if earlier is None or earlier[-2] <= row[-2]:
+        return row
+    return (*row[:-2], earlier[-2], row[-1])
 
 
 def _contributors(db: sqlite3.Connection, entity_ids: Iterable[str]) -> dict[str, set[str]]:

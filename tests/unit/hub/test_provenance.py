@@ -45,6 +45,12 @@ class Hub:
     def parts(self, entity_id: str) -> dict[str, dict[str, Any]]:
         return self.store.database.read(fleet.contributions, entity_id)
 
+    def rows(self, table: str) -> list[tuple[Any, ...]]:
+        """Every row of ``table``, sorted."""
+        return sorted(
+            self.store.database.read(lambda db: db.execute(f"SELECT * FROM {table}").fetchall())
+        )
+
     def conflicts(self) -> list[dict[str, Any]]:
         with self.store.reader() as db:
             return fleet.conflicts(db, limit=100)
@@ -176,3 +182,22 @@ def test_an_edge_database_holds_no_hub_table(tmp_path: Path) -> None:
     with sqlite3.connect(tmp_path / "edge.db") as db:
         tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master")}
     assert not {t for t in tables if t.startswith(("hub_", "sync_hwm", "sync_conflicts"))}
+
+
+def test_many_readings_of_an_entity_in_one_batch_leave_what_one_batch_each_would(
+    tmp_path: Path,
+) -> None:
+    together, apart = Hub(tmp_path / "together.db"), Hub(tmp_path / "apart.db")
+    readings = [drone("X", v, NOW - 1_000 + 10 * v, battery=float(v)) for v in range(1, 6)]
+    readings.append(drone("X", 6, NOW - 5_000, battery=6.0, fleet_id="fleet-2"))  # stamped older
+    together.send("edge-a", *readings)
+    for reading in readings:
+        apart.send("edge-a", reading)
+    merged = together.entity("X")
+    assert merged is not None and merged["properties"] == {"battery": 6.0}
+    assert merged == apart.entity("X")
+    assert together.parts("X") == apart.parts("X")
+    for table in ("hub_triples", "triples", "hub_edges", "edges"):
+        assert together.rows(table) == apart.rows(table), table
+    together.store.close()
+    apart.store.close()
