@@ -21,6 +21,7 @@ from starlette.applications import Starlette
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 from cloud_hub.api import views as hub_views
+from cloud_hub.api.openapi import HUB_PATHS
 from cloud_hub.config import WebsocketInputConfig, sync_inputs
 from cloud_hub.graph.schema import HUB_MIGRATIONS
 from cloud_hub.metrics import HubMetrics
@@ -88,6 +89,8 @@ class Hub:
             auth=self._auth,
             nats=self.nats,
             http_options=self._api_http_options,
+            openapi_paths=HUB_PATHS,
+            title="SemStreams cloud hub",
         )
         self.materialiser: Materialiser
         self.parts = Blueprint(

@@ -6,11 +6,13 @@ so the document cannot drift from what the server accepts.
 
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Route
 
 from edge_agent import __version__
 from edge_agent.api.admin import ExportRequest
@@ -19,10 +21,10 @@ from edge_agent.graph.querier import QUERY_REQUESTS
 from edge_agent.graph.records import EntityRecord
 from edge_agent.model import EntityEvent
 
-__all__ = ["openapi", "openapi_document"]
+__all__ = ["ERROR_RESPONSE", "OBJECT", "ok_response", "openapi", "openapi_document"]
 
-_OBJECT = {"type": "object"}
-_ERROR = {
+OBJECT = {"type": "object"}
+ERROR_RESPONSE = {
     "description": "error",
     "content": {
         "application/json": {
@@ -36,7 +38,8 @@ _ERROR = {
 }
 
 
-def _json(schema: dict[str, Any], description: str = "ok") -> dict[str, Any]:
+def ok_response(schema: dict[str, Any], description: str = "ok") -> dict[str, Any]:
+    """A JSON response of ``schema``, for a path's ``responses``."""
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
@@ -56,7 +59,11 @@ def _query_paths() -> dict[str, Any]:
             "post": {
                 "summary": f"{summary} (also NATS graph.query.{name})",
                 "requestBody": _body(_ref(kind.__name__)),
-                "responses": {"200": _json(_OBJECT), "400": _ERROR, "404": _ERROR},
+                "responses": {
+                    "200": ok_response(OBJECT),
+                    "400": ERROR_RESPONSE,
+                    "404": ERROR_RESPONSE,
+                },
             }
         }
     return paths
@@ -74,7 +81,11 @@ def _entity_paths() -> dict[str, Any]:
             "get": {
                 "summary": "One entity's merged state",
                 "parameters": [entity_id],
-                "responses": {"200": _json(_OBJECT), "400": _ERROR, "404": _ERROR},
+                "responses": {
+                    "200": ok_response(OBJECT),
+                    "400": ERROR_RESPONSE,
+                    "404": ERROR_RESPONSE,
+                },
             }
         },
         "/graph/entities/{entity_id}/relationships": {
@@ -89,7 +100,7 @@ def _entity_paths() -> dict[str, Any]:
                     },
                     {"name": "predicate", "in": "query", "schema": {"type": "string"}},
                 ],
-                "responses": {"200": _json(_OBJECT), "400": _ERROR},
+                "responses": {"200": ok_response(OBJECT), "400": ERROR_RESPONSE},
             }
         },
     }
@@ -101,7 +112,7 @@ def _service_paths() -> dict[str, Any]:
         "/health": {
             "get": {
                 "summary": "Per-component status: healthy or degraded (200), unhealthy (503)",
-                "responses": {"200": _json(_OBJECT), "503": _json(_OBJECT, "unhealthy")},
+                "responses": {"200": ok_response(OBJECT), "503": ok_response(OBJECT, "unhealthy")},
             }
         },
         "/metrics": {
@@ -116,7 +127,7 @@ def _service_paths() -> dict[str, Any]:
             }
         },
         "/graph/stats": {
-            "get": {"summary": "Graph and stream counts", "responses": {"200": _json(_OBJECT)}}
+            "get": {"summary": "Graph and stream counts", "responses": {"200": ok_response(OBJECT)}}
         },
         "/ingest": {
             "post": {
@@ -129,10 +140,10 @@ def _service_paths() -> dict[str, Any]:
                     },
                 },
                 "responses": {
-                    "202": _json(_OBJECT, "accepted"),
-                    "400": _ERROR,
-                    "413": _ERROR,
-                    "503": _ERROR,
+                    "202": ok_response(OBJECT, "accepted"),
+                    "400": ERROR_RESPONSE,
+                    "413": ERROR_RESPONSE,
+                    "503": ERROR_RESPONSE,
                 },
             }
         },
@@ -145,7 +156,7 @@ def _service_paths() -> dict[str, Any]:
                         "description": "JSONL of EntityRecord",
                         "content": {"application/x-ndjson": {"schema": ndjson}},
                     },
-                    "400": _ERROR,
+                    "400": ERROR_RESPONSE,
                 },
             }
         },
@@ -153,34 +164,62 @@ def _service_paths() -> dict[str, Any]:
             "post": {
                 "summary": "Import JSONL records; idempotent",
                 "requestBody": _body(ndjson, "application/x-ndjson"),
-                "responses": {"200": _json(_OBJECT), "400": _ERROR, "413": _ERROR},
+                "responses": {
+                    "200": ok_response(OBJECT),
+                    "400": ERROR_RESPONSE,
+                    "413": ERROR_RESPONSE,
+                },
             }
         },
         "/admin/config": {
-            "get": {"summary": "Run-time settings", "responses": {"200": _json(_OBJECT)}},
+            "get": {"summary": "Run-time settings", "responses": {"200": ok_response(OBJECT)}},
             "post": {
                 "summary": 'Change run-time settings, e.g. {"graph.workers": 16}',
-                "requestBody": _body(_OBJECT),
-                "responses": {"200": _json(_OBJECT), "400": _ERROR},
+                "requestBody": _body(OBJECT),
+                "responses": {"200": ok_response(OBJECT), "400": ERROR_RESPONSE},
             },
         },
     }
 
 
-def openapi_document() -> dict[str, Any]:
-    """The OpenAPI 3.1 document of the HTTP API."""
+def openapi_document(
+    served: Collection[str] | None = None,
+    extra_paths: Mapping[str, Any] | None = None,
+    title: str = "SemStreams edge agent",
+) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of the HTTP API.
+
+    Args:
+        served: the route paths the app serves (``None``: every path documented here);
+            a path it does not serve is left out, so the document never promises one.
+        extra_paths: paths of the assembly's own routes (the hub's fleet views), added.
+        title: the document's title.
+    """
     kinds = [*QUERY_REQUESTS.values(), EntityEvent, EntityRecord, ExportRequest]
     _, components = msgspec.json.schema_components(
         kinds, ref_template="#/components/schemas/{name}"
     )
+    paths = {**_service_paths(), **_entity_paths(), **_query_paths()}
+    for path, operations in (extra_paths or {}).items():
+        paths[path] = {**paths.get(path, {}), **operations}
+    if served is not None:
+        paths = {path: ops for path, ops in paths.items() if _template(path) in served}
     return {
         "openapi": "3.1.0",
-        "info": {"title": "SemStreams edge agent", "version": __version__},
-        "paths": {**_service_paths(), **_entity_paths(), **_query_paths()},
+        "info": {"title": title, "version": __version__},
+        "paths": paths,
         "components": {"schemas": components},
     }
 
 
+def _template(path: str) -> str:
+    """``/graph/query/path`` is served by the route ``/graph/query/{name}``."""
+    return "/graph/query/{name}" if path.startswith("/graph/query/") else path
+
+
 async def openapi(request: Request) -> Response:
-    """``GET /openapi.json``: the OpenAPI document of this API."""
-    return json_response(openapi_document())
+    """``GET /openapi.json``: the OpenAPI document of the routes this app serves."""
+    served = {route.path for route in request.app.routes if isinstance(route, Route)}
+    state = request.app.state
+    document = openapi_document(served, state.openapi_paths, state.openapi_title)
+    return json_response(document)

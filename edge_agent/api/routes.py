@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute, Route
@@ -43,11 +44,19 @@ def build_app(
     routes: Sequence[BaseRoute] = ROUTES,
     auth: AuthConfig | None = None,
     rate_limit: RateLimitConfig | None = None,
+    openapi_paths: Mapping[str, Any] | None = None,
+    title: str = "SemStreams edge agent",
 ) -> Starlette:
-    """The ASGI app serving ``routes`` for ``agent``, behind the auth and rate limit given."""
+    """The ASGI app serving ``routes`` for ``agent``, behind the auth and rate limit given.
+
+    ``openapi_paths`` documents routes of the assembly's own (``/openapi.json`` lists
+    them with the shared ones it serves), under ``title``.
+    """
     middleware = security_middleware(
         auth or AuthConfig(), rate_limit or RateLimitConfig(), agent.metrics
     )
     app = Starlette(routes=list(routes), middleware=middleware)
     app.state.agent = agent
+    app.state.openapi_paths = dict(openapi_paths or {})
+    app.state.openapi_title = title
     return app

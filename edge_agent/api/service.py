@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import ssl
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from nats.aio.subscription import Subscription
@@ -37,6 +37,8 @@ class ApiService:
         auth: the API's bearer auth.
         nats: where to answer ``graph.query.*`` requests.
         http_options: more uvicorn settings (the hub's WebSocket ones), called at start.
+        openapi_paths, title: the OpenAPI document's paths of the program's own routes,
+            and its title.
 
     Raises:
         ConfigError: the TLS certificate or key cannot be loaded (at construction,
@@ -54,6 +56,8 @@ class ApiService:
         auth: Callable[[], AuthConfig],
         nats: NatsConnection,
         http_options: Callable[[], dict[str, Any]] = dict,
+        openapi_paths: Mapping[str, Any] | None = None,
+        title: str = "SemStreams edge agent",
     ) -> None:
         self._services = services
         self._config = config
@@ -61,6 +65,8 @@ class ApiService:
         self._auth = auth
         self._nats = nats
         self._http_options = http_options
+        self._openapi_paths = openapi_paths
+        self._title = title
         tls = config.services.service_manager.config.tls
         #: The API's TLS context (also the hub's sync listener's), or ``None``.
         self.ssl_context: ssl.SSLContext | None = (
@@ -93,6 +99,8 @@ class ApiService:
             routes=self._routes(),
             auth=self._auth(),
             rate_limit=self._config.api_gateway.config.rate_limit,
+            openapi_paths=self._openapi_paths,
+            title=self._title,
         )
         await self.serve(
             app, port=service.http_port, ssl_context=self.ssl_context, options=self._http_options()

@@ -1,0 +1,52 @@
+"""The OpenAPI paths of the hub's own routes (the fleet and cross-edge views).
+
+``/openapi.json`` on the hub lists these beside the shared routes it serves
+(:func:`edge_agent.api.openapi.openapi_document`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from edge_agent.api.openapi import ERROR_RESPONSE, OBJECT, ok_response
+
+__all__ = ["HUB_PATHS"]
+
+_LIST = {"type": "array", "items": OBJECT}
+_LIMIT = {
+    "name": "limit",
+    "in": "query",
+    "schema": {"type": "integer", "minimum": 1, "maximum": 10_000, "default": 100},
+}
+
+
+def _get(summary: str, schema: dict[str, Any], *parameters: dict[str, Any]) -> dict[str, Any]:
+    responses = {"200": ok_response(schema), "400": ERROR_RESPONSE}
+    return {"get": {"summary": summary, "parameters": list(parameters), "responses": responses}}
+
+
+HUB_PATHS: dict[str, Any] = {
+    "/edges": _get(
+        "Every edge: its link to this instance, its part of the graph (types, freshness)",
+        _LIST,
+    ),
+    "/graph/types": _get("Per entity type, the edges reporting it and how many each", OBJECT),
+    "/graph/shared": _get("Entities reported by more than one edge", _LIST, _LIMIT),
+    "/graph/conflicts": _get(
+        "Conflicts between edges' contributions, newest first",
+        _LIST,
+        _LIMIT,
+        {"name": "entity_id", "in": "query", "schema": {"type": "string"}},
+    ),
+    "/graph/entities/{entity_id}": _get(
+        "The merged entity; with provenance=1 each edge's contribution too",
+        OBJECT,
+        {
+            "name": "entity_id",
+            "in": "path",
+            "required": True,
+            "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+        },
+        {"name": "provenance", "in": "query", "schema": {"enum": ["0", "1", "true", "false"]}},
+    ),
+}
