@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Final
+from typing import Annotated, Final
 
 import msgspec
 
@@ -20,6 +20,9 @@ __all__ = [
     "OPS",
     "REASONS",
     "EntityEvent",
+    "EntityIdText",
+    "EntityTypeText",
+    "Priority",
     "Relationship",
     "Scalar",
     "check_id",
@@ -34,6 +37,13 @@ MAX_ID_LENGTH: Final = 255
 OPS: Final = ("upsert", "delete")
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]*")
 _TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+#: The same rules as types, for msgspec to check while decoding a peer's bytes.
+EntityIdText = Annotated[
+    str, msgspec.Meta(pattern=rf"\A{_ID.pattern}\Z", min_length=1, max_length=MAX_ID_LENGTH)
+]
+#: An entity type, or empty (a deleted entity's delta carries none).
+EntityTypeText = Annotated[str, msgspec.Meta(pattern=rf"\A({_TYPE.pattern})?\Z")]
+Priority = Annotated[int, msgspec.Meta(ge=0, le=9)]
 
 #: Every reason an event can be refused for, as used in ``semstreams_errors_total{reason=...}``.
 REASONS: Final = (

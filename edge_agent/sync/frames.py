@@ -7,12 +7,12 @@ other.
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Annotated, Final
 
 import msgspec
 
 from edge_agent.errors import RemoteProtocolError
-from edge_agent.model import Scalar
+from edge_agent.model import MAX_ID_LENGTH, EntityIdText, EntityTypeText, Priority, Scalar
 
 __all__ = [
     "ENCODINGS",
@@ -92,6 +92,9 @@ class Slow(_Frame, frozen=True):
 Frame = Hello | Welcome | Batch | Ack | Nack | Slow
 
 
+_Alias = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_LENGTH)]
+
+
 class EntityDelta(msgspec.Struct, frozen=True, array_like=True):
     """What changed in one entity since the hub last acked it (array-encoded: compact).
 
@@ -101,14 +104,14 @@ class EntityDelta(msgspec.Struct, frozen=True, array_like=True):
     deleted and made again since the hub last heard of it).
     """
 
-    entity_id: str
-    entity_type: str
-    version: int
+    entity_id: EntityIdText
+    entity_type: EntityTypeText
+    version: Annotated[int, msgspec.Meta(ge=0)]
     updated_at: int
-    priority: int
+    priority: Priority
     triples: list[tuple[str, Scalar, int, str]] = msgspec.field(default_factory=list)
-    edges: list[tuple[str, str, float, int, str]] = msgspec.field(default_factory=list)
-    aliases: list[str] = msgspec.field(default_factory=list)
+    edges: list[tuple[str, EntityIdText, float, int, str]] = msgspec.field(default_factory=list)
+    aliases: list[_Alias] = msgspec.field(default_factory=list)
     deleted: bool = False
     replace: bool = False
 

@@ -153,6 +153,22 @@ def test_a_corrupt_payload_closes_the_link_and_applies_nothing(hub: AgentProcess
         assert _hello(ws, "edge-a", TOKENS["edge-a"]).hwm == hwm
 
 
+@pytest.mark.parametrize(
+    "hostile_id", ["sync.batches.>", "two words", "x" * 300], ids=["wildcards", "space", "long"]
+)
+def test_a_batch_with_a_hostile_entity_id_is_refused_before_the_log(
+    hub: AgentProcess, hostile_id: str
+) -> None:
+    with _connect(hub) as ws:
+        hwm = _hello(ws, "edge-a", TOKENS["edge-a"]).hwm
+        ws.send(_batch(hwm + 1, _delta("fine-1", 1, 1), _delta(hostile_id, 1, 1)))
+        code, reason = _closed_with(ws)
+        assert code == 1002 and "malformed batch payload" in reason
+    with _connect(hub) as ws:
+        assert _hello(ws, "edge-a", TOKENS["edge-a"]).hwm == hwm  # never reached the log
+    assert http_json(f"{hub.api}/graph/entities/fine-1")[0] == 404
+
+
 def test_a_replayed_seq_is_acked_and_changes_nothing(hub: AgentProcess) -> None:
     with _connect(hub) as ws:
         hwm = _hello(ws, "edge-a", TOKENS["edge-a"]).hwm

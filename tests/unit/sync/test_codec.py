@@ -104,6 +104,36 @@ def test_a_valid_stream_of_the_wrong_shape_is_a_protocol_error() -> None:
         decode_deltas(payload, "zlib", max_bytes=1 << 20)
 
 
+GOOD = EntityDelta(
+    "UAV-1", "drone", 1, 1, 3, [("battery", 5, 1, "t")], [("near", "UAV-2", 1.0, 1, "t")]
+)
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    [
+        msgspec.structs.replace(GOOD, entity_id="sync.batches.>"),  # would split a subject
+        msgspec.structs.replace(GOOD, entity_id="a b"),
+        msgspec.structs.replace(GOOD, entity_id="x\n"),
+        msgspec.structs.replace(GOOD, entity_id="x" * 256),
+        msgspec.structs.replace(GOOD, entity_id=""),
+        msgspec.structs.replace(GOOD, entity_type="drone type"),
+        msgspec.structs.replace(GOOD, priority=10),
+        msgspec.structs.replace(GOOD, version=-1),
+        msgspec.structs.replace(GOOD, edges=[("near", "*", 1.0, 1, "t")]),
+        msgspec.structs.replace(GOOD, aliases=["a" * 256]),
+    ],
+)
+def test_ids_types_and_priorities_a_hub_stores_are_checked_while_decoding(
+    hostile: EntityDelta,
+) -> None:
+    payload, _ = encode_deltas([GOOD, hostile], "zlib")
+    with pytest.raises(RemoteProtocolError, match="malformed batch payload"):
+        decode_deltas(payload, "zlib", max_bytes=1 << 20)
+    good, _ = encode_deltas([GOOD, msgspec.structs.replace(GOOD, entity_type="")], "zlib")
+    assert len(decode_deltas(good, "zlib", max_bytes=1 << 20)) == 2
+
+
 def test_unknown_encodings_are_refused_on_both_sides() -> None:
     with pytest.raises(LocalProtocolError, match="brotli"):
         compress(b"", "brotli")
