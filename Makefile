@@ -3,12 +3,13 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-# Debian packages the image build and boot tests use (tests/integration/test_image.py).
-DEBIAN_PACKAGES := debootstrap systemd-container mtools dosfstools e2fsprogs fdisk iproute2
-DEBIAN_TOOLS    := debootstrap systemd-nspawn mcopy mkfs.vfat mkfs.ext4 sfdisk ip
+# Debian packages the image build and boot tests use (tests/integration/test_image.py),
+# and the chromium the browser tests drive through Playwright (tests/browser/harness.py).
+DEBIAN_PACKAGES := debootstrap systemd-container mtools dosfstools e2fsprogs fdisk iproute2 chromium
+DEBIAN_TOOLS    := debootstrap systemd-nspawn mcopy mkfs.vfat mkfs.ext4 sfdisk ip chromium
 SUDO   := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: demo test lint bench clean debian-packages
+.PHONY: demo test lint bench vendor clean debian-packages
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +21,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python examples/demo.py
 
-## make debian-packages: what apt must add for the image and boot tests (only when missing)
+## make debian-packages: what apt must add for the image, boot and browser tests (only when missing)
 debian-packages:
 	@for tool in $(DEBIAN_TOOLS); do command -v $$tool >/dev/null || missing=1; done; \
 	if [ -n "$$missing" ]; then \
@@ -35,9 +36,13 @@ test: $(STAMP) debian-packages
 
 ## make lint: ruff (lint + format check) and mypy on the packages
 lint: $(STAMP)
-	$(BIN)/ruff check edge_agent cloud_hub tests bench image ansible
-	$(BIN)/ruff format --check edge_agent cloud_hub tests bench image ansible
+	$(BIN)/ruff check edge_agent cloud_hub tests bench image ansible tools
+	$(BIN)/ruff format --check edge_agent cloud_hub tests bench image ansible tools
 	$(BIN)/mypy
+
+## make vendor: the dashboard's pinned npm libraries (and the tests' axe-core) from vendor.lock.json, sha512-checked
+vendor: $(STAMP)
+	$(BIN)/python tools/vendor.py
 
 ## make bench: every benchmark; each prints one JSON line last (bench/common.py is their helpers)
 bench: $(STAMP)
