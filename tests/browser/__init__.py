@@ -1,0 +1,1 @@
+"""Browser-test helpers: the system chromium under Playwright, and axe-core."""
