@@ -22,7 +22,9 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 from cloud_hub.api import views as hub_views
 from cloud_hub.api.openapi import HUB_PATHS
-from cloud_hub.config import WebsocketInputConfig, sync_inputs
+from cloud_hub.config import WebsocketInputConfig, dashboard_settings, sync_inputs
+from cloud_hub.dashboard.routes import dashboard_routes
+from cloud_hub.dashboard.service import Dashboard
 from cloud_hub.graph.schema import HUB_MIGRATIONS
 from cloud_hub.metrics import HubMetrics
 from cloud_hub.provision.advertise import hub_advertiser
@@ -30,7 +32,7 @@ from cloud_hub.provision.api import ENROL_PATH, provisioning_routes
 from cloud_hub.provision.registry import Registry
 from cloud_hub.provision.service import Enrolment
 from cloud_hub.sync.input import SyncInput
-from cloud_hub.sync.log import SyncLog
+from cloud_hub.sync.log import SYNC_STREAM, SyncLog
 from cloud_hub.sync.materialiser import Materialiser
 from edge_agent import __version__
 from edge_agent.api.routes import SHARED_ROUTES
@@ -93,6 +95,7 @@ class Hub:
             title="SemStreams cloud hub",
         )
         self.materialiser: Materialiser
+        self.dashboard: Dashboard
         self.parts = Blueprint(
             [
                 self.nats,
@@ -101,6 +104,7 @@ class Hub:
                 Stage("materialiser", self._start_materialiser, self._stop_materialiser),
                 Stage("enrolment", self._start_enrolment, self._stop_enrolment),
                 Stage("sync", self._start_sync_input),
+                Stage("dashboard", self._start_dashboard, self._stop_dashboard),
                 self.api,
                 Stage("sync-listener", self._start_sync_listener),
                 Stage("advertise", self._start_advertising, self._stop_advertising),
@@ -226,6 +230,66 @@ class Hub:
             hub_id=self.config.platform.id,
         )
 
+    async def _start_dashboard(self) -> None:
+        self.dashboard = Dashboard(
+            dashboard_settings(self.config),
+            store=self.store,
+            links=self._link_states,
+            devices=self._device_rows,
+        )
+        if self.dashboard.settings.enabled:
+            await self.dashboard.start()
+
+    async def _stop_dashboard(self) -> None:
+        await self.dashboard.stop()
+
+    def _link_states(self) -> dict[str, dict[str, Any]]:
+        links = self.sync_input.links.values() if self.sync_input else []
+        return {
+            link.edge_id: {"connected": link.connected, "last_seen_ms": int(link.last_seen * 1000)}
+            for link in links
+        }
+
+    def _device_rows(self) -> list[dict[str, Any]]:
+        if self.enrolment is None:
+            return []
+        return [msgspec.structs.asdict(d) for d in self.enrolment.registry.devices()]
+
+    async def hub_state(self) -> dict[str, Any]:
+        """What the dashboard's hub page shows: NATS, the log stream, the materialiser."""
+        client = self.nats.client
+        state: dict[str, Any] = {
+            "instance": self.config.platform.id,
+            "version": __version__,
+            "started_at": self.started_at,
+            "nats": {
+                "connected_url": str(client.connected_url.netloc) if client.connected_url else None,
+                "servers": [f"{u.hostname}:{u.port}" for u in client.servers],
+                "embedded": self.nats.server is not None,
+            },
+            "materialiser": {**self.materialiser.health(), "position": self.materialiser.position},
+            "links_here": sum(1 for link in self._link_states().values() if link["connected"]),
+        }
+        try:
+            info = await self.nats.jetstream.stream_info(SYNC_STREAM)
+        except Exception as exc:
+            state["stream"] = {"error": f"{type(exc).__name__}: {exc}"}
+            return state
+        cluster = info.cluster
+        state["stream"] = {
+            "name": SYNC_STREAM,
+            "messages": info.state.messages,
+            "bytes": info.state.bytes,
+            "last_seq": info.state.last_seq,
+            "replicas": info.config.num_replicas,
+            "leader": cluster.leader if cluster else None,
+            "peers": [
+                {"name": r.name, "current": r.current, "lag": r.lag}
+                for r in (cluster.replicas or [] if cluster else [])
+            ],
+        }
+        return state
+
     async def _start_sync_listener(self) -> None:
         """The sync path on a port of its own, when it is not the API's."""
         if self.sync_input is None or self._shares_api_port():
@@ -278,6 +342,8 @@ class Hub:
         ]
         if self.enrolment is not None:
             routes += provisioning_routes()
+        if self.dashboard.settings.enabled:
+            routes += dashboard_routes()
         if self.sync_input is not None and self._shares_api_port():
             routes.append(WebSocketRoute(self.sync_path, self.sync_input.endpoint))
         return routes

@@ -19,8 +19,10 @@ from edge_agent.config.units import ByteSize
 __all__ = [
     "HUB_COMPONENT_TYPES",
     "HUB_INDEXES",
+    "DashboardConfig",
     "DeviceConfig",
     "WebsocketInputConfig",
+    "dashboard_settings",
     "load_hub_config",
     "sync_inputs",
 ]
@@ -67,10 +69,42 @@ class WebsocketInputConfig(Section, frozen=True):
         ]
 
 
-#: The component types a hub runs: the edge's, plus ``websocket_input``.
+class DashboardConfig(Section, frozen=True):
+    """``components[].config`` of type ``dashboard``: the fleet page at ``/``.
+
+    The hub serves the dashboard without this component, with these defaults; the
+    component changes them. An edge is ``offline`` when it is not linked to this
+    instance and no batch of it reached the log for ``offline_after`` (its
+    ``system_telemetry`` sends at least one every ``interval``, 30 s by default);
+    ``degraded`` past ``lag_warning`` seconds of lag, ``usage_warning`` percent of disk
+    or memory, ``temperature_warning`` degrees Celsius, or with an outbox backlog that
+    grew over the last samples. Every ``sample_interval`` each edge's counters are
+    sampled into a history of the last ``history``.
+    """
+
+    enabled: bool = True
+    offline_after: Duration = Duration(90.0)
+    lag_warning: Duration = Duration(30.0)
+    usage_warning: Annotated[float, msgspec.Meta(gt=0, le=100)] = 90.0
+    temperature_warning: float = 80.0
+    sample_interval: Duration = Duration(10.0)
+    history: Duration = Duration(3600.0)
+
+    def problems(self) -> list[tuple[str, str]]:
+        """A sample interval too short to be cheap, or a history shorter than it."""
+        found = []
+        if self.sample_interval < 1:
+            found.append(("sample_interval", "must be at least 1s"))
+        if self.history < self.sample_interval:
+            found.append(("history", "must be at least sample_interval"))
+        return found
+
+
+#: The component types a hub runs: the edge's, plus ``websocket_input`` and ``dashboard``.
 HUB_COMPONENT_TYPES: Mapping[str, type[Section]] = {
     **COMPONENT_TYPES,
     "websocket_input": WebsocketInputConfig,
+    "dashboard": DashboardConfig,
 }
 
 
@@ -97,6 +131,12 @@ def load_hub_config(path: Path | str | None, env: Mapping[str, str] | None = Non
         config.graph, config=msgspec.structs.replace(settings, indexer=indexer)
     )
     return msgspec.structs.replace(config, graph=graph)
+
+
+def dashboard_settings(config: Config) -> DashboardConfig:
+    """The ``dashboard`` component's settings (the defaults when there is none)."""
+    found = [c.config for c in config.components if isinstance(c.config, DashboardConfig)]
+    return found[0] if found else DashboardConfig()
 
 
 def sync_inputs(config: Config) -> list[WebsocketInputConfig]:

@@ -103,13 +103,20 @@ def contributions(db: sqlite3.Connection, entity_id: str) -> dict[str, dict[str,
     return found
 
 
-def conflicts(db: sqlite3.Connection, *, limit: int, entity_id: str = "") -> list[dict[str, Any]]:
-    """The newest conflicts first (of one entity when ``entity_id`` is given)."""
-    where, params = ("WHERE entity_id = ?", (entity_id, limit)) if entity_id else ("", (limit,))
+def conflicts(
+    db: sqlite3.Connection, *, limit: int, entity_id: str = "", edge_id: str = ""
+) -> list[dict[str, Any]]:
+    """The newest conflicts first (of one entity, or caused by one edge, when given)."""
+    filters = [
+        (column, value)
+        for column, value in (("entity_id", entity_id), ("edge_id", edge_id))
+        if value
+    ]
+    where = " AND ".join(f"{column} = ?" for column, _ in filters)
     rows = db.execute(
         "SELECT id, entity_id, edge_id, kind, detail, kept_edge, recorded_at FROM hub_conflicts"
-        f" {where} ORDER BY id DESC LIMIT ?",
-        params,
+        f" {'WHERE ' + where if where else ''} ORDER BY id DESC LIMIT ?",
+        (*(value for _, value in filters), limit),
     )
     return [
         {

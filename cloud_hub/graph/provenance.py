@@ -92,6 +92,8 @@ class BatchStamp(msgspec.Struct, frozen=True):
         stream_seq: its position in the ``SYNC_BATCHES`` stream.
         received_ms: when the receiving instance took it (epoch ms).
         ceiling_ms: the latest timestamp it may carry (``received_ms`` plus the skew).
+        wire_bytes: its frame's size as the edge sent it.
+        raw_bytes: its payload's size before compression.
     """
 
     edge_id: str
@@ -99,6 +101,8 @@ class BatchStamp(msgspec.Struct, frozen=True):
     stream_seq: int
     received_ms: int
     ceiling_ms: int
+    wire_bytes: int = 0
+    raw_bytes: int = 0
 
 
 class BatchResult(msgspec.Struct, frozen=True):
@@ -314,12 +318,16 @@ def _record_lost_writes(
 
 def _advance(db: sqlite3.Connection, stamp: BatchStamp, deltas: int, newest: int) -> None:
     db.execute(
-        """INSERT INTO hub_edge_state VALUES (?, ?, ?, ?, ?, ?, 1, ?)
+        """INSERT INTO hub_edge_state (edge_id, seq, stream_seq, applied_at, received_at,
+            newest_change, batches, deltas, wire_bytes, raw_bytes)
+        VALUES (?, ?, ?, ?, ?, ?, 1, ?, ?, ?)
         ON CONFLICT (edge_id) DO UPDATE SET
             seq = excluded.seq, stream_seq = excluded.stream_seq,
             applied_at = excluded.applied_at, received_at = excluded.received_at,
             newest_change = max(newest_change, excluded.newest_change),
-            batches = batches + 1, deltas = deltas + excluded.deltas""",
+            batches = batches + 1, deltas = deltas + excluded.deltas,
+            wire_bytes = wire_bytes + excluded.wire_bytes,
+            raw_bytes = raw_bytes + excluded.raw_bytes""",
         (
             stamp.edge_id,
             stamp.seq,
@@ -328,6 +336,8 @@ def _advance(db: sqlite3.Connection, stamp: BatchStamp, deltas: int, newest: int
             stamp.received_ms,
             newest,
             deltas,
+            stamp.wire_bytes,
+            stamp.raw_bytes,
         ),
     )
     # Bounded retention: the newest conflicts stay, older ones live on in the metrics.

@@ -198,8 +198,28 @@ _H001_PROVENANCE = """
         END;
 """
 
+# Bytes on the wire and before compression, per edge, counted from the log (so alike on
+# every instance); and the dashboard's bounded per-edge history, sampled by each instance.
+_H002_EDGE_HISTORY = """
+        ALTER TABLE hub_edge_state ADD COLUMN wire_bytes INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE hub_edge_state ADD COLUMN raw_bytes INTEGER NOT NULL DEFAULT 0;
+        CREATE TABLE hub_edge_history (
+            edge_id TEXT NOT NULL,
+            at_ms INTEGER NOT NULL,
+            linked INTEGER NOT NULL,
+            deltas INTEGER NOT NULL,
+            wire_bytes INTEGER NOT NULL,
+            raw_bytes INTEGER NOT NULL,
+            lag_s REAL,
+            backlog INTEGER,
+            PRIMARY KEY (edge_id, at_ms)
+        ) WITHOUT ROWID;
+        CREATE INDEX hub_edge_history_by_time ON hub_edge_history (at_ms);
+"""
+
 #: The hub graph's migrations: the edge's graph schema, then the hub's own.
 HUB_MIGRATIONS: list[Migration] = [
     *MIGRATIONS,
     ("hub_001_provenance", _H001_PROVENANCE),
+    ("hub_002_edge_history", _H002_EDGE_HISTORY),
 ]

@@ -28,7 +28,7 @@ from cloud_hub.sync.log import SYNC_STREAM, SYNC_SUBJECTS, stamp_of
 from edge_agent.errors import GraphError, ProtocolError
 from edge_agent.graph import GraphStore
 from edge_agent.metrics import Metrics
-from edge_agent.sync.codec import decode_deltas
+from edge_agent.sync.codec import decode_payload
 from edge_agent.sync.frames import Batch, decode_frame
 
 __all__ = ["Materialiser"]
@@ -205,13 +205,15 @@ class Materialiser:
             frame = decode_frame(message.data, max_bytes=self._max_frame)
             if not isinstance(frame, Batch) or frame.seq != seq:
                 raise ProtocolError("not the batch its headers name")
-            deltas = decode_deltas(frame.payload, frame.encoding, max_bytes=self._max_batch)
+            deltas, raw_bytes = decode_payload(
+                frame.payload, frame.encoding, max_bytes=self._max_batch
+            )
         except (KeyError, ValueError, ProtocolError) as exc:
             # Only a hub instance writes the log, after validating; a message that does
             # not decode is named and skipped, never allowed to stop the materialiser.
             log.error("materialiser: log message %d unusable: %s", stream_seq, exc)
             return BatchResult(duplicate=True, conflicts={"unusable_log_message": 1})
-        stamp = BatchStamp(edge, seq, stream_seq, received, ceiling)
+        stamp = BatchStamp(edge, seq, stream_seq, received, ceiling, len(message.data), raw_bytes)
         return apply_batch(db, stamp, deltas, indexes=self._store.indexes)
 
     def _count(self, results: list[BatchResult]) -> None:

@@ -105,10 +105,10 @@ class Database:
         except sqlite3.Error as exc:
             raise GraphError(f"{self.what}: query failed: {exc}") from exc
 
-    def read(self, fn: Callable[..., _T], *args: Any) -> _T:
-        """``fn(reader, *args)`` on this thread's read-only connection."""
+    def read(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        """``fn(reader, *args, **kwargs)`` on this thread's read-only connection."""
         with self.reader() as db:
-            return fn(db, *args)
+            return fn(db, *args, **kwargs)
 
     @contextmanager
     def snapshot(self) -> Iterator[sqlite3.Connection]:

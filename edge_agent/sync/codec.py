@@ -18,7 +18,14 @@ try:  # zstandard is optional on the edge; zlib is always there.
 except ImportError:  # pragma: no cover - exercised where zstandard is absent
     zstandard = None  # type: ignore[assignment]
 
-__all__ = ["available_encodings", "compress", "decode_deltas", "encode_deltas", "msgpack_array"]
+__all__ = [
+    "available_encodings",
+    "compress",
+    "decode_deltas",
+    "decode_payload",
+    "encode_deltas",
+    "msgpack_array",
+]
 
 _CORRUPT: tuple[type[Exception], ...] = (zlib.error, ValueError)
 if zstandard is not None:
@@ -80,9 +87,20 @@ def decode_deltas(payload: bytes, encoding: str, *, max_bytes: int) -> list[Enti
     Raises:
         RemoteProtocolError: unknown encoding, corrupt data, or over ``max_bytes``.
     """
+    return decode_payload(payload, encoding, max_bytes=max_bytes)[0]
+
+
+def decode_payload(
+    payload: bytes, encoding: str, *, max_bytes: int
+) -> tuple[list[EntityDelta], int]:
+    """:func:`decode_deltas`, and the payload's size before compression.
+
+    Raises:
+        RemoteProtocolError: unknown encoding, corrupt data, or over ``max_bytes``.
+    """
     raw = _decompress(payload, encoding, max_bytes)
     try:
-        return _decoder.decode(raw)
+        return _decoder.decode(raw), len(raw)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise RemoteProtocolError(f"malformed batch payload: {exc}") from exc
 

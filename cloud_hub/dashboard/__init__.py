@@ -1,0 +1,1 @@
+"""The hub's dashboard: the fleet at a glance, served at ``/`` beside the API."""

@@ -1,0 +1,63 @@
+// The dashboard's shell: one live stream of the fleet, and a view per #/ fragment.
+import { report } from "./api.js";
+import { edgeView } from "./edge.js";
+import { enrolmentView } from "./enrolment.js";
+import { fleetView } from "./fleet.js";
+import { graphView } from "./graph.js";
+import { hubView } from "./hub.js";
+
+const routes = [
+  [/^#\/edges\/(.+)$/, (m) => edgeView(decodeURIComponent(m[1]))],
+  [/^#\/enrolment$/, () => enrolmentView()],
+  [/^#\/graph(?:\/(.+))?$/, (m) => graphView(m[1] ? decodeURIComponent(m[1]) : "")],
+  [/^#\/hub$/, () => hubView()],
+  [/^(#\/?)?$/, () => fleetView()],
+];
+
+/** The newest fleet snapshot, and the view listening to it. */
+export const live = { snapshot: null, listener: null };
+let current = null;
+
+function route() {
+  const hash = window.location.hash;
+  for (const [pattern, make] of routes) {
+    const match = hash.match(pattern);
+    if (!match) continue;
+    if (current && current.close) current.close();
+    report("");
+    live.listener = null;
+    current = make(match);
+    const main = document.getElementById("main");
+    main.replaceChildren(current.element);
+    document.title = `${current.title} · SemStreams hub`;
+    for (const link of document.querySelectorAll("nav a")) {
+      link.toggleAttribute("aria-current", link.dataset.view === current.view);
+    }
+    if (current.onFleet) {
+      live.listener = current.onFleet;
+      if (live.snapshot) current.onFleet(live.snapshot);
+    }
+    return;
+  }
+  window.location.hash = "#/";
+}
+
+function connect() {
+  const status = document.getElementById("live");
+  const source = new EventSource("/dashboard/events");
+  source.addEventListener("fleet", (event) => {
+    live.snapshot = JSON.parse(event.data);
+    const time = new Date(live.snapshot.at * 1000).toLocaleTimeString("en-GB");
+    status.textContent = `live · ${time}`;
+    status.classList.remove("stale");
+    if (live.listener) live.listener(live.snapshot);
+  });
+  source.addEventListener("error", () => {
+    status.textContent = "reconnecting…";
+    status.classList.add("stale");
+  });
+}
+
+window.addEventListener("hashchange", route);
+connect();
+route();

@@ -1,0 +1,225 @@
+"""The hub's dashboard in a real browser (Debian's chromium through Playwright).
+
+A hub with enrolment on and three enrolled edges (each simulating drones and sending
+its ``system_telemetry`` every second) run as real processes; a fourth device asks to
+enrol without a claim token and waits. The dashboard's offline threshold is 4 s so a
+stopped edge turns offline within a test's patience. Every page is checked for console
+errors and, with axe-core, for serious or critical accessibility violations.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.sync_api import Page, expect
+
+from tests.browser.harness import axe_violations
+from tests.helpers import AgentProcess, config_dict, http_json
+from tests.integration.sync_harness import hub_process
+
+pytestmark = pytest.mark.slow
+pytest_plugins = ["tests.browser.fixtures"]
+
+OFFLINE_AFTER_S = 4
+EDGES = ("edge-a", "edge-b", "edge-c")
+PENDING = "edge-new"
+#: Where screenshots go when SEMSTREAMS_SCREENSHOTS names a folder (docs/images).
+SCREENSHOTS = os.environ.get("SEMSTREAMS_SCREENSHOTS", "")
+
+
+class Fleet:
+    """The hub, its edges, and how to make more."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.hub = hub_process(workdir, provisioning={"enabled": True, "advertise": False})
+        self.hub.config["components"].append(
+            {
+                "id": "dashboard",
+                "type": "dashboard",
+                "config": {"offline_after": f"{OFFLINE_AFTER_S}s", "sample_interval": "1s"},
+            }
+        )
+        self.hub.config_path.write_text(json.dumps(self.hub.config))
+        self.edges: dict[str, AgentProcess] = {}
+
+    def claim_token(self) -> str:
+        body = json.dumps({"group": "north", "ttl": "10m"}).encode()
+        status, answer = http_json(f"{self.hub.api}/claim-tokens", body)
+        assert status == 201, answer
+        return str(answer["token"])
+
+    def edge(self, name: str, first: int, *, claim: str) -> AgentProcess:
+        boot = self.workdir / f"{name}-provision.json"
+        boot.write_text(json.dumps({"claim_token": claim, "hub_url": self.hub.api}))
+        config = config_dict(
+            self.workdir / f"{name}-state",
+            platform={"id": name},
+            provisioning={
+                "enabled": True,
+                "advertise": False,
+                "file": str(boot),
+                "retry": {"initial": "200ms", "max": "1s"},
+            },
+            components=[
+                {
+                    "id": "sim",
+                    "type": "simulator",
+                    "config": {"entities": 3, "interval": "500ms", "first": first},
+                },
+                {"id": "device", "type": "system_telemetry", "config": {"interval": "1s"}},
+            ],
+        )
+        process = AgentProcess(config, self.workdir, name=name)
+        process.start()
+        self.edges[name] = process
+        return process
+
+    def rows(self) -> dict[str, dict[str, Any]]:
+        status, snapshot = http_json(f"{self.hub.api}/dashboard/fleet")
+        assert status == 200, snapshot
+        return {row["edge_id"]: row for row in snapshot["edges"]}
+
+    def stop(self) -> None:
+        for process in [*self.edges.values(), self.hub]:
+            if process.proc is not None and process.proc.poll() is None:
+                process.kill()
+
+
+def wait_until(check: Callable[[], bool], what: str, timeout: float = 30.0) -> float:
+    start = time.monotonic()
+    while not check():
+        assert time.monotonic() - start < timeout, f"timed out waiting for {what}"
+        time.sleep(0.2)
+    return time.monotonic() - start
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    made = Fleet(tmp_path_factory.mktemp("dashboard"))
+    made.hub.start()
+    try:
+        for number, name in enumerate(EDGES):
+            made.edge(name, first=10 * number, claim=made.claim_token())
+        made.edge(PENDING, first=90, claim="")
+        wait_until(
+            lambda: all(made.rows().get(e, {}).get("status") == "online" for e in EDGES),
+            "three edges online",
+        )
+        yield made
+    finally:
+        made.stop()
+
+
+def no_problems(page: Page, errors: list[str]) -> None:
+    """No console error or uncaught exception, and no serious or critical axe finding."""
+    assert errors == []
+    violations = axe_violations(page)
+    assert violations == [], "\n".join(str(v) for v in violations)
+
+
+def screenshot(page: Page, name: str) -> None:
+    if SCREENSHOTS:
+        page.screenshot(path=str(Path(SCREENSHOTS) / f"dashboard-{name}.png"), full_page=True)
+
+
+def fleet_row(page: Page, edge: str) -> Any:
+    return page.locator(f'tr[data-edge="{edge}"]')
+
+
+def test_the_fleet_is_live_and_a_stopped_edge_turns_offline_then_recovers(
+    fleet: Fleet, page: Page, page_errors: list[str]
+) -> None:
+    page.goto(fleet.hub.api + "/")
+    for edge in EDGES:
+        expect(fleet_row(page, edge)).to_have_attribute("data-status", "online")
+    expect(fleet_row(page, PENDING)).to_have_attribute("data-status", "pending")
+    expect(page.locator("#live")).to_contain_text("live")
+    screenshot(page, "fleet")
+    no_problems(page, page_errors)
+
+    fleet.edges["edge-b"].stop()
+    stopped = time.monotonic()
+    # The page updates by itself (server-sent events): no reload.
+    expect(fleet_row(page, "edge-b")).to_have_attribute(
+        "data-status", "offline", timeout=(OFFLINE_AFTER_S + 6) * 1000
+    )
+    assert time.monotonic() - stopped <= OFFLINE_AFTER_S + 6
+    expect(fleet_row(page, "edge-b")).to_contain_text("no batch for")
+    page.select_option("#filter-status", "offline")
+    expect(page.locator("tbody tr")).to_have_count(1)
+    page.select_option("#filter-status", "")
+
+    # Its detail page charts the last hour; while it was away its lag has a gap.
+    time.sleep(2)
+    page.click('a[href="#/edges/edge-b"]')
+    expect(page.locator("#edge-status")).to_have_text("offline")
+    expect(page.locator("figure.chart")).to_have_count(4)
+    _, detail = http_json(f"{fleet.hub.api}/dashboard/edges/edge-b")
+    lags = detail["history"]["lag_s"]
+    assert any(v is not None for v in lags) and lags[-1] is None, lags
+    screenshot(page, "edge")
+    no_problems(page, page_errors)
+
+    fleet.edges["edge-b"].start()
+    expect(page.locator("#edge-status")).to_have_text("online", timeout=30_000)
+
+
+def test_a_pending_device_is_approved_from_the_enrolment_page_and_appears(
+    fleet: Fleet, page: Page, page_errors: list[str]
+) -> None:
+    page.goto(fleet.hub.api + "/#/enrolment")
+    row = page.locator(f'tr[data-device="{PENDING}"]')
+    expect(row).to_be_visible()
+    page.fill("#token-group", "south")
+    page.click("button[type=submit]")
+    token = page.locator("#claim-token")
+    expect(token).to_be_visible()
+    assert token.input_value().startswith("ct_")
+    screenshot(page, "enrolment")
+    no_problems(page, page_errors)
+
+    page.click(f"text=Approve {PENDING}")
+    expect(row).to_have_count(0)
+    wait_until(lambda: fleet.rows()[PENDING]["status"] == "online", "the approved device online")
+    page.goto(fleet.hub.api + "/")
+    expect(fleet_row(page, PENDING)).to_have_attribute("data-status", "online")
+
+
+def test_revoking_a_selection_drops_its_link(
+    fleet: Fleet, page: Page, page_errors: list[str]
+) -> None:
+    page.goto(fleet.hub.api + "/")
+    page.on("dialog", lambda dialog: dialog.accept())
+    page.check('input[aria-label="select edge-c"]')
+    page.click("#bulk-revoke")
+    expect(fleet_row(page, "edge-c")).to_have_attribute("data-status", "revoked")
+
+    def unlinked() -> bool:
+        links = {e["edge_id"]: e for e in http_json(f"{fleet.hub.api}/edges")[1]}
+        return links["edge-c"]["connected"] is False
+
+    wait_until(unlinked, "edge-c's link dropped", timeout=15)
+    assert page_errors == []
+
+
+def test_an_entity_lookup_and_its_pathrag_paths(
+    fleet: Fleet, page: Page, page_errors: list[str]
+) -> None:
+    page.goto(fleet.hub.api + "/#/graph/UAV-000")
+    expect(page.locator("#entity-title")).to_contain_text("UAV-000")
+    expect(page.locator("details summary")).to_contain_text("edge-a")
+    page.click("#explore-paths")
+    expect(page.locator('ol[aria-label="Paths"] li').first).to_contain_text("UAV-000 → fleet-")
+    expect(page.locator("#path-graph canvas").first).to_be_attached()
+    screenshot(page, "graph")
+    no_problems(page, page_errors)
+    page.goto(fleet.hub.api + "/#/hub")
+    expect(page.locator("#hub-status")).to_be_visible()
+    no_problems(page, page_errors)
