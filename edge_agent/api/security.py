@@ -6,7 +6,9 @@ Two pure parts and a thin ASGI shell:
   :class:`~edge_agent.errors.AuthError` with a short reason for the client;
 * :class:`RateLimiter` keeps one token bucket per client key; callers pass the time
   in, so it never reads a clock and its tests run in microseconds;
-* :class:`SecurityMiddleware` applies both to each HTTP request outside the open paths.
+* :class:`SecurityMiddleware` applies both to each HTTP request outside the open paths,
+  taking the token from the ``Authorization`` header or from a browser's session cookie
+  (:mod:`edge_agent.api.session`: ``POST /login`` sets it, with CSRF protection).
 
 Tokens and the secret are never logged or echoed: a reason names what was wrong with
 the token, never the token itself.
@@ -26,9 +28,10 @@ from typing import Any
 import jwt
 from starlette.datastructures import Headers
 from starlette.middleware import Middleware
-from starlette.responses import JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from edge_agent.api import session
 from edge_agent.config import AuthConfig, HttpTlsConfig, RateLimitConfig
 from edge_agent.errors import AuthError, ConfigError
 from edge_agent.metrics import Metrics
@@ -241,47 +244,137 @@ class SecurityMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and not is_open(scope["path"], self._open_paths):
+            if self._verifier is not None and scope["method"] == "POST":
+                if scope["path"] == session.LOGIN_PATH:
+                    answer = await self._login(scope, receive)
+                    await answer(scope, receive, send)
+                    return
+                if scope["path"] == session.LOGOUT_PATH:
+                    await _signed_out(scope)(scope, receive, send)
+                    return
             refusal = self._refusal(scope)
             if refusal is not None:
                 await refusal(scope, receive, send)
                 return
         await self._app(scope, receive, send)
 
+    def _credential(self, scope: Scope) -> tuple[str | None, dict[str, str] | None]:
+        """The ``Authorization`` value to verify, and the cookies when it came from the
+        session cookie (``None`` when it came from the header)."""
+        headers = Headers(scope=scope)
+        authorization = headers.get("authorization")
+        if authorization:
+            return authorization, None
+        jar = session.cookies(headers.get("cookie"))
+        token = jar.get(session.SESSION_COOKIE)
+        return (f"Bearer {token}", jar) if token else (None, None)
+
     def _refusal(self, scope: Scope) -> Response | None:
-        """The 401 or 429 answer to this request, or None to let it through."""
+        """The 401, 403 or 429 answer to this request, or None to let it through."""
         claims: dict[str, Any] | None = None
         failure: AuthError | None = None
+        jar: dict[str, str] | None = None
         if self._verifier is not None:
+            credential, jar = self._credential(scope)
             try:
-                claims = self._verifier.verify(Headers(scope=scope).get("authorization"))
+                claims = self._verifier.verify(credential)
             except AuthError as exc:
                 failure = exc
         client = scope["client"][0] if scope.get("client") else "unknown"
-        if self._limiter is not None:
-            sub = claims.get("sub") if claims else None
-            key = f"sub:{sub}" if isinstance(sub, str) and sub else f"ip:{client}"
-            wait = self._limiter.acquire(key, self._clock())
-            if wait > 0:
-                self._metrics.rate_limited.inc()
-                seconds = retry_after(wait)
-                if log.isEnabledFor(logging.DEBUG):
-                    log.debug("< 429 %s %s: over the rate limit", key, scope["path"])
-                return JSONResponse(
-                    {"error": f"rate limit exceeded; retry in {seconds} s"},
-                    429,
-                    {"Retry-After": str(seconds)},
-                )
+        limited = self._limited(scope, claims, client)
+        if limited is not None:
+            return limited
         if failure is not None:
+            return self._unauthorized(scope, client, failure)
+        if jar is not None and not session.csrf_ok(
+            scope["method"], Headers(scope=scope).get(session.CSRF_HEADER), jar
+        ):
             self._metrics.errors.labels(reason="auth").inc()
-            if log.isEnabledFor(logging.DEBUG):
-                log.debug("< 401 %s %s: %s", client, scope["path"], failure.reason)
-            challenge = 'Bearer realm="semstreams"'
-            if failure.reason != _MISSING:
-                challenge += ', error="invalid_token"'
-            return JSONResponse({"error": failure.reason}, 401, {"WWW-Authenticate": challenge})
+            return JSONResponse({"error": "missing or wrong X-CSRF-Token for this session"}, 403)
         if claims is not None:
             scope["auth"] = claims
         return None
+
+    def _limited(self, scope: Scope, claims: dict[str, Any] | None, client: str) -> Response | None:
+        """The 429 when the client is over its rate limit."""
+        if self._limiter is None:
+            return None
+        sub = claims.get("sub") if claims else None
+        key = f"sub:{sub}" if isinstance(sub, str) and sub else f"ip:{client}"
+        wait = self._limiter.acquire(key, self._clock())
+        if wait <= 0:
+            return None
+        self._metrics.rate_limited.inc()
+        seconds = retry_after(wait)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("< 429 %s %s: over the rate limit", key, scope["path"])
+        return JSONResponse(
+            {"error": f"rate limit exceeded; retry in {seconds} s"},
+            429,
+            {"Retry-After": str(seconds)},
+        )
+
+    def _unauthorized(self, scope: Scope, client: str, failure: AuthError) -> Response:
+        """The 401: JSON for API clients, the sign-in page for a browser's page load."""
+        self._metrics.errors.labels(reason="auth").inc()
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("< 401 %s %s: %s", client, scope["path"], failure.reason)
+        challenge = 'Bearer realm="semstreams"'
+        if failure.reason != _MISSING:
+            challenge += ', error="invalid_token"'
+        headers = {"WWW-Authenticate": challenge}
+        accept = Headers(scope=scope).get("accept", "")
+        if scope["method"] == "GET" and "text/html" in accept:
+            return HTMLResponse(session.login_page(failure.reason), 401, headers)
+        return JSONResponse({"error": failure.reason}, 401, headers)
+
+    async def _login(self, scope: Scope, receive: Receive) -> Response:
+        """``POST /login`` (a form with ``token``): the session cookies, then ``/``."""
+        client = scope["client"][0] if scope.get("client") else "unknown"
+        limited = self._limited(scope, None, client)  # guesses are rate limited per address
+        if limited is not None:
+            return limited
+        body = await _read_body(receive, session.MAX_FORM_BYTES)
+        assert self._verifier is not None
+        try:
+            if body is None:
+                raise AuthError("login form too large")
+            token = session.token_from_form(body)
+            if not token:
+                raise AuthError("no token given")
+            claims = self._verifier.verify(f"Bearer {token}")
+        except AuthError as exc:
+            self._metrics.errors.labels(reason="auth").inc()
+            return HTMLResponse(session.login_page(exc.reason), 401)
+        max_age = int(float(claims["exp"]) - time.time())
+        answer = RedirectResponse("/", 303)
+        for cookie in session.session_cookies(token, max_age, secure=_secure(scope)):
+            answer.headers.append("set-cookie", cookie)
+        return answer
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes | None:
+    """The request body, or ``None`` once it passes ``limit`` bytes (the rest unread)."""
+    body = b""
+    while True:
+        message = await receive()
+        body += bytes(message.get("body", b""))
+        if len(body) > limit:
+            return None
+        if not message.get("more_body"):
+            return body
+
+
+def _secure(scope: Scope) -> bool:
+    return scope.get("scheme") == "https"
+
+
+def _signed_out(scope: Scope) -> Response:
+    """``POST /logout``: the session cookies expired, then the sign-in page."""
+    answer = RedirectResponse("/", 303)
+    for cookie in session.session_cookies("", 0, secure=_secure(scope)):
+        answer.headers.append("set-cookie", cookie)
+    return answer
 
 
 def security_middleware(

@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import os
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,7 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from tests.browser.harness import axe_violations
-from tests.helpers import AgentProcess, config_dict, http_json
+from tests.helpers import JWT_SECRET, AgentProcess, config_dict, http_json, token
 from tests.integration.sync_harness import hub_process
 
 pytestmark = pytest.mark.slow
@@ -178,7 +180,7 @@ def test_a_pending_device_is_approved_from_the_enrolment_page_and_appears(
     row = page.locator(f'tr[data-device="{PENDING}"]')
     expect(row).to_be_visible()
     page.fill("#token-group", "south")
-    page.click("button[type=submit]")
+    page.click("#create-token")
     token = page.locator("#claim-token")
     expect(token).to_be_visible()
     assert token.input_value().startswith("ct_")
@@ -223,3 +225,79 @@ def test_an_entity_lookup_and_its_pathrag_paths(
     page.goto(fleet.hub.api + "/#/hub")
     expect(page.locator("#hub-status")).to_be_visible()
     no_problems(page, page_errors)
+
+
+# -- with auth on ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def guarded_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProcess]:
+    hub = hub_process(
+        tmp_path_factory.mktemp("guarded"), provisioning={"enabled": True, "advertise": False}
+    )
+    auth = {"type": "jwt", "jwt_secret": JWT_SECRET, "jwt_issuer": "semstreams"}
+    hub.config["services"]["service-manager"]["config"]["auth"] = auth
+    hub.config_path.write_text(json.dumps(hub.config))
+    hub.start()
+    yield hub
+    hub.stop()
+
+
+def _status(url: str, accept: str = "application/json") -> int:
+    request = urllib.request.Request(url, headers={"Accept": accept})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as answer:
+            return int(answer.status)
+    except urllib.error.HTTPError as refused:
+        return int(refused.code)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/",
+        "/static/app.js",
+        "/static/vendor/uplot/uPlot.esm.js",
+        "/dashboard/fleet",
+        "/dashboard/events",
+        "/dashboard/edges/x",
+        "/dashboard/hub",
+        "/edges",
+        "/devices",
+    ],
+)
+def test_with_auth_on_no_page_or_stream_answers_without_a_token(
+    guarded_hub: AgentProcess, path: str
+) -> None:
+    assert _status(guarded_hub.api + path) == 401
+    assert _status(guarded_hub.api + path, accept="text/html") == 401
+
+
+def test_signing_in_with_the_token_opens_the_dashboard(
+    guarded_hub: AgentProcess, page: Page, page_errors: list[str]
+) -> None:
+    page.goto(guarded_hub.api + "/")
+    expect(page.locator("h1")).to_have_text("Sign in")
+    # The sign-in page comes with the 401 itself, which the browser logs as a failed load.
+    assert page_errors == [
+        "console.error: Failed to load resource: the server responded with a status of 401"
+        " (Unauthorized)"
+    ]
+    page_errors.clear()
+    no_problems(page, page_errors)
+    page.fill("#token", "not.a.token")
+    page.click("button[type=submit]")
+    expect(page.locator(".why")).to_have_text("malformed token")
+    page.fill("#token", token(sub="operator"))
+    page.click("button[type=submit]")
+    expect(page.locator("#live")).to_contain_text("live")
+    expect(page.locator("tbody")).to_contain_text("No edge has been heard from yet.")
+    cookies = {c["name"]: c for c in page.context.cookies()}
+    assert cookies["semstreams_session"]["httpOnly"] is True
+    # A change from the page carries the CSRF token: creating a claim token works.
+    page.goto(guarded_hub.api + "/#/enrolment")
+    page.click("#create-token")
+    expect(page.locator("#claim-token")).to_be_visible()
+    page.click("text=Sign out")
+    expect(page.locator("h1")).to_have_text("Sign in")
+    assert all("status of 401" in e for e in page_errors), page_errors

@@ -58,6 +58,20 @@ function connect() {
   });
 }
 
+function signOutButton() {
+  // Only a browser signed in with a session cookie has the CSRF cookie beside it.
+  if (!/(?:^|; )semstreams_csrf=[^;]+/.test(document.cookie)) return;
+  const form = document.createElement("form");
+  form.method = "post";
+  form.action = "/logout";
+  const button = document.createElement("button");
+  button.type = "submit";
+  button.textContent = "Sign out";
+  form.append(button);
+  document.querySelector("header").append(form);
+}
+
 window.addEventListener("hashchange", route);
+signOutButton();
 connect();
 route();

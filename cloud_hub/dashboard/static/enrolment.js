@@ -56,6 +56,6 @@ export function enrolmentView() {
     h("form", { onsubmit: createToken },
       h("label", { for: "token-group" }, "Group"), group,
       h("label", { for: "token-ttl" }, "Valid for (s)"), ttl,
-      h("button", { type: "submit" }, "Create token")), tokenOut);
+      h("button", { type: "submit", id: "create-token" }, "Create token")), tokenOut);
   return { element, title: "Enrolment", view: "enrolment", close: () => clearInterval(timer) };
 }

@@ -309,3 +309,94 @@ async def test_tokens_and_the_secret_are_never_logged(caplog: pytest.LogCaptureF
     assert "token expired" in caplog.text
     assert raw not in caplog.text
     assert JWT_SECRET not in caplog.text
+
+
+# -- browser sessions: the same token in an HttpOnly cookie, with CSRF protection --------
+
+
+def session_client(metrics: Metrics | None = None) -> httpx.AsyncClient:
+    async def change(request: Request) -> JSONResponse:
+        return JSONResponse({"changed_by": request.auth["sub"]})
+
+    app = Starlette(
+        routes=[
+            Route("/graph/stats", whoami),
+            Route("/devices/x/revoke", change, methods=["POST"]),
+        ],
+        middleware=[
+            Middleware(
+                SecurityMiddleware,
+                verifier=verifier(),
+                limiter=None,
+                open_paths=["/health"],
+                metrics=metrics or Metrics(),
+            )
+        ],
+    )
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://hub")
+
+
+async def test_a_browser_gets_the_sign_in_page_with_its_401() -> None:
+    async with session_client() as http:
+        page = await http.get("/graph/stats", headers={"accept": "text/html,*/*"})
+        assert page.status_code == 401 and page.headers["content-type"].startswith("text/html")
+        assert 'action="/login"' in page.text and "missing bearer token" in page.text
+        api = await http.get("/graph/stats", headers={"accept": "application/json"})
+        assert api.status_code == 401 and api.json() == {"error": "missing bearer token"}
+
+
+async def test_signing_in_sets_an_httponly_session_that_authenticates_reads() -> None:
+    raw = token(sub="alice")
+    async with session_client() as http:
+        signed = await http.post("/login", data={"token": raw})
+        assert signed.status_code == 303 and signed.headers["location"] == "/"
+        session_cookie, csrf_cookie = signed.headers.get_list("set-cookie")
+        assert session_cookie.startswith(f"semstreams_session={raw};")
+        assert "HttpOnly" in session_cookie and "SameSite=Strict" in session_cookie
+        assert "HttpOnly" not in csrf_cookie and csrf_cookie.startswith("semstreams_csrf=")
+        assert (await http.get("/graph/stats")).json() == {"sub": "alice"}
+        out = await http.post("/logout")
+        assert out.status_code == 303
+        assert (await http.get("/graph/stats")).status_code == 401
+
+
+async def test_a_change_through_the_cookie_needs_the_csrf_token() -> None:
+    async with session_client() as http:
+        await http.post("/login", data={"token": token(sub="alice")})
+        forged = await http.post("/devices/x/revoke")  # what another site could make it send
+        assert forged.status_code == 403 and "CSRF" in forged.json()["error"]
+        wrong = await http.post("/devices/x/revoke", headers={"x-csrf-token": "guess"})
+        assert wrong.status_code == 403
+        csrf = http.cookies["semstreams_csrf"]
+        done = await http.post("/devices/x/revoke", headers={"x-csrf-token": csrf})
+        assert done.json() == {"changed_by": "alice"}
+        # A bearer header needs no CSRF token: no browser adds one on its own.
+        http.cookies.clear()
+        bearer_change = await http.post("/devices/x/revoke", headers=bearer(sub="bob"))
+        assert bearer_change.json() == {"changed_by": "bob"}
+
+
+@pytest.mark.parametrize(
+    ("form", "reason"),
+    [
+        ({"token": "x.y.z"}, "malformed token"),
+        ({"token": ""}, "no token given"),
+        ({"nothing": "here"}, "no token given"),
+        ({"token": "a" * 20_000}, "login form too large"),
+    ],
+)
+async def test_a_bad_sign_in_sets_no_cookie(form: dict[str, str], reason: str) -> None:
+    metrics = Metrics()
+    async with session_client(metrics) as http:
+        answer = await http.post("/login", data=form)
+        assert answer.status_code == 401 and reason in answer.text
+        assert "set-cookie" not in answer.headers
+        assert (await http.get("/graph/stats")).status_code == 401
+    assert sample(metrics, "semstreams_errors_total", reason="auth") == 2
+
+
+async def test_an_expired_cookie_is_refused_like_an_expired_header() -> None:
+    async with session_client() as http:
+        http.cookies.set("semstreams_session", token(ttl=-3600, sub="alice"))
+        refused = await http.get("/graph/stats")
+        assert refused.status_code == 401 and refused.json() == {"error": "token expired"}
