@@ -1,9 +1,18 @@
-"""The demo: a cloud hub and two simulated edges, each with its own embedded NATS.
+"""The demo: a cloud hub with its dashboard, and simulated edges, each with its own NATS.
 
-``make demo`` runs it. The hub listens on 127.0.0.1:8080 (API, dashboard-to-be and the
-edges' sync path), the edges on 8081 and 8082; each edge simulates 20 drones and syncs
-them to the hub. Per-run device tokens are written to ``.demo-state/tokens`` (0600) and
-never printed. Ctrl-C stops everything.
+``make demo`` runs it. The hub listens on 127.0.0.1:8080 (dashboard at ``/``, API, and
+the edges' sync path). Three edges (8081-8083) simulate 20 drones each and report their
+own health (``system_telemetry``); so that every status shows on the dashboard:
+
+- ``demo-edge-1`` stays online;
+- ``demo-edge-2`` goes away for 40 s every 2 minutes (offline, then back);
+- ``demo-edge-3`` sends every reading (``mode: events``) through a 300 B/s link it
+  cannot keep up with (degraded: its outbox backlog rises, then its lag);
+- ``demo-edge-new`` (8084) asks to enrol without a claim token and waits (pending)
+  until someone approves it on the dashboard's Enrolment page.
+
+Per-run device tokens are written to ``.demo-state/tokens`` (0600) and never printed.
+Everything binds to 127.0.0.1 (mDNS is off). Ctrl-C stops everything.
 """
 
 from __future__ import annotations
@@ -22,7 +31,16 @@ from typing import Any
 
 STATE = Path(".demo-state")
 HUB_PORT = 8080
-EDGES = {"demo-edge-1": (8081, 4223, 0), "demo-edge-2": (8082, 4224, 20)}
+#: Edge id: (API port, NATS port, first drone number, link cap).
+EDGES = {
+    "demo-edge-1": (8081, 4223, 0, "32KB"),
+    "demo-edge-2": (8082, 4224, 20, "32KB"),
+    "demo-edge-3": (8083, 4225, 40, "300B"),
+}
+PENDING = ("demo-edge-new", 8084, 4226, 60)
+FLAKY = "demo-edge-2"
+SLOW = "demo-edge-3"
+FLAKY_UP_S, FLAKY_DOWN_S = 80.0, 40.0
 LOGGING = {"level": "INFO", "format": "text", "output": "stderr"}
 
 
@@ -38,6 +56,7 @@ def _hub_config(tokens: dict[str, str]) -> dict[str, Any]:
         "state_dir": str(STATE / "hub"),
         "platform": {"type": "cloud-hub", "region": "demo", "id": "demo-hub"},
         "nats": {"port": 4222},
+        "provisioning": {"enabled": True, "advertise": False},
         "components": [
             {
                 "id": "receive-from-edges",
@@ -47,14 +66,19 @@ def _hub_config(tokens: dict[str, str]) -> dict[str, Any]:
                     "path": "/edge-sync",
                     "devices": {edge: {"token": token} for edge, token in tokens.items()},
                 },
-            }
+            },
+            {
+                "id": "dashboard",
+                "type": "dashboard",
+                "config": {"offline_after": "15s", "sample_interval": "2s"},
+            },
         ],
         "services": {"service-manager": {"config": {"http_port": HUB_PORT}}},
         "logging": LOGGING,
     }
 
 
-def _edge_config(edge: str, api: int, nats: int, first: int, token_file: Path) -> dict[str, Any]:
+def _edge_config(edge: str, api: int, nats: int, first: int) -> dict[str, Any]:
     return {
         "state_dir": str(STATE / edge),
         "platform": {"type": "edge", "region": "demo", "id": edge},
@@ -65,19 +89,39 @@ def _edge_config(edge: str, api: int, nats: int, first: int, token_file: Path) -
                 "type": "simulator",
                 "config": {"entities": 20, "interval": "1s", "first": first, "seed": first + 1},
             },
-            {
-                "id": "edge-to-cloud",
-                "type": "websocket_output",
-                "config": {
-                    "url": f"ws://127.0.0.1:{HUB_PORT}/edge-sync",
-                    "token_file": str(token_file),
-                    "max_bytes_per_second": "32KB",
-                },
-            },
+            {"id": "health", "type": "system_telemetry", "config": {"interval": "5s"}},
         ],
         "services": {"service-manager": {"config": {"http_port": api}}},
         "logging": LOGGING,
     }
+
+
+def _synced_edge(edge: str, api: int, nats: int, first: int, cap: str) -> dict[str, Any]:
+    """An edge with a static device token (written 0600, given by file)."""
+    config = _edge_config(edge, api, nats, first)
+    link = {
+        "url": f"ws://127.0.0.1:{HUB_PORT}/edge-sync",
+        "token_file": str(STATE / "tokens" / edge),
+        "max_bytes_per_second": cap,
+        "mode": "events" if edge == SLOW else "state",
+    }
+    config["components"].append({"id": "edge-to-cloud", "type": "websocket_output", "config": link})
+    return config
+
+
+def _enrolling_edge() -> dict[str, Any]:
+    """A device that asks the hub to enrol it, with no claim token: it waits, pending."""
+    edge, api, nats, first = PENDING
+    boot = STATE / f"{edge}-provision.json"
+    _write_private(boot, json.dumps({"claim_token": "", "hub_url": f"http://127.0.0.1:{HUB_PORT}"}))
+    config = _edge_config(edge, api, nats, first)
+    config["provisioning"] = {
+        "enabled": True,
+        "advertise": False,
+        "file": str(boot),
+        "retry": {"initial": "1s", "max": "5s"},
+    }
+    return config
 
 
 def _start(program: str, config: dict[str, Any], name: str) -> subprocess.Popen[bytes]:
@@ -101,35 +145,48 @@ def _wait_healthy(port: int, timeout: float = 30.0) -> None:
 def main() -> int:
     """Start the hub and the edges, print where to look, stop all on Ctrl-C."""
     tokens = {edge: secrets.token_urlsafe(24) for edge in EDGES}
-    processes = [_start("cloud-hub", _hub_config(tokens), "hub")]
+    processes = {"hub": _start("cloud-hub", _hub_config(tokens), "hub")}
     try:
         _wait_healthy(HUB_PORT)
-        for edge, (api, nats, first) in EDGES.items():
-            token_file = STATE / "tokens" / edge
-            _write_private(token_file, tokens[edge])
-            processes.append(
-                _start("edge-agent", _edge_config(edge, api, nats, first, token_file), edge)
-            )
+        for edge, (api, nats, first, cap) in EDGES.items():
+            _write_private(STATE / "tokens" / edge, tokens[edge])
+            processes[edge] = _start("edge-agent", _synced_edge(edge, api, nats, first, cap), edge)
+        processes[PENDING[0]] = _start("edge-agent", _enrolling_edge(), PENDING[0])
+        for api in [*(e[0] for e in EDGES.values()), PENDING[1]]:
             _wait_healthy(api)
         print(
-            "\nDemo up: a hub and two edges, 20 simulated drones each.\n"
-            f"  Hub:    http://127.0.0.1:{HUB_PORT}/edges  /graph/stats  /graph/types"
+            f"\nDashboard: http://127.0.0.1:{HUB_PORT}/\n\n"
+            "Demo up: a hub and three edges, 20 simulated drones each; demo-edge-2 goes\n"
+            f"offline for {FLAKY_DOWN_S:.0f} s every {FLAKY_UP_S + FLAKY_DOWN_S:.0f} s,"
+            " demo-edge-3 lags behind a 300 B/s link,\n"
+            "demo-edge-new waits for approval (Enrolment page).\n"
+            f"  Hub API: http://127.0.0.1:{HUB_PORT}/edges  /graph/stats  /graph/types"
             "  /graph/shared  /graph/entities/fleet-west?provenance=1  /metrics\n"
-            "  Edges:  http://127.0.0.1:8081/graph/stats  http://127.0.0.1:8082/graph/stats\n"
-            f"  State:  ./{STATE} (configs, JetStream stores, graph.db files)\n"
+            "  Edges:   http://127.0.0.1:8081/graph/stats (8082, 8083, 8084)\n"
+            f"  State:   ./{STATE} (configs, JetStream stores, graph.db files)\n"
             "Ctrl-C stops everything.\n",
             flush=True,
         )
-        while True:
-            signal.pause()
+        _flap(processes)
     except KeyboardInterrupt:
         pass
     finally:
-        for process in reversed(processes):
+        for process in reversed(processes.values()):
             process.terminate()
-        for process in processes:
+        for process in processes.values():
             process.wait(30)
     return 0
+
+
+def _flap(processes: dict[str, subprocess.Popen[bytes]]) -> None:
+    """Take the flaky edge away and bring it back, until interrupted."""
+    api, nats, first, cap = EDGES[FLAKY]
+    while True:
+        time.sleep(FLAKY_UP_S)
+        processes[FLAKY].terminate()
+        processes[FLAKY].wait(30)
+        time.sleep(FLAKY_DOWN_S)
+        processes[FLAKY] = _start("edge-agent", _synced_edge(FLAKY, api, nats, first, cap), FLAKY)
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -38,6 +38,13 @@ HUB_PATHS: dict[str, Any] = {
         _LIMIT,
         {"name": "entity_id", "in": "query", "schema": {"type": "string"}},
     ),
+    "/dashboard/fleet": _get("The dashboard's fleet: one row per edge, status counts", OBJECT),
+    "/dashboard/edges/{edge_id}": _get(
+        "One edge's row, last-hour history, conflicts and graph state",
+        OBJECT,
+        {"name": "edge_id", "in": "path", "required": True, "schema": {"type": "string"}},
+    ),
+    "/dashboard/hub": _get("NATS, the SYNC_BATCHES stream and the materialiser", OBJECT),
     "/graph/entities/{entity_id}": _get(
         "The merged entity; with provenance=1 each edge's contribution too",
         OBJECT,

@@ -36,7 +36,7 @@ class Thresholds(msgspec.Struct, frozen=True):
     lag_warning: float = 30.0
     usage_warning: float = 90.0
     temperature_warning: float = 80.0
-    #: Samples in a row the outbox backlog must grow before it counts as rising.
+    #: Samples in a row over which the outbox backlog must grow to count as rising.
     rising_samples: int = 3
 
 
@@ -100,11 +100,13 @@ def _warnings(evidence: EdgeEvidence, thresholds: Thresholds) -> list[str]:
 
 
 def _rising(backlog: Sequence[int], samples: int) -> bool:
-    """The last ``samples`` steps all went up."""
+    """Over the last ``samples`` steps it never fell and ended higher (telemetry comes
+    less often than samples are taken, so a rising backlog shows as steps)."""
     recent = list(backlog)[-(samples + 1) :]
     if len(recent) <= samples:
         return False
-    return all(later > earlier for earlier, later in itertools.pairwise(recent))
+    never_fell = all(later >= earlier for earlier, later in itertools.pairwise(recent))
+    return never_fell and recent[-1] > recent[0]
 
 
 def _number(value: object) -> float | None:
