@@ -354,6 +354,11 @@ class Agent:
         await gpio.open()  # a device that can't be opened fails the start, named
         self._tasks.spawn(gpio.run(), f"component {component.id}")
 
+    def _telemetry_counters(self) -> dict[str, int]:
+        """What the device entity reports of the agent's own counters (since it started)."""
+        dead = self.metrics.registry.get_sample_value("semstreams_dead_letters_total")
+        return {"ingest.dead_letters": int(dead or 0)}
+
     async def _start_system_telemetry(self, component: ComponentConfig, index: int) -> None:
         from edge_agent.ingest.telemetry import SystemSampler, run_system_telemetry
 
@@ -361,6 +366,7 @@ class Agent:
             self.state_dir,
             nats_pid=lambda: self.nats_server.pid if self.nats_server else None,
             backlog=self.store.sync_backlog if self.store.outbox else None,
+            counters=self._telemetry_counters,
         )
         entity_id = component.config.entity_id or self.config.platform.id
         self._tasks.spawn(

@@ -27,6 +27,7 @@ TELEMETRY = {
     "backlog_entities": "sync.backlog_entities",
     "backlog_bytes": "sync.backlog_bytes",
     "agent_version": "agent.version",
+    "dead_letters": "ingest.dead_letters",
 }
 _RECENT_SAMPLES = 4
 

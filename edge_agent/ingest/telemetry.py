@@ -108,12 +108,14 @@ class SystemSampler:
         *,
         nats_pid: Callable[[], int | None] = lambda: None,
         backlog: Callable[[], Backlog] | None = None,
+        counters: Callable[[], Mapping[str, Scalar]] | None = None,
         thermal_zone: Path = THERMAL_ZONE,
         throttled: Path = THROTTLED,
     ) -> None:
         self._disk_path = disk_path
         self._nats_pid = nats_pid
         self._backlog = backlog
+        self._counters = counters
         self._thermal_zone = thermal_zone
         self._throttled = throttled
         self._process = psutil.Process()
@@ -127,8 +129,9 @@ class SystemSampler:
             ``system.memory_used_bytes``/``total_bytes``/``percent``,
             ``system.disk_used_bytes``/``free_bytes``/``percent``,
             ``system.temperature_c``, ``system.uptime_s``, ``system.throttled``,
-            ``agent.rss_bytes``, ``nats.rss_bytes``, ``sync.backlog_entities``/``bytes``
-            and ``agent.version``; a source that is absent or fails is left out.
+            ``agent.rss_bytes``, ``nats.rss_bytes``, ``sync.backlog_entities``/``bytes``,
+            the agent's counters (``ingest.dead_letters``) and ``agent.version``; a
+            source that is absent or fails is left out.
         """
         properties: dict[str, Scalar] = {}
         for part in (
@@ -139,6 +142,7 @@ class SystemSampler:
             self._throttled_part,
             self._process_part,
             self._backlog_part,
+            self._counters_part,
         ):
             try:
                 properties.update(part())
@@ -201,6 +205,9 @@ class SystemSampler:
             with contextlib.suppress(psutil.Error):
                 found["nats.rss_bytes"] = int(psutil.Process(pid).memory_info().rss)
         return found
+
+    def _counters_part(self) -> dict[str, Scalar]:
+        return dict(self._counters()) if self._counters else {}
 
     def _backlog_part(self) -> dict[str, Scalar]:
         if self._backlog is None:

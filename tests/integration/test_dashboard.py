@@ -301,3 +301,37 @@ def test_signing_in_with_the_token_opens_the_dashboard(
     page.click("text=Sign out")
     expect(page.locator("h1")).to_have_text("Sign in")
     assert all("status of 401" in e for e in page_errors), page_errors
+
+
+def test_what_an_edge_names_is_shown_as_text_never_run(
+    fleet: Fleet, page: Page, page_errors: list[str]
+) -> None:
+    # A compromised edge picks property names and values meant to run in the operator's
+    # browser (entity ids and types cannot carry markup: they are checked on ingest).
+    hostile = {
+        "entity_id": "XSS-1",
+        "entity_type": "note",
+        "properties": {
+            "<img src=x onerror=window.pwned=1>": "<script>window.pwned=2</script><b>x</b>",
+        },
+    }
+    status, _ = http_json(f"{fleet.edges['edge-a'].api}/ingest", json.dumps(hostile).encode())
+    assert status == 202
+    wait_until(lambda: http_json(f"{fleet.hub.api}/graph/entities/XSS-1")[0] == 200, "XSS-1")
+    page.goto(fleet.hub.api + "/#/graph/XSS-1")
+    expect(page.locator("#main")).to_contain_text("<img src=x onerror=window.pwned=1>")
+    expect(page.locator("#main")).to_contain_text("<script>window.pwned=2</script>")
+    assert page.evaluate("window.pwned") is None
+    assert page.locator("#main img, #main script, #main b").count() == 0
+    assert page_errors == []
+
+
+def test_the_fleet_fits_a_phone(fleet: Fleet, page: Page, page_errors: list[str]) -> None:
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.goto(fleet.hub.api + "/")
+    expect(fleet_row(page, "edge-a")).to_be_visible()
+    # The page does not scroll sideways; the wide table scrolls inside its own box.
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    page.keyboard.press("Tab")  # the skip link comes first for keyboard users
+    expect(page.locator(".skip")).to_be_focused()
+    no_problems(page, page_errors)

@@ -50,7 +50,12 @@ def sampler(tmp_path: Path, **kwargs: Any) -> SystemSampler:
 
 def test_a_sample_has_every_reading_with_sane_types(tmp_path: Path, child_pid: int) -> None:
     backlog = Backlog(entities=3, bytes=1200, in_flight=0, oldest_ms=0)
-    found = sampler(tmp_path, nats_pid=lambda: child_pid, backlog=lambda: backlog).sample()
+    found = sampler(
+        tmp_path,
+        nats_pid=lambda: child_pid,
+        backlog=lambda: backlog,
+        counters=lambda: {"ingest.dead_letters": 4},
+    ).sample()
     assert 0.0 <= found["system.cpu_percent"] <= 100.0  # type: ignore[operator]
     for key in ("system.load_1m", "system.load_5m", "system.load_15m"):
         assert isinstance(found[key], float)
@@ -68,6 +73,7 @@ def test_a_sample_has_every_reading_with_sane_types(tmp_path: Path, child_pid: i
     assert found["nats.rss_bytes"] > 0
     assert found["sync.backlog_entities"] == 3
     assert found["sync.backlog_bytes"] == 1200
+    assert found["ingest.dead_letters"] == 4
     assert found["agent.version"] == __version__
     assert all(isinstance(v, str | int | float | bool) for v in found.values())
 

@@ -39,7 +39,8 @@ export function edgeView(edgeId) {
       fact("Entity types", Object.entries(state.types || {}).map(([t, n]) => `${t} ${n}`).join(", ") || "–"),
       fact("CPU / memory / disk", `${num(edge.cpu_percent, " %")} / ${num(edge.memory_percent, " %")} / ${num(edge.disk_percent, " %")}`),
       fact("Temperature", num(edge.temperature_c, " °C", 1)),
-      fact("Outbox backlog", `${num(edge.backlog_entities)} entities, ${bytes(edge.backlog_bytes)}`));
+      fact("Outbox backlog", `${num(edge.backlog_entities)} entities, ${bytes(edge.backlog_bytes)}`),
+      fact("Dead letters (since the agent started)", num(edge.dead_letters)));
     show(actions,
       h("button", { type: "button", onclick: () => action("approve"), disabled: edge.status !== "pending" && edge.status !== "revoked" }, "Approve"),
       h("button", { type: "button", class: "danger", onclick: () => action("revoke"), disabled: edge.status === "revoked" }, "Revoke"));
