@@ -28,6 +28,20 @@ STATIC = Path(__file__).parent / "static"
 _CONFLICTS_SHOWN = 20
 # The page and its modules change with the package; a reload should see the new ones.
 _NO_CACHE = {"Cache-Control": "no-cache"}
+# Only the hub's own scripts run in the page (styles may be inline: cytoscape sets a
+# style attribute on its canvas), it cannot be framed (no clickjacking of the approve
+# and revoke buttons), and forms post only back to the hub.
+_PAGE_HEADERS = {
+    **_NO_CACHE,
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline';"
+        " object-src 'none';"
+        " base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+    ),
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
 
 
 class DashboardHost(ServiceCore, Protocol):
@@ -47,7 +61,7 @@ def _host(request: Request) -> DashboardHost:
 
 async def page(request: Request) -> Response:
     """``GET /``: the dashboard (one page; its views are ``#/...`` fragments)."""
-    return FileResponse(STATIC / "index.html", headers=_NO_CACHE)
+    return FileResponse(STATIC / "index.html", headers=_PAGE_HEADERS)
 
 
 async def fleet_view(request: Request) -> Response:

@@ -1,7 +1,7 @@
 """Pytest fixtures for browser tests: ``browser``, ``page`` and ``page_errors``.
 
 A test module uses them with ``pytest_plugins = ["tests.browser.fixtures"]``. The
-browser is one headless system chromium for the whole session; each test gets a
+browser is one headless system chromium per module; each test gets a
 page in its own browser context, and the list of errors recorded in it. Without
 chromium the fixtures fail (they never skip), naming how to install it.
 """
@@ -16,9 +16,13 @@ from playwright.sync_api import Browser, Page
 from tests.browser.harness import launch_browser, open_page
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    """One headless Debian chromium for the session."""
+    """One headless Debian chromium per test module.
+
+    Not per session: Playwright's sync API keeps an event loop running in the main
+    thread while it is open, which would break every asyncio test collected after it.
+    """
     with launch_browser() as running:
         yield running
 

@@ -335,3 +335,13 @@ def test_the_fleet_fits_a_phone(fleet: Fleet, page: Page, page_errors: list[str]
     page.keyboard.press("Tab")  # the skip link comes first for keyboard users
     expect(page.locator(".skip")).to_be_focused()
     no_problems(page, page_errors)
+
+
+def test_the_page_cannot_be_framed_and_runs_only_the_hubs_own_scripts(fleet: Fleet) -> None:
+    with urllib.request.urlopen(fleet.hub.api + "/", timeout=5) as answer:
+        headers = answer.headers
+    policy = headers["Content-Security-Policy"]
+    assert "default-src 'self'" in policy and "frame-ancestors 'none'" in policy
+    assert "script-src" not in policy  # so scripts fall under default-src 'self' alone
+    assert "unsafe-eval" not in policy
+    assert headers["X-Frame-Options"] == "DENY"
