@@ -20,6 +20,7 @@ __all__ = [
     "HUB_COMPONENT_TYPES",
     "HUB_INDEXES",
     "DashboardConfig",
+    "DashboardGroupConfig",
     "DeviceConfig",
     "WebsocketInputConfig",
     "dashboard_settings",
@@ -69,6 +70,14 @@ class WebsocketInputConfig(Section, frozen=True):
         ]
 
 
+class DashboardGroupConfig(Section, frozen=True):
+    """``dashboard.config.groups.<group>``: thresholds for the devices of one group (a
+    group of Pis on a cellular link may be quiet for longer than those on the LAN)."""
+
+    offline_after: Duration | None = None
+    lag_warning: Duration | None = None
+
+
 class DashboardConfig(Section, frozen=True):
     """``components[].config`` of type ``dashboard``: the fleet page at ``/``.
 
@@ -78,8 +87,9 @@ class DashboardConfig(Section, frozen=True):
     ``system_telemetry`` sends at least one every ``interval``, 30 s by default);
     ``degraded`` past ``lag_warning`` seconds of lag, ``usage_warning`` percent of disk
     or memory, ``temperature_warning`` degrees Celsius, or with an outbox backlog that
-    grew over the last samples. Every ``sample_interval`` each edge's counters are
-    sampled into a history of the last ``history``.
+    grew over the last samples; ``groups`` sets other thresholds for the devices of a
+    registry group. Every ``sample_interval`` each edge's counters are sampled into a
+    history of the last ``history``.
     """
 
     enabled: bool = True
@@ -89,6 +99,7 @@ class DashboardConfig(Section, frozen=True):
     temperature_warning: float = 80.0
     sample_interval: Duration = Duration(10.0)
     history: Duration = Duration(3600.0)
+    groups: dict[str, DashboardGroupConfig] = msgspec.field(default_factory=dict)
 
     def problems(self) -> list[tuple[str, str]]:
         """A sample interval too short to be cheap, or a history shorter than it."""

@@ -72,11 +72,14 @@ def fleet_rows(
     thresholds: Thresholds,
     links: Mapping[str, Mapping[str, Any]],
     devices: Sequence[Mapping[str, Any]],
+    group_thresholds: Mapping[str, Thresholds] | None = None,
 ) -> list[dict[str, Any]]:
     """One row per edge known to the graph, the registry or this instance's links.
 
     Args:
         now_ms: the time the statuses are judged at (epoch milliseconds).
+        thresholds, group_thresholds: when an edge counts as offline or degraded, for
+            every edge and for the devices of a registry group.
         links: this instance's link views, by edge id (``SyncInput.link_views``).
         devices: the registry's devices as dicts (``id``, ``status``, ``group``, ...).
     """
@@ -95,12 +98,13 @@ def fleet_rows(
             backlog=[s[4] for s in samples if s[4] is not None],
             telemetry=telemetry,
         )
-        verdict = judge(evidence, now_ms, thresholds)
+        group = str(device.get("group", ""))
+        verdict = judge(evidence, now_ms, (group_thresholds or {}).get(group, thresholds))
         row: dict[str, Any] = {
             "edge_id": edge,
             "status": verdict.status,
             "reasons": verdict.reasons,
-            "group": device.get("group", ""),
+            "group": group,
             "hostname": device.get("hostname", ""),
             "linked_here": evidence.linked_here,
             "last_seen_ms": max(evidence.last_batch_ms, int(link.get("last_seen_ms") or 0)) or None,

@@ -63,6 +63,14 @@ class Dashboard:
             usage_warning=settings.usage_warning,
             temperature_warning=settings.temperature_warning,
         )
+        self.group_thresholds = {
+            group: msgspec.structs.replace(
+                self.thresholds,
+                offline_after=float(given.offline_after or settings.offline_after),
+                lag_warning=float(given.lag_warning or settings.lag_warning),
+            )
+            for group, given in settings.groups.items()
+        }
         self._store = store
         self._links = links
         self._devices = devices
@@ -109,6 +117,7 @@ class Dashboard:
             fleet_rows,
             now_ms=int(self._clock() * 1000),
             thresholds=self.thresholds,
+            group_thresholds=self.group_thresholds,
             links=self._links(),
             devices=self._devices(),
         )

@@ -8,12 +8,14 @@ from typing import Any
 
 import pytest
 
+from cloud_hub.config import DashboardConfig, DashboardGroupConfig
 from cloud_hub.dashboard.fleet import fleet_rows, fleet_summary
 from cloud_hub.dashboard.history import read_history, record_samples
+from cloud_hub.dashboard.service import Dashboard
 from cloud_hub.dashboard.status import EdgeEvidence, Thresholds, judge
 from cloud_hub.graph.provenance import BatchStamp, apply_batch
 from cloud_hub.graph.schema import HUB_MIGRATIONS
-from edge_agent.config import IndexesConfig
+from edge_agent.config import Duration, IndexesConfig
 from edge_agent.graph import GraphStore
 from edge_agent.sync.frames import EntityDelta
 
@@ -153,3 +155,36 @@ def test_rows_join_the_graph_the_registry_and_the_links(store: GraphStore) -> No
         "revoked": 0,
         "online": 2,
     }
+
+
+def test_a_group_can_have_its_own_offline_threshold(store: GraphStore) -> None:
+    for edge in ("lan-1", "cell-1"):
+        send(store, edge, 1, NOW, cpu=1.0, backlog=0)
+    devices = [
+        {"id": "lan-1", "status": "approved", "group": "lan"},
+        {"id": "cell-1", "status": "approved", "group": "cellular"},
+    ]
+    patient = Thresholds(offline_after=600)
+    rows = store.database.read(
+        fleet_rows,
+        now_ms=NOW + 120_000,  # two minutes without a batch
+        thresholds=LIMITS,
+        group_thresholds={"cellular": patient},
+        links={},
+        devices=devices,
+    )
+    assert {row["edge_id"]: row["status"] for row in rows} == {
+        "cell-1": "online",
+        "lan-1": "offline",
+    }
+
+
+def test_group_thresholds_come_from_the_dashboard_component() -> None:
+    settings = DashboardConfig(
+        offline_after=Duration(90),
+        groups={"cellular": DashboardGroupConfig(offline_after=Duration(900))},
+    )
+    dashboard = Dashboard(settings, store=None, links=dict, devices=list)  # type: ignore[arg-type]
+    assert dashboard.thresholds.offline_after == 90
+    assert dashboard.group_thresholds["cellular"].offline_after == 900
+    assert dashboard.group_thresholds["cellular"].lag_warning == dashboard.thresholds.lag_warning
