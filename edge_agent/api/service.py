@@ -7,6 +7,7 @@ request/reply service call the same querier.
 from __future__ import annotations
 
 import contextlib
+import logging
 import ssl
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -22,9 +23,12 @@ from edge_agent.api.security import server_ssl_context
 from edge_agent.api.server import HttpServer
 from edge_agent.api.views import ServiceCore
 from edge_agent.config import AuthConfig, Config
+from edge_agent.config.loader import is_loopback
 from edge_agent.nats.connection import NatsConnection
 
 __all__ = ["ApiService"]
+
+log = logging.getLogger(__name__)
 
 
 class ApiService:
@@ -105,6 +109,8 @@ class ApiService:
         await self.serve(
             app, port=service.http_port, ssl_context=self.ssl_context, options=self._http_options()
         )
+        if warning := self.open_warning():
+            log.warning("api: %s", warning)
         metrics = self._config.services.metrics
         if metrics.enabled:
             app = Starlette(routes=[Route(metrics.config.path, views.metrics, methods=["GET"])])
@@ -139,6 +145,18 @@ class ApiService:
             with contextlib.suppress(Exception):
                 await self._queries.unsubscribe()
 
-    def health(self) -> None:
-        """Nothing to report: a request that reaches ``/health`` proves the API."""
-        return
+    def health(self) -> dict[str, Any] | None:
+        """Nothing to report (a request that reaches ``/health`` proves the API), but
+        that it serves the network without auth, when it was told to."""
+        warning = self.open_warning()
+        return {"status": "ok", "warning": warning} if warning else None
+
+    def open_warning(self) -> str:
+        """Why the API is open to anyone who reaches it ("" when it is not)."""
+        service = self._config.services.service_manager.config
+        if self._auth().type != "none" or is_loopback(service.http_host):
+            return ""
+        return (
+            f"the API listens on {service.http_host} without auth"
+            " (auth.allow_unauthenticated): anyone who reaches it can write and administer"
+        )

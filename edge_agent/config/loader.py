@@ -243,6 +243,16 @@ def _check_output(output: WebsocketOutputConfig, where: str) -> list[str]:
     return problems
 
 
+def is_loopback(host: str) -> bool:
+    """Whether binding ``host`` serves this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
+
+
 def _check_http(config: Config) -> list[str]:
     """The API listener's auth and TLS settings."""
     problems = []
@@ -261,6 +271,16 @@ def _check_http(config: Config) -> list[str]:
             f"{where}.auth.jwt_secret: too short for HS256 ({len(secret)} bytes); "
             f"use at least {_MIN_HS256_SECRET} random bytes"
         )
+    if auth.type == "none" and not is_loopback(service.http_host):
+        if not auth.allow_unauthenticated:
+            problems.append(
+                f"{where}.auth.type: the API listens on {service.http_host!r}, beyond this"
+                ' host, without auth: set "jwt" (with jwt_secret), bind http_host to'
+                " 127.0.0.1, or set auth.allow_unauthenticated: true to accept that anyone"
+                " who reaches it can approve devices and write the graph"
+            )
+    elif auth.allow_unauthenticated and auth.type != "none":
+        problems.append(f"{where}.auth.allow_unauthenticated: only meaningful with type none")
     for index, prefix in enumerate(auth.open_paths):
         if not prefix.startswith("/"):
             problems.append(f"{where}.auth.open_paths[{index}]: {prefix!r} must start with /")

@@ -328,12 +328,17 @@ class AuthConfig(Section, frozen=True):
     an ``open_paths`` prefix (whole segments: ``/health`` opens ``/health/x``, not
     ``/healthz``) need no token and are never rate limited, so a load balancer or
     Prometheus polling them is never refused.
+
+    An API bound beyond loopback (``http_host`` other than 127.0.0.1, ::1, localhost)
+    with ``type: "none"`` refuses to start unless ``allow_unauthenticated`` says that
+    is meant; then every start logs a warning and ``/health`` shows it.
     """
 
     type: Literal["none", "jwt"] = "none"
     jwt_secret: str = ""
     jwt_issuer: str = ""
     open_paths: tuple[str, ...] = ("/health", "/metrics", "/openapi.json")
+    allow_unauthenticated: bool = False
 
 
 class HttpTlsConfig(Section, frozen=True):

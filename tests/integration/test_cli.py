@@ -7,8 +7,10 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 from edge_agent.app import Agent
-from tests.helpers import FIXTURES, cli, config_dict, wait_for
+from tests.helpers import FIXTURES, cli, config_dict, free_port, wait_for
 
 
 async def test_publish_file_then_stats(agent: Agent) -> None:
@@ -82,6 +84,29 @@ async def test_no_embedded_server_and_no_urls_is_a_config_error(tmp_path: Path) 
     code, _, err = await cli("check-config", str(path))
     assert code == 2
     assert "nats.urls: must name a server when nats.embedded is false" in err
+
+
+@pytest.mark.parametrize("program", ["edge_agent.cli", "cloud_hub.cli"])
+async def test_an_open_api_on_the_network_refuses_to_start(tmp_path: Path, program: str) -> None:
+    # Never binds: the refusal comes before any listener (tests bind loopback only).
+    service = {"service-manager": {"config": {"http_port": free_port(), "http_host": "0.0.0.0"}}}
+    config = config_dict(tmp_path / "state", services=service)
+    path = tmp_path / "open.json"
+    path.write_text(json.dumps(config))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        program,
+        "run",
+        "--config",
+        str(path),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 2
+    assert "services.service-manager.config.auth.type: the API listens on '0.0.0.0'" in err.decode()
+    assert not (tmp_path / "state").exists() or not any((tmp_path / "state").iterdir())
 
 
 async def test_stats_with_a_missing_token_file_fails_clearly(tmp_path: Path) -> None:

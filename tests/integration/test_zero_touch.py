@@ -73,7 +73,14 @@ def hub_config(node: Node, workdir: Path, name: str) -> dict[str, Any]:
         "state_dir": str(workdir / f"{node.name}-state"),
         "platform": {"id": name, "type": "cloud-hub"},
         "services": {
-            "service-manager": {"config": {"http_port": API_PORT, "http_host": "0.0.0.0"}}
+            "service-manager": {
+                "config": {
+                    "http_port": API_PORT,
+                    "http_host": "0.0.0.0",
+                    # A LAN of network namespaces this test made; nothing else reaches it.
+                    "auth": {"allow_unauthenticated": True},
+                }
+            }
         },
         "provisioning": {"enabled": True, "interfaces": [node.ip]},
         "components": [{"id": "in", "type": "websocket_input", "config": {"port": API_PORT}}],
@@ -121,6 +128,9 @@ def test_edges_discover_enrol_and_sync_with_no_keystroke_and_the_rogue_gets_noth
     # Named to be found first, so every edge really challenges it.
     start(rogue, "cloud_hub.cli", hub_config(rogue, tmp_path, "a-rogue-hub"), tmp_path)
     hub_api = f"http://{hub.ip}:{API_PORT}"
+    # Open on its LAN by explicit choice (auth.allow_unauthenticated): /health says so.
+    api_health = http(hub, f"{hub_api}/health")[1]["components"]["api"]
+    assert "without auth" in api_health["warning"]
     tokens = [http(hub, f"{hub_api}/claim-tokens", {"group": "west"})[1]["token"] for _ in range(2)]
     fingerprint = _fingerprint(tmp_path / "hub.log")
 

@@ -13,7 +13,7 @@ from cloud_hub.config import HUB_COMPONENT_TYPES, HUB_INDEXES, load_hub_config
 from edge_agent.config import ByteSize, Duration, load_config, load_config_bytes
 from edge_agent.config.schema import SimulatorConfig, WebsocketOutputConfig
 from edge_agent.errors import ConfigError
-from tests.helpers import FIXTURES
+from tests.helpers import FIXTURES, make_config
 
 SEED = sorted((FIXTURES / "seed").glob("*.json"))
 SEED_ENV = {
@@ -182,6 +182,32 @@ def test_misspelt_key_names_its_path() -> None:
             "services.service-manager.config.auth.jwt_secret: too short for HS256 (1 bytes)",
         ),
         (
+            {"services": {"service-manager": {"config": {"http_host": "0.0.0.0"}}}},
+            "services.service-manager.config.auth.type: the API listens on '0.0.0.0', beyond"
+            " this host, without auth",
+        ),
+        (
+            {"services": {"service-manager": {"config": {"http_host": "::"}}}},
+            "services.service-manager.config.auth.type: the API listens on '::'",
+        ),
+        (
+            {
+                "services": {
+                    "service-manager": {
+                        "config": {
+                            "auth": {
+                                "type": "jwt",
+                                "jwt_secret": "x" * 32,
+                                "allow_unauthenticated": True,
+                            }
+                        }
+                    }
+                }
+            },
+            "services.service-manager.config.auth.allow_unauthenticated: only meaningful with"
+            " type none",
+        ),
+        (
             {"services": {"service-manager": {"config": {"auth": {"open_paths": ["health"]}}}}},
             "services.service-manager.config.auth.open_paths[0]: 'health' must start with /",
         ),
@@ -288,3 +314,16 @@ def test_the_hub_keeps_all_five_indexes_unless_its_file_says_otherwise(tmp_path:
     indexes = load_hub_config(chosen, env={}).graph.config.indexer.indexes
     assert indexes.spatial and not indexes.temporal and not indexes.alias
     assert load_config(None, env={}).graph.config.indexer.indexes.spatial is False  # the edge's
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1", "localhost", "127.0.0.53"])
+def test_an_api_on_loopback_needs_no_auth(tmp_path: Path, host: str) -> None:
+    settings = {"services": {"service-manager": {"config": {"http_host": host}}}}
+    assert make_config(tmp_path, **settings).services.service_manager.config.http_host == host
+
+
+def test_an_open_api_on_the_network_is_allowed_only_when_said_so(tmp_path: Path) -> None:
+    auth = {"allow_unauthenticated": True}
+    settings = {"services": {"service-manager": {"config": {"http_host": "0.0.0.0", "auth": auth}}}}
+    config = make_config(tmp_path, **settings)
+    assert config.services.service_manager.config.auth.allow_unauthenticated is True
