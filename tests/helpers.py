@@ -43,11 +43,21 @@ def ndjson(events: list[dict[str, Any]]) -> bytes:
     return b"".join(json.dumps(e).encode() + b"\n" for e in events)
 
 
+#: Every scope: what the tests' tokens grant unless a test says otherwise.
+ALL_SCOPES = "read write admin"
+
+
 def token(
     secret: str = JWT_SECRET, *, issuer: str = "semstreams", ttl: float = 300, **claims: Any
 ) -> str:
-    """An HS256 JWT from ``issuer`` expiring in ``ttl`` seconds; ``claims`` override or add."""
-    payload: dict[str, Any] = {"iss": issuer, "exp": int(time.time() + ttl), **claims}
+    """An HS256 JWT from ``issuer`` expiring in ``ttl`` seconds with every scope;
+    ``claims`` override or add (``scope=None`` leaves the claim out)."""
+    payload: dict[str, Any] = {
+        "iss": issuer,
+        "exp": int(time.time() + ttl),
+        "scope": ALL_SCOPES,
+        **claims,
+    }
     return jwt.encode({k: v for k, v in payload.items() if v is not None}, secret, "HS256")
 
 

@@ -37,16 +37,20 @@ from edge_agent.errors import AuthError, ConfigError
 from edge_agent.metrics import Metrics
 
 __all__ = [
+    "ADMIN_PATHS",
     "LEEWAY_S",
     "MAX_CLIENTS",
+    "WRITE_PATHS",
     "JwtVerifier",
     "RateLimiter",
     "SecurityMiddleware",
     "bearer_token",
     "is_open",
+    "required_scope",
     "retry_after",
     "security_middleware",
     "server_ssl_context",
+    "token_scopes",
 ]
 
 log = logging.getLogger(__name__)
@@ -94,14 +98,18 @@ class JwtVerifier:
     Args:
         secret: the HMAC key (the config loader requires at least 32 bytes).
         issuer: the required ``iss``; empty accepts any issuer.
+        audience: the required ``aud``; empty accepts tokens for any audience.
         leeway: seconds of clock skew tolerated on the time claims.
     """
 
-    def __init__(self, secret: str, issuer: str = "", *, leeway: float = LEEWAY_S) -> None:
+    def __init__(
+        self, secret: str, issuer: str = "", *, audience: str = "", leeway: float = LEEWAY_S
+    ) -> None:
         self._secret = secret
         self._issuer = issuer
+        self._audience = audience
         self._leeway = leeway
-        self._require = ["exp", "iss"] if issuer else ["exp"]
+        self._require = ["exp", *(["iss"] if issuer else []), *(["aud"] if audience else [])]
 
     def __repr__(self) -> str:
         return f"JwtVerifier(issuer={self._issuer!r})"
@@ -120,6 +128,7 @@ class JwtVerifier:
                 self._secret,
                 algorithms=_ALGORITHMS,
                 issuer=self._issuer or None,
+                audience=self._audience or None,
                 leeway=self._leeway,
                 options={"require": self._require, "enforce_minimum_key_length": True},
             )
@@ -196,6 +205,33 @@ class RateLimiter:
 def retry_after(wait: float) -> int:
     """A ``Retry-After`` value: whole seconds, at least 1."""
     return max(1, math.ceil(wait))
+
+
+#: What each path needs of a token's ``scope`` claim (space-separated, as in RFC 8693):
+#: changing the fleet or the graph's contents wholesale needs ``admin``, ingesting needs
+#: ``write``, everything else ``read``.
+ADMIN_PATHS = ("/admin", "/devices", "/claim-tokens")
+WRITE_PATHS = ("/ingest",)
+
+
+def required_scope(path: str) -> str:
+    """The scope a request to ``path`` needs."""
+    if is_open(path, ADMIN_PATHS):
+        return "admin"
+    if is_open(path, WRITE_PATHS):
+        return "write"
+    return "read"
+
+
+def token_scopes(claims: dict[str, Any]) -> frozenset[str]:
+    """The scopes a token grants: its ``scope`` claim, a space-separated string (or a
+    list); a token without one grants none."""
+    scope = claims.get("scope", "")
+    if isinstance(scope, str):
+        return frozenset(scope.split())
+    if isinstance(scope, list):
+        return frozenset(s for s in scope if isinstance(s, str))
+    return frozenset()
 
 
 def is_open(path: str, prefixes: Sequence[str]) -> bool:
@@ -286,6 +322,13 @@ class SecurityMiddleware:
             return limited
         if failure is not None:
             return self._unauthorized(scope, client, failure)
+        if claims is not None:
+            needed = required_scope(scope["path"])
+            if needed not in token_scopes(claims):
+                self._metrics.errors.labels(reason="auth").inc()
+                return JSONResponse(
+                    {"error": f"the token lacks the {needed!r} scope this path needs"}, 403
+                )
         if jar is not None and not session.csrf_ok(
             scope["method"], Headers(scope=scope).get(session.CSRF_HEADER), jar
         ):
@@ -381,7 +424,11 @@ def security_middleware(
     auth: AuthConfig, rate_limit: RateLimitConfig, metrics: Metrics
 ) -> list[Middleware]:
     """The middleware that ``auth`` and ``rate_limit`` ask for (none when both are off)."""
-    verifier = JwtVerifier(auth.jwt_secret, auth.jwt_issuer) if auth.type == "jwt" else None
+    verifier = (
+        JwtVerifier(auth.jwt_secret, auth.jwt_issuer, audience=auth.jwt_audience)
+        if auth.type == "jwt"
+        else None
+    )
     limiter = (
         RateLimiter.per_minute(rate_limit.requests_per_minute, rate_limit.burst)
         if rate_limit.enabled

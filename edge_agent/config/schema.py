@@ -324,7 +324,9 @@ class AuthConfig(Section, frozen=True):
     """``services.service-manager.config.auth``: bearer tokens on the HTTP API.
 
     ``type: "jwt"`` requires an HS256 token signed with ``jwt_secret`` (at least 32
-    bytes), carrying ``exp`` and, when ``jwt_issuer`` is set, that ``iss``. Paths under
+    bytes), carrying ``exp``, when ``jwt_issuer`` is set that ``iss``, when
+    ``jwt_audience`` is set that ``aud``, and in ``scope`` what the path needs: ``read``,
+    ``write`` (``/ingest``) or ``admin`` (``/admin``, ``/devices``, ``/claim-tokens``). Paths under
     an ``open_paths`` prefix (whole segments: ``/health`` opens ``/health/x``, not
     ``/healthz``) need no token and are never rate limited, so a load balancer or
     Prometheus polling them is never refused.
@@ -337,6 +339,7 @@ class AuthConfig(Section, frozen=True):
     type: Literal["none", "jwt"] = "none"
     jwt_secret: str = ""
     jwt_issuer: str = ""
+    jwt_audience: str = ""
     open_paths: tuple[str, ...] = ("/health", "/metrics", "/openapi.json")
     allow_unauthenticated: bool = False
 

@@ -19,7 +19,9 @@ from edge_agent.api.security import (
     SecurityMiddleware,
     bearer_token,
     is_open,
+    required_scope,
     retry_after,
+    token_scopes,
 )
 from edge_agent.errors import AuthError
 from edge_agent.metrics import Metrics
@@ -400,3 +402,78 @@ async def test_an_expired_cookie_is_refused_like_an_expired_header() -> None:
         http.cookies.set("semstreams_session", token(ttl=-3600, sub="alice"))
         refused = await http.get("/graph/stats")
         assert refused.status_code == 401 and refused.json() == {"error": "token expired"}
+
+
+# -- scopes ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "scope"),
+    [
+        ("/graph/stats", "read"),
+        ("/graph/query/path", "read"),
+        ("/dashboard/events", "read"),
+        ("/ingest", "write"),
+        ("/admin/export", "admin"),
+        ("/admin/config", "admin"),
+        ("/devices/e1/approve", "admin"),
+        ("/claim-tokens", "admin"),
+        ("/ingestion", "read"),  # whole segments only
+    ],
+)
+def test_each_path_needs_one_scope(path: str, scope: str) -> None:
+    assert required_scope(path) == scope
+
+
+def test_scopes_come_from_the_scope_claim() -> None:
+    assert token_scopes({"scope": "read  write"}) == {"read", "write"}
+    assert token_scopes({"scope": ["admin", 3]}) == {"admin"}
+    assert token_scopes({}) == frozenset()
+
+
+def scoped_client(metrics: Metrics) -> httpx.AsyncClient:
+    async def ok(request: Request) -> JSONResponse:
+        return JSONResponse({"ok": True})
+
+    app = Starlette(
+        routes=[
+            Route("/graph/stats", ok),
+            Route("/ingest", ok, methods=["POST"]),
+            Route("/admin/export", ok, methods=["POST"]),
+        ],
+        middleware=[
+            Middleware(
+                SecurityMiddleware,
+                verifier=JwtVerifier(JWT_SECRET, "semstreams", audience="semstreams-api"),
+                limiter=None,
+                open_paths=[],
+                metrics=metrics,
+            )
+        ],
+    )
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://edge")
+
+
+async def test_a_token_without_the_scope_gets_403_naming_it() -> None:
+    metrics = Metrics()
+    reader = bearer(scope="read", aud="semstreams-api")
+    async with scoped_client(metrics) as http:
+        assert (await http.get("/graph/stats", headers=reader)).status_code == 200
+        ingest = await http.post("/ingest", headers=reader)
+        assert ingest.status_code == 403
+        assert ingest.json() == {"error": "the token lacks the 'write' scope this path needs"}
+        admin = await http.post(
+            "/admin/export", headers=bearer(scope="read write", aud="semstreams-api")
+        )
+        assert admin.status_code == 403 and "'admin'" in admin.json()["error"]
+        unscoped = await http.get("/graph/stats", headers=bearer(scope=None, aud="semstreams-api"))
+        assert unscoped.status_code == 403 and "'read'" in unscoped.json()["error"]
+    assert sample(metrics, "semstreams_errors_total", reason="auth") == 3
+
+
+async def test_the_audience_is_checked_when_configured() -> None:
+    async with scoped_client(Metrics()) as http:
+        other = await http.get("/graph/stats", headers=bearer(aud="another-service"))
+        assert other.status_code == 401 and other.json() == {"error": "wrong audience"}
+        none = await http.get("/graph/stats", headers=bearer())
+        assert none.status_code == 401 and none.json() == {"error": "token has no aud claim"}
