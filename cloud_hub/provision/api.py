@@ -15,7 +15,7 @@ from starlette.routing import BaseRoute, Route
 
 from cloud_hub.provision.registry import ClaimError, Status
 from cloud_hub.provision.service import Enrolment
-from edge_agent.api.views import error, json_response
+from edge_agent.api.views import error, json_response, read_body
 from edge_agent.config.units import Duration
 from edge_agent.errors import AuthError
 from edge_agent.provision.messages import ChallengeRequest, EnrolRequest
@@ -41,7 +41,7 @@ def _service(request: Request) -> Enrolment:
 
 
 async def _body(request: Request, kind: type[Any]) -> Any:
-    return msgspec.json.decode(await request.body() or b"{}", type=kind)
+    return msgspec.json.decode(await read_body(request) or b"{}", type=kind)
 
 
 def _sync_url(request: Request) -> str:

@@ -16,7 +16,14 @@ from starlette.concurrency import iterate_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from edge_agent.api.views import AgentServices, agent_of, error, json_response, service_of
+from edge_agent.api.views import (
+    AgentServices,
+    agent_of,
+    error,
+    json_response,
+    read_body,
+    service_of,
+)
 from edge_agent.errors import ConfigError, EventError
 from edge_agent.graph.records import EntityRecord, export_records
 from edge_agent.model import check_id
@@ -40,7 +47,7 @@ class ExportRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 async def admin_export(request: Request) -> Response:
     """``POST /admin/export`` ``{"entity_type": "drone", "format": "jsonl"}``: a JSONL stream."""
     try:
-        spec = msgspec.json.decode(await request.body() or b"{}", type=ExportRequest)
+        spec = msgspec.json.decode(await read_body(request) or b"{}", type=ExportRequest)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
         return error(400, f"bad export request: {exc}")
     store = service_of(request).store
@@ -143,7 +150,7 @@ async def admin_config(request: Request) -> Response:
     if request.method == "GET":
         return json_response(agent.runtime_settings())
     try:
-        changes = msgspec.json.decode(await request.body() or b"{}", type=dict[str, Any])
+        changes = msgspec.json.decode(await read_body(request) or b"{}", type=dict[str, Any])
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
         return error(400, f"expected a JSON object of settings: {exc}")
     try:

@@ -55,7 +55,11 @@ def build_app(
     middleware = security_middleware(
         auth or AuthConfig(), rate_limit or RateLimitConfig(), agent.metrics
     )
-    app = Starlette(routes=list(routes), middleware=middleware)
+    app = Starlette(
+        routes=list(routes),
+        middleware=middleware,
+        exception_handlers={views.BodyTooLarge: views.too_large},
+    )
     app.state.agent = agent
     app.state.openapi_paths = dict(openapi_paths or {})
     app.state.openapi_title = title

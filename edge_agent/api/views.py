@@ -16,7 +16,9 @@ from edge_agent.ingest.publisher import EventPublisher, PublishError, split_body
 from edge_agent.metrics import CONTENT_TYPE, Metrics
 
 __all__ = [
+    "MAX_REQUEST_BYTES",
     "AgentServices",
+    "BodyTooLarge",
     "ServiceCore",
     "entity",
     "graph_stats",
@@ -25,11 +27,15 @@ __all__ = [
     "json_response",
     "metrics",
     "query",
+    "read_body",
     "relationships",
     "service_of",
+    "too_large",
 ]
 
 MAX_INGEST_BYTES = 8 << 20
+#: The largest body of a request that is not bulk data (a query, settings, enrolment).
+MAX_REQUEST_BYTES = 64 << 10
 _encoder = msgspec.json.Encoder()
 _T = TypeVar("_T")
 
@@ -86,6 +92,35 @@ def error(status: int, message: str, headers: dict[str, str] | None = None) -> R
     return json_response({"error": message}, status, headers)
 
 
+class BodyTooLarge(Exception):
+    """A request body over its limit; the app answers 413 (:func:`too_large`)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"request body over {limit} bytes; send less per request")
+        self.limit = limit
+
+
+async def too_large(request: Request, exc: Exception) -> Response:
+    """The app's answer to :class:`BodyTooLarge`."""
+    return error(413, str(exc))
+
+
+async def read_body(request: Request, limit: int = MAX_REQUEST_BYTES) -> bytes:
+    """The request body, read as it arrives and never past ``limit`` bytes.
+
+    Raises:
+        BodyTooLarge: the declared or the received length is over ``limit``.
+    """
+    if int(request.headers.get("content-length") or 0) > limit:
+        raise BodyTooLarge(limit)
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise BodyTooLarge(limit)
+    return bytes(body)
+
+
 def agent_of(request: Request) -> AgentServices:
     """The running agent behind this request's app (a view only the edge serves)."""
     agent: AgentServices = request.app.state.agent
@@ -123,7 +158,7 @@ async def _query(request: Request, name: str, body: bytes) -> Response:
 
 async def query(request: Request) -> Response:
     """``POST /graph/query/{name}``: any graph query, with the NATS service's JSON."""
-    return await _query(request, request.path_params["name"], await request.body())
+    return await _query(request, request.path_params["name"], await read_body(request))
 
 
 async def entity(request: Request) -> Response:
@@ -145,16 +180,9 @@ async def ingest(request: Request) -> Response:
     events are all refused is a 400. When JetStream cannot store events (full or
     unreachable) the answer is 503 with ``Retry-After``.
     """
-    declared = int(request.headers.get("content-length") or 0)
-    if declared > MAX_INGEST_BYTES:
-        return error(413, f"body over {MAX_INGEST_BYTES} bytes; split it into smaller requests")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_INGEST_BYTES:
-            return error(413, f"body over {MAX_INGEST_BYTES} bytes; split it into smaller requests")
+    body = await read_body(request, MAX_INGEST_BYTES)
     ndjson = "ndjson" in request.headers.get("content-type", "")
-    events = split_body(bytes(body), ndjson=ndjson)
+    events = split_body(body, ndjson=ndjson)
     if not events:
         return error(400, "no events in the request body")
     try:

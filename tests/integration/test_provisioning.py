@@ -286,3 +286,9 @@ def test_the_devices_cli_drives_the_same_api(hub: AgentProcess, edge: EdgeFactor
     assert cli("revoke", "by-cli")["status"] == "revoked"
     done = devices_cli(hub, "approve", "nobody")
     assert done.returncode == 1 and "404" in done.stderr
+
+
+@pytest.mark.parametrize("path", ["/enrol/challenge", "/enrol", "/enrol/renew", "/claim-tokens"])
+def test_enrolment_bodies_are_capped(hub: AgentProcess, path: str) -> None:
+    status, body = http_json(f"{hub.api}{path}", b"{" + b" " * (1 << 20) + b"}")
+    assert status == 413 and "request body over" in body["error"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import ssl
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -197,3 +198,34 @@ async def test_stats_cli_with_a_token_file(start_agent: StartAgent, tmp_path: Pa
     code, out, err = await cli("stats", "--url", url, "--token-file", str(secret_file))
     assert code == 0, err
     assert json.loads(out)["entities"] == 0
+
+
+# ---- bounded bodies --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/graph/query/path"),
+        ("POST", "/admin/config"),
+        ("POST", "/admin/export"),
+    ],
+)
+async def test_small_request_bodies_are_capped(
+    start_agent: StartAgent, method: str, path: str
+) -> None:
+    agent = await start_agent()
+    huge = b'{"start_entity": "' + b"x" * (1 << 20) + b'"}'
+    async with api(agent) as client:
+        answer = await client.request(method, path, content=huge)
+        assert answer.status_code == 413
+        assert answer.json() == {"error": "request body over 65536 bytes; send less per request"}
+
+        async def endless() -> AsyncIterator[bytes]:  # no content-length: counted as it comes
+            for _ in range(64):
+                yield b" " * 4096
+
+        streamed = await client.request(method, path, content=endless())
+        assert streamed.status_code == 413
+        # The agent is fine: a small request still works.
+        assert (await client.get("/graph/stats")).status_code == 200
