@@ -209,6 +209,7 @@ class Hub:
             Identity.load_or_create(self.state_dir / "hub_key.pem"),
             await asyncio.to_thread(Registry, self.state_dir / "registry.db"),
             on_revoke=cut_off,
+            hub_id=self.config.platform.id,
         )
         log.info("provisioning: hub key %s", self.enrolment.identity.fingerprint)
 

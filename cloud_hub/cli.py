@@ -42,7 +42,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_devices(args: argparse.Namespace) -> int:
-    """``cloud-hub devices list|approve|reject|revoke|claim-token create`` via the hub's API."""
+    """``cloud-hub devices list|approve|reject|revoke|delete|claim-token create`` via the
+    hub's API."""
     from edge_agent.cli import call_api
 
     prog = f"cloud-hub devices {args.action}"
@@ -51,6 +52,8 @@ def cmd_devices(args: argparse.Namespace) -> int:
     if args.action == "claim-token":
         body = json.dumps({"group": args.group, "ttl": args.ttl}).encode()
         return call_api(args, "/claim-tokens", prog=prog, data=body)
+    if args.action == "delete":
+        return call_api(args, f"/devices/{args.device_id}", prog=prog, method="DELETE")
     return call_api(args, f"/devices/{args.device_id}/{args.action}", prog=prog, data=b"{}")
 
 
@@ -104,11 +107,11 @@ def cmd_cluster_config(args: argparse.Namespace) -> int:
 def _devices_parser(commands: Any) -> None:
     from edge_agent.cli import add_api_arguments
 
-    devices = commands.add_parser("devices", help="list, approve, reject, revoke devices")
+    devices = commands.add_parser("devices", help="list, approve, reject, revoke, delete devices")
     actions = devices.add_subparsers(dest="action", required=True)
     listing = actions.add_parser("list", help="every device with its status")
     add_api_arguments(listing)
-    for action in ("approve", "reject", "revoke"):
+    for action in ("approve", "reject", "revoke", "delete"):
         sub = actions.add_parser(action, help=f"{action} a device")
         sub.add_argument("device_id")
         add_api_arguments(sub)

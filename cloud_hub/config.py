@@ -6,6 +6,7 @@ The file format is the edge's (``edge_agent.config``); what the hub adds is the
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated
@@ -15,6 +16,7 @@ import msgspec
 from edge_agent.config import Config, Duration, IndexesConfig, load_config
 from edge_agent.config.schema import COMPONENT_TYPES, Port, Section
 from edge_agent.config.units import ByteSize
+from edge_agent.provision.messages import DEVICE_ID_PATTERN
 
 __all__ = [
     "HUB_COMPONENT_TYPES",
@@ -62,8 +64,14 @@ class WebsocketInputConfig(Section, frozen=True):
     max_clock_skew: Duration = Duration(60.0)
 
     def problems(self) -> list[tuple[str, str]]:
-        """Empty device tokens (an unset environment variable, most likely)."""
-        return [
+        """Device ids off the pattern, and empty device tokens (an unset environment
+        variable, most likely)."""
+        found = [
+            (f"devices.{edge}", "not a device id: 1-64 of [A-Za-z0-9_-], starting alphanumeric")
+            for edge in self.devices
+            if not re.fullmatch(DEVICE_ID_PATTERN, edge)
+        ]
+        return found + [
             (f"devices.{edge}.token", "empty (is the environment variable it names set?)")
             for edge, device in self.devices.items()
             if not device.token

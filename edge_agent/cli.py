@@ -204,17 +204,25 @@ def add_api_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cafile", help="CA bundle to trust for an https API")
 
 
-def call_api(args: argparse.Namespace, path: str, *, prog: str, data: bytes | None = None) -> int:
+def call_api(
+    args: argparse.Namespace,
+    path: str,
+    *,
+    prog: str,
+    data: bytes | None = None,
+    method: str | None = None,
+) -> int:
     """Call the running API named by :func:`add_api_arguments`; print the answer.
 
-    ``data`` makes it a POST. Returns the exit code: 0, or 1 with the reason on stderr.
+    ``data`` makes it a POST (unless ``method`` says otherwise). Returns the exit code:
+    0, or 1 with the reason on stderr.
     """
     url = args.url
     if url is None:
         service = load_or_exit(args.config).services.service_manager.config
         scheme = "https" if service.tls else "http"
         url = f"{scheme}://{service.http_host}:{service.http_port}"
-    request = urllib.request.Request(f"{url.rstrip('/')}{path}", data=data)
+    request = urllib.request.Request(f"{url.rstrip('/')}{path}", data=data, method=method)
     request.add_header("Content-Type", "application/json")
     try:
         if args.token_file:

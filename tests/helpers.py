@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -11,6 +12,7 @@ import ssl
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -200,12 +202,15 @@ class AgentProcess:
         return result
 
 
-async def cli(*args: str, stdin: bytes = b"") -> tuple[int, str, str]:
-    """Run ``edge-agent ARGS`` in a child process; (exit code, stdout, stderr)."""
+async def cli(
+    *args: str, stdin: bytes = b"", program: str = "edge_agent.cli"
+) -> tuple[int, str, str]:
+    """Run ``edge-agent ARGS`` (or ``program``'s CLI) in a child process; (exit code,
+    stdout, stderr)."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "edge_agent.cli",
+        program,
         *args,
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
@@ -214,3 +219,30 @@ async def cli(*args: str, stdin: bytes = b"") -> tuple[int, str, str]:
     out, err = await asyncio.wait_for(proc.communicate(stdin), 60)
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
+
+
+def post_oversized(url: str, *, declared: int | None, send: int = 256 << 10) -> tuple[int, Any]:
+    """POST ``send`` bytes of body to ``url`` on a raw socket, with ``Content-Length:
+    declared`` (``None``: chunked, no length), and read the answer even when the server
+    answers before the body is all sent (a server refusing a large body does just that,
+    which breaks the pipe of clients that insist on sending it all first)."""
+    parts = urllib.parse.urlsplit(url)
+    length = f"Content-Length: {declared}" if declared is not None else "Transfer-Encoding: chunked"
+    head = (
+        f"POST {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+        f"Content-Type: application/json\r\n{length}\r\nConnection: close\r\n\r\n"
+    )
+    with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
+        sock.sendall(head.encode())
+        piece = b" " * 4096
+        with contextlib.suppress(OSError):  # the server may have answered and closed
+            for _ in range(send // len(piece)):
+                chunk = piece if declared is not None else b"1000\r\n" + piece + b"\r\n"
+                sock.sendall(chunk)
+        answer = b""
+        with contextlib.suppress(OSError):
+            while part := sock.recv(65536):
+                answer += part
+    status_line, _, rest = answer.partition(b"\r\n")
+    _, _, body = rest.partition(b"\r\n\r\n")
+    return int(status_line.split()[1]), json.loads(body or b"null")

@@ -15,6 +15,7 @@ from starlette.routing import BaseRoute, Route
 
 from cloud_hub.provision.registry import ClaimError, Status
 from cloud_hub.provision.service import Enrolment
+from edge_agent.api.security import retry_after
 from edge_agent.api.views import error, json_response, read_body
 from edge_agent.config.units import Duration
 from edge_agent.errors import AuthError
@@ -53,8 +54,22 @@ def _sync_url(request: Request) -> str:
     return f"{scheme}://{host}:{port}{hub.sync_path}"
 
 
+def _over_rate(request: Request) -> Response | None:
+    """The 429 for a source address past its enrolment rate, else ``None``."""
+    address = request.client.host if request.client else "unknown"
+    wait = _service(request).limiter.acquire(address, time.monotonic())
+    if wait <= 0:
+        return None
+    seconds = retry_after(wait)
+    return error(
+        429, f"too many enrolment requests; retry in {seconds} s", {"Retry-After": str(seconds)}
+    )
+
+
 async def challenge(request: Request) -> Response:
     """``POST /enrol/challenge``: the hub signs the device's nonce (and proves its claim)."""
+    if limited := _over_rate(request):
+        return limited
     try:
         body = await _body(request, ChallengeRequest)
         return json_response(await run_in_threadpool(_service(request).challenge, body))
@@ -63,7 +78,10 @@ async def challenge(request: Request) -> Response:
 
 
 async def enrol(request: Request) -> Response:
-    """``POST /enrol``: 200 approved (credential + config), 202 pending, 401/403/409 refused."""
+    """``POST /enrol``: 200 approved (credential + config), 202 pending, 401/403/409 refused,
+    429 when too many devices wait or this address asks too often."""
+    if limited := _over_rate(request):
+        return limited
     try:
         body = await _body(request, EnrolRequest)
         answer = await run_in_threadpool(
@@ -80,6 +98,8 @@ async def enrol(request: Request) -> Response:
 
 async def renew(request: Request) -> Response:
     """``POST /enrol/renew`` with the current credential as bearer: a fresh credential."""
+    if limited := _over_rate(request):
+        return limited
     credential = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
     try:
         body = await _body(request, _RenewRequest)
@@ -111,6 +131,14 @@ async def device_action(request: Request) -> Response:
     return json_response(device)
 
 
+async def delete_device(request: Request) -> Response:
+    """``DELETE /devices/{device_id}``: forget a device (it may enrol again) and cut its link."""
+    device_id = request.path_params["device_id"]
+    if not await run_in_threadpool(_service(request).delete, device_id):
+        return error(404, f"no device {device_id!r}")
+    return json_response({"deleted": device_id})
+
+
 async def claim_tokens(request: Request) -> Response:
     """``POST /claim-tokens`` ``{"group": "west", "ttl": "1h"}``: a single-use claim token."""
     try:
@@ -131,6 +159,7 @@ def provisioning_routes() -> list[BaseRoute]:
         Route(ENROL_PATH, enrol, methods=["POST"]),
         Route(f"{ENROL_PATH}/renew", renew, methods=["POST"]),
         Route("/devices", devices, methods=["GET"]),
+        Route("/devices/{device_id}", delete_device, methods=["DELETE"]),
         Route("/devices/{device_id}/{action}", device_action, methods=["POST"]),
         Route("/claim-tokens", claim_tokens, methods=["POST"]),
     ]

@@ -8,6 +8,7 @@ using it burns it in the same transaction that approves the device.
 from __future__ import annotations
 
 import hmac
+import logging
 import secrets
 import sqlite3
 from pathlib import Path
@@ -22,6 +23,8 @@ from edge_agent.provision.identity import claim_key
 from edge_agent.provision.messages import EnrolRequest
 
 __all__ = ["ClaimError", "Device", "Registry", "Status", "split_claim_token"]
+
+log = logging.getLogger(__name__)
 
 Status = Literal["pending", "approved", "rejected", "revoked"]
 
@@ -128,17 +131,38 @@ class Registry:
 
     # ---- devices -----------------------------------------------------------------------
 
-    def enrol(self, request: EnrolRequest, fingerprint: str, now: float) -> Device:
+    def enrol(
+        self,
+        request: EnrolRequest,
+        fingerprint: str,
+        now: float,
+        *,
+        max_pending: int = 1000,
+        pending_ttl_s: float = 86400.0,
+    ) -> Device:
         """Record a device; approve it at once with a valid claim token (which burns).
 
         A device that asks again with the same key gets its record back (pending ones
-        may bring a claim token now).
+        may bring a claim token now). Pending records older than ``pending_ttl_s`` are
+        forgotten first. An id held *pending* by another key goes to the device that
+        presents a valid claim token for it (the squatter's record is dropped).
 
         Raises:
-            ClaimError: the claim token is unknown, used or expired; or the id is taken by
-                another key (409).
+            ClaimError: the claim token is unknown, used or expired (401, 409); the id is
+                approved, rejected or revoked under another key (409); or ``max_pending``
+                devices already wait (429).
         """
-        return self._db.transaction(_enrol, request, fingerprint, now)
+        return self._db.transaction(
+            _enrol, request, fingerprint, now, max_pending=max_pending, pending_ttl_s=pending_ttl_s
+        )
+
+    def delete(self, device_id: str) -> bool:
+        """Forget a device (it may enrol again); whether it was known."""
+
+        def delete(db: sqlite3.Connection) -> bool:
+            return bool(db.execute("DELETE FROM devices WHERE id = ?", (device_id,)).rowcount)
+
+        return self._db.transaction(delete)
 
     def set_status(self, device_id: str, status: Status, now: float) -> Device | None:
         """Approve, reject or revoke a device; ``None`` when it is unknown."""
@@ -179,17 +203,42 @@ def _check_claim(db: sqlite3.Connection, token: str, now: float) -> tuple[str, s
     return token_id, row[1]
 
 
-def _enrol(db: sqlite3.Connection, request: EnrolRequest, fingerprint: str, now: float) -> Device:
+def _enrol(
+    db: sqlite3.Connection,
+    request: EnrolRequest,
+    fingerprint: str,
+    now: float,
+    *,
+    max_pending: int,
+    pending_ttl_s: float,
+) -> Device:
     device_id, claim_token = request.device_id, request.claim_token
+    db.execute(
+        "DELETE FROM devices WHERE status = 'pending' AND enrolled_at < ?",
+        (int(now - pending_ttl_s),),
+    )
     known = _get(db, device_id)
-    if known is not None and known.public_key != request.public_key:
-        raise ClaimError(f"device id {device_id!r} is enrolled with another key", 409)
-    if known is not None and (known.status != "pending" or not claim_token):
+    same_key = known is not None and known.public_key == request.public_key
+    if known is not None and same_key and (known.status != "pending" or not claim_token):
         return known
+    claimed = _check_claim(db, claim_token, now) if claim_token else None
+    if known is not None and not same_key:
+        if known.status != "pending" or claimed is None:
+            raise ClaimError(f"device id {device_id!r} is enrolled with another key", 409)
+        log.warning(
+            "enrolment: %s was held pending by key %s; a valid claim token gives it to %s",
+            device_id,
+            known.fingerprint,
+            fingerprint,
+        )
+        db.execute("DELETE FROM devices WHERE id = ?", (device_id,))
+        known = None
+    if claimed is None and known is None and _pending(db) >= max_pending:
+        raise ClaimError(f"{max_pending} devices already wait for approval; try later", 429)
     status: Status = "pending"
     group = ""
-    if claim_token:
-        token_id, group = _check_claim(db, claim_token, now)
+    if claimed is not None:
+        token_id, group = claimed
         db.execute(
             "UPDATE claim_tokens SET used_at = ?, used_by = ? WHERE id = ?",
             (int(now), device_id, token_id),
@@ -212,6 +261,11 @@ def _enrol(db: sqlite3.Connection, request: EnrolRequest, fingerprint: str, now:
     device = _get(db, device_id)
     assert device is not None
     return device
+
+
+def _pending(db: sqlite3.Connection) -> int:
+    (count,) = db.execute("SELECT count(*) FROM devices WHERE status = 'pending'").fetchone()
+    return int(count)
 
 
 def _get(db: sqlite3.Connection, device_id: str) -> Device | None:

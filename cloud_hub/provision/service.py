@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 from cloud_hub.provision.credentials import issue_credential, verify_credential
 from cloud_hub.provision.registry import ClaimError, Device, Registry, Status, split_claim_token
+from edge_agent.api.security import RateLimiter
 from edge_agent.config.schema import ProvisioningConfig
 from edge_agent.errors import AuthError
 from edge_agent.provision.identity import (
@@ -41,8 +42,9 @@ class Enrolment:
         settings: ``provisioning`` of the hub's config.
         identity: the hub's key.
         registry: devices and claim tokens.
-        on_revoke: called with a device id when it is revoked or rejected (the sync
-            link closes its live connection).
+        on_revoke: called with a device id when it is revoked, rejected or deleted (the
+            sync link closes its live connection).
+        hub_id: the hub's own id, which no device may take.
     """
 
     def __init__(
@@ -52,10 +54,16 @@ class Enrolment:
         registry: Registry,
         *,
         on_revoke: Callable[[str], None],
+        hub_id: str = "",
     ) -> None:
         self.settings = settings
         self.identity = identity
         self.registry = registry
+        self.hub_id = hub_id
+        #: Enrolment requests per source address (they are open to anyone on the LAN).
+        self.limiter = RateLimiter.per_minute(
+            settings.enrol_requests_per_minute, max(1, settings.enrol_requests_per_minute // 4)
+        )
         self._on_revoke = on_revoke
 
     def challenge(self, request: ChallengeRequest) -> ChallengeResponse:
@@ -83,9 +91,17 @@ class Enrolment:
         message = enrol_message(from_b64(request.nonce), request.device_id, public_key)
         if not verify(public_key, from_b64(request.signature), message):
             raise AuthError("enrolment signature does not verify")
+        if request.device_id == self.hub_id:
+            raise ClaimError(f"device id {request.device_id!r} is the hub's own", 403)
         if request.claim_token:
             split_claim_token(request.claim_token)
-        device = self.registry.enrol(request, fingerprint(public_key), now)
+        device = self.registry.enrol(
+            request,
+            fingerprint(public_key),
+            now,
+            max_pending=self.settings.max_pending,
+            pending_ttl_s=float(self.settings.pending_ttl),
+        )
         return self._answer(device, sync_url, now)
 
     def renew(self, device_id: str, credential: str, sync_url: str, now: float) -> EnrolResponse:
@@ -109,6 +125,13 @@ class Enrolment:
         device = self.registry.get(device_id)
         if device is None or device.status != "approved":
             raise AuthError(f"device {(device.status if device else 'unknown')}")
+
+    def delete(self, device_id: str) -> bool:
+        """Forget a device (a squatter, a retired Pi) and cut its link; whether it was known."""
+        deleted = self.registry.delete(device_id)
+        if deleted:
+            self._on_revoke(device_id)
+        return deleted
 
     def set_status(self, device_id: str, status: Status, now: float) -> Device | None:
         """Approve, reject or revoke; a rejected or revoked device is cut off at once."""

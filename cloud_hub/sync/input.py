@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import hmac
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from cloud_hub.metrics import HubMetrics
 from cloud_hub.sync.log import SyncLog, WrongLastSequence
 from edge_agent.errors import AuthError, RemoteProtocolError
 from edge_agent.metrics import Metrics
+from edge_agent.provision.messages import DEVICE_ID_PATTERN
 from edge_agent.sync.codec import available_encodings, decode_deltas
 from edge_agent.sync.frames import Batch, Hello
 from edge_agent.sync.protocol import HubProtocol, State
@@ -187,7 +189,7 @@ class SyncInput:
         if reason:
             self._metrics.sync_refused.labels("credentials").inc()
             log.warning(
-                "sync: refused edge %r from %s: %s", hello.edge_id, _peer(websocket), reason
+                "sync: refused edge %r from %s: %s", hello.edge_id[:80], _peer(websocket), reason
             )
             proto.refuse(reason)
             return
@@ -229,8 +231,8 @@ class SyncInput:
         return min(int(self.settings.max_frame_bytes), self._max_payload - _HEADER_ROOM)
 
     def _refusal(self, hello: Hello) -> str:
-        if not hello.edge_id or hello.edge_id == self._hub_id:
-            return f"edge id {hello.edge_id!r} is not allowed"
+        if hello.edge_id == self._hub_id or not re.fullmatch(DEVICE_ID_PATTERN, hello.edge_id):
+            return f"edge id {hello.edge_id[:80]!r} is not allowed"
         device = self.settings.devices.get(hello.edge_id)
         if device is not None:
             matches = hmac.compare_digest(device.token.encode(), hello.token.encode())

@@ -465,7 +465,10 @@ class ProvisioningConfig(Section, frozen=True):
     Hub: with ``enabled``, serves ``/enrol``, advertises itself by mDNS on
     ``interfaces`` (IPs; all when empty), and gives approved devices a credential valid
     for ``credential_ttl`` plus ``sync_url`` (default: the address they enrolled at),
-    ``filters`` and ``max_bytes_per_second``.
+    ``filters`` and ``max_bytes_per_second``. A device without a valid claim token waits
+    as pending for at most ``pending_ttl`` (then it must ask again), at most
+    ``max_pending`` wait at once, and each source address may make
+    ``enrol_requests_per_minute`` enrolment requests.
     """
 
     enabled: bool = False
@@ -481,6 +484,9 @@ class ProvisioningConfig(Section, frozen=True):
     sync_url: str = ""
     filters: dict[str, Any] = msgspec.field(default_factory=dict)
     max_bytes_per_second: ByteSize = ByteSize(0)
+    pending_ttl: Duration = Duration(86400.0)
+    max_pending: Positive = 1000
+    enrol_requests_per_minute: Positive = 60
 
 
 class Config(Section, frozen=True):

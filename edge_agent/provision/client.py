@@ -15,6 +15,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import socket
 import time
 import urllib.error
@@ -66,12 +67,14 @@ def device_id_for(settings: ProvisioningConfig, platform_id: str, identity: Iden
 
     ``provisioning.device_id`` if set; else ``platform.id``, suffixed with the key
     fingerprint's first 8 hex digits when it is only the hostname, so devices cloned
-    from one image (same hostname) still differ.
+    from one image (same hostname) still differ (the hostname made a valid device id).
     """
     if settings.device_id:
         return settings.device_id
     if platform_id == socket.gethostname():
-        return f"{platform_id}-{identity.fingerprint.removeprefix('sha256:')[:8]}"
+        # A host name may hold dots ("pi.lan"), which no device id may: they become "-".
+        host = re.sub(r"[^A-Za-z0-9_-]", "-", platform_id)[:55].lstrip("-_") or "device"
+        return f"{host}-{identity.fingerprint.removeprefix('sha256:')[:8]}"
     return platform_id
 
 

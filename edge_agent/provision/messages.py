@@ -5,13 +5,15 @@ Binary values (keys, nonces, signatures) travel as URL-safe base64 without paddi
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
 __all__ = [
+    "DEVICE_ID_PATTERN",
     "ChallengeRequest",
     "ChallengeResponse",
+    "DeviceId",
     "DeviceSyncConfig",
     "EnrolRequest",
     "EnrolResponse",
@@ -24,6 +26,13 @@ class _Message(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     pass
 
 
+#: A device id: 1-64 of [A-Za-z0-9_-], starting with a letter or digit. No '.', '*', '>',
+#: whitespace or control characters, so an id is always one safe NATS subject token and
+#: one path segment.
+DEVICE_ID_PATTERN = r"\A[A-Za-z0-9][A-Za-z0-9_-]{0,63}\Z"
+DeviceId = Annotated[str, msgspec.Meta(pattern=DEVICE_ID_PATTERN)]
+
+
 class ChallengeRequest(_Message, frozen=True):
     """Device → hub, before anything secret: prove who you are against my ``nonce``.
 
@@ -31,7 +40,7 @@ class ChallengeRequest(_Message, frozen=True):
     it knows the secret.
     """
 
-    device_id: str
+    device_id: DeviceId
     nonce: str
     claim_id: str = ""
 
@@ -47,7 +56,7 @@ class ChallengeResponse(_Message, frozen=True):
 class EnrolRequest(_Message, frozen=True):
     """Device → hub: enrol (or ask again while pending), signed with the device key."""
 
-    device_id: str
+    device_id: DeviceId
     public_key: str
     nonce: str
     signature: str

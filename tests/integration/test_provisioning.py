@@ -21,7 +21,7 @@ import pytest
 from websockets.sync.client import connect
 
 from edge_agent.sync.frames import Hello, Welcome, decode_frame, encode_frame
-from tests.helpers import AgentProcess, config_dict, http_json
+from tests.helpers import AgentProcess, config_dict, http_json, post_oversized
 from tests.integration.sync_harness import hub_process, metric
 
 pytestmark = pytest.mark.slow
@@ -290,5 +290,6 @@ def test_the_devices_cli_drives_the_same_api(hub: AgentProcess, edge: EdgeFactor
 
 @pytest.mark.parametrize("path", ["/enrol/challenge", "/enrol", "/enrol/renew", "/claim-tokens"])
 def test_enrolment_bodies_are_capped(hub: AgentProcess, path: str) -> None:
-    status, body = http_json(f"{hub.api}{path}", b"{" + b" " * (1 << 20) + b"}")
-    assert status == 413 and "request body over" in body["error"]
+    for declared in (1 << 20, None):  # a declared length, and a chunked body counted as read
+        status, body = post_oversized(f"{hub.api}{path}", declared=declared)
+        assert status == 413 and "request body over" in body["error"]

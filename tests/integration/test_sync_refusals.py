@@ -101,7 +101,12 @@ def _refused(hub: AgentProcess, reason: str) -> float:
 
 @pytest.mark.parametrize(
     ("edge", "token", "reason"),
-    [("edge-a", "wrong", "bad credential"), ("edge-z", "anything", "unknown device 'edge-z'")],
+    [
+        ("edge-a", "wrong", "bad credential"),
+        ("edge-z", "anything", "unknown device 'edge-z'"),
+        ("sync.batches.>", "anything", "edge id 'sync.batches.>' is not allowed"),
+        ("hub", "anything", "edge id 'hub' is not allowed"),  # the hub's own id
+    ],
 )
 def test_bad_credentials_are_refused_in_the_welcome(
     hub: AgentProcess, edge: str, token: str, reason: str
