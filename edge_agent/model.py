@@ -25,6 +25,7 @@ __all__ = [
     "Priority",
     "Relationship",
     "Scalar",
+    "Weight",
     "check_id",
     "decode_event",
     "encode_event",
@@ -44,6 +45,9 @@ EntityIdText = Annotated[
 #: An entity type, or empty (a deleted entity's delta carries none).
 EntityTypeText = Annotated[str, msgspec.Meta(pattern=rf"\A({_TYPE.pattern})?\Z")]
 Priority = Annotated[int, msgspec.Meta(ge=0, le=9)]
+#: A relationship's weight: finite and bounded (NaN or infinity would break PathRAG's
+#: ordering, and the hub refuses them).
+Weight = Annotated[float, msgspec.Meta(ge=-1e12, le=1e12)]
 
 #: Every reason an event can be refused for, as used in ``semstreams_errors_total{reason=...}``.
 REASONS: Final = (
@@ -66,7 +70,7 @@ class Relationship(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     predicate: str
     object: str
-    weight: float = 1.0
+    weight: Weight = 1.0
 
 
 class EntityEvent(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):

@@ -35,6 +35,7 @@ __all__ = ["Materialiser"]
 
 log = logging.getLogger(__name__)
 _FETCH = 64
+_DATA_ERRORS = (OverflowError, TypeError, ValueError, sqlite3.IntegrityError, sqlite3.DataError)
 _RETRY_S = 1.0
 
 
@@ -192,7 +193,17 @@ class Materialiser:
             stream_seq = message.metadata.sequence.stream
             if stream_seq <= position:
                 continue
-            results.append(self._apply_one(db, message, stream_seq))
+            db.execute("SAVEPOINT message")
+            try:
+                results.append(self._apply_one(db, message, stream_seq))
+            except _DATA_ERRORS as exc:
+                # What this message holds cannot be stored (a number past SQLite's range,
+                # from a hub that did not check it): undo it alone, name it, go on. Disk
+                # and I/O errors (sqlite3.OperationalError) are not here: they are retried.
+                db.execute("ROLLBACK TO message")
+                log.error("materialiser: log message %d unusable: %r", stream_seq, exc)
+                results.append(BatchResult(duplicate=True, conflicts={"unusable_log_message": 1}))
+            db.execute("RELEASE message")
         db.execute(
             "UPDATE consumer_state SET applied_seq = max(applied_seq, ?) WHERE consumer = ?",
             (messages[-1].metadata.sequence.stream, self.consumer),

@@ -12,7 +12,14 @@ from typing import Annotated, Final
 import msgspec
 
 from edge_agent.errors import RemoteProtocolError
-from edge_agent.model import MAX_ID_LENGTH, EntityIdText, EntityTypeText, Priority, Scalar
+from edge_agent.model import (
+    MAX_ID_LENGTH,
+    EntityIdText,
+    EntityTypeText,
+    Priority,
+    Scalar,
+    Weight,
+)
 
 __all__ = [
     "ENCODINGS",
@@ -93,6 +100,8 @@ Frame = Hello | Welcome | Batch | Ack | Nack | Slow
 
 
 _Alias = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_LENGTH)]
+# What an SQLite INTEGER holds: a larger version or stamp would fail every hub's apply.
+_Int64 = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
 
 
 class EntityDelta(msgspec.Struct, frozen=True, array_like=True):
@@ -106,11 +115,11 @@ class EntityDelta(msgspec.Struct, frozen=True, array_like=True):
 
     entity_id: EntityIdText
     entity_type: EntityTypeText
-    version: Annotated[int, msgspec.Meta(ge=0)]
-    updated_at: int
+    version: _Int64
+    updated_at: _Int64
     priority: Priority
-    triples: list[tuple[str, Scalar, int, str]] = msgspec.field(default_factory=list)
-    edges: list[tuple[str, EntityIdText, float, int, str]] = msgspec.field(default_factory=list)
+    triples: list[tuple[str, Scalar, _Int64, str]] = msgspec.field(default_factory=list)
+    edges: list[tuple[str, EntityIdText, Weight, _Int64, str]] = msgspec.field(default_factory=list)
     aliases: list[_Alias] = msgspec.field(default_factory=list)
     deleted: bool = False
     replace: bool = False

@@ -7,11 +7,14 @@ counted, closes only the offending link, and loses nothing another edge sent.
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import msgspec
+import nats
 import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
@@ -298,3 +301,42 @@ def test_a_compromised_edge_cannot_overwrite_erase_or_mask_another_edges_entity(
     _send_acked(hub, "edge-b", _reading(victim, 4, int(time.time() * 1000), battery=70.0))
     _until(lambda: _hub_entity(hub, victim)["properties"] == {"battery": 70.0})
     assert set(_hub_entity(hub, victim)["provenance"]) == {"edge-a", "edge-b"}
+
+
+def test_numbers_sqlite_cannot_hold_are_refused_and_never_stall_the_hub(
+    hub: AgentProcess,
+) -> None:
+    # 2**63 does not fit an SQLite INTEGER: stored in the log, it would stop the
+    # materialiser (and so every edge's data) on every hub instance.
+    huge = EntityDelta("H-1", "drone", 2**63, 1_700_000_000_000, 3, [("b", 1, 2**64 - 1, "t")])
+    with _connect(hub) as ws:
+        hwm = _hello(ws, "edge-a", TOKENS["edge-a"]).hwm
+        ws.send(_batch(hwm + 1, huge))
+        code, reason = _closed_with(ws)
+        assert code == 1002 and "malformed batch payload" in reason
+    # Such a message already in the log (from an older hub) is skipped, not retried forever.
+    asyncio.run(_append_raw(hub.nats_url, "edge-b", huge))
+    _send_acked(hub, "edge-b", _reading("after-huge", 1, int(time.time() * 1000), battery=5.0))
+    _until(lambda: http_json(f"{hub.api}/graph/entities/after-huge")[0] == 200)
+    assert http_json(f"{hub.api}/graph/entities/H-1")[0] == 404
+
+
+async def _append_raw(url: str, edge: str, *deltas: EntityDelta) -> None:
+    """Put a batch straight into SYNC_BATCHES, as a hub that did not check it would."""
+    client = await nats.connect(url)
+    try:
+        js = client.jetstream()
+        last = await js.get_last_msg("SYNC_BATCHES", f"sync.batches.{edge}")
+        seq = int((last.headers or {})["Semstreams-Seq"]) + 1
+        now = int(time.time() * 1000)
+        headers = {
+            "Semstreams-Edge": edge,
+            "Semstreams-Seq": str(seq),
+            "Semstreams-Received-Ms": str(now),
+            "Semstreams-Ceiling-Ms": str(now + 60_000),
+        }
+        payload = msgspec.msgpack.encode(list(deltas))
+        frame = encode_frame(Batch(seq=seq, encoding="none", count=len(deltas), payload=payload))
+        await js.publish(f"sync.batches.{edge}", frame, headers=headers)
+    finally:
+        await client.close()
