@@ -49,6 +49,11 @@ class WebsocketInputConfig(Section, frozen=True):
     stamps are clamped to the receive time plus this, so no edge's clock can mask
     another edge's later writes for longer. ``stream_replicas`` (0: 3 on a cluster, 1
     on one server) is the ``SYNC_BATCHES`` stream's replication.
+
+    Bounds against hostile peers: at most ``max_connections`` links at once (more are
+    refused at the handshake), a link that sends no hello within ``hello_timeout`` is
+    closed, and batches are decoded off the event loop, as many at once as
+    ``decode_budget`` holds of ``max_batch_bytes`` (at least one).
     """
 
     port: Port = 8080
@@ -62,6 +67,9 @@ class WebsocketInputConfig(Section, frozen=True):
     stream_max_bytes: ByteSize = ByteSize(1 << 30)
     stream_replicas: Annotated[int, msgspec.Meta(ge=0, le=5)] = 0
     max_clock_skew: Duration = Duration(60.0)
+    max_connections: Annotated[int, msgspec.Meta(ge=1)] = 1024
+    hello_timeout: Duration = Duration(10.0)
+    decode_budget: ByteSize = ByteSize(256 << 20)
 
     def problems(self) -> list[tuple[str, str]]:
         """Device ids off the pattern, and empty device tokens (an unset environment

@@ -12,6 +12,7 @@ every instance alike. A bad frame closes that connection only.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import logging
@@ -40,8 +41,8 @@ log = logging.getLogger(__name__)
 _RETRY_AFTER_S = 2.0
 # Room for the JetStream message's headers next to a batch frame.
 _HEADER_ROOM = 4096
-# WebSocket close codes (RFC 6455): policy violation, protocol error.
-_CLOSE_POLICY, _CLOSE_PROTOCOL = 1008, 1002
+# WebSocket close codes (RFC 6455): policy violation, protocol error, try again later.
+_CLOSE_POLICY, _CLOSE_PROTOCOL, _CLOSE_TRY_LATER = 1008, 1002, 1013
 
 
 @dataclass
@@ -124,6 +125,9 @@ class SyncInput:
         self._hub_id = hub_id
         self._encodings = available_encodings()
         self._sockets: dict[str, WebSocket] = {}
+        self._open = 0
+        slots = int(settings.decode_budget) // max(1, int(settings.max_batch_bytes))
+        self._decoding = asyncio.Semaphore(max(1, slots))
         self.links: dict[str, EdgeLink] = {edge: EdgeLink(edge) for edge in settings.devices}
 
     def link_views(self) -> dict[str, dict[str, Any]]:
@@ -134,7 +138,19 @@ class SyncInput:
 
     async def endpoint(self, websocket: WebSocket) -> None:
         """The ASGI WebSocket endpoint at ``settings.path``."""
-        await websocket.accept()
+        if self._open >= self.settings.max_connections:
+            self._metrics.sync_refused.labels("capacity").inc()
+            log.warning("sync: %d links open; refusing %s", self._open, _peer(websocket))
+            await websocket.close(_CLOSE_TRY_LATER)  # before accept: an HTTP 403
+            return
+        self._open += 1
+        try:
+            await websocket.accept()
+            await self._link(websocket)
+        finally:
+            self._open -= 1
+
+    async def _link(self, websocket: WebSocket) -> None:
         proto = HubProtocol(
             encodings=self._encodings,
             max_frame_bytes=int(self.settings.max_frame_bytes),
@@ -155,7 +171,7 @@ class SyncInput:
     async def _serve(self, session: _Session) -> None:
         websocket, proto = session.websocket, session.proto
         while proto.state != State.CLOSED:
-            message = await websocket.receive()
+            message = await self._next_message(session)
             if message["type"] == "websocket.disconnect":
                 return
             data = message.get("bytes")
@@ -174,6 +190,20 @@ class SyncInput:
             for out in proto.data_to_send():
                 await websocket.send_bytes(out)
         await _close(websocket, _CLOSE_POLICY, "refused")
+
+    async def _next_message(self, session: _Session) -> dict[str, Any]:
+        """The next message; before the hello, within ``hello_timeout`` only (then the
+        link is closed, and this is its disconnect)."""
+        receiving = session.websocket.receive()
+        if session.proto.state != State.HANDSHAKE:
+            return dict(await receiving)
+        timeout = float(self.settings.hello_timeout)
+        try:
+            return dict(await asyncio.wait_for(receiving, timeout))
+        except TimeoutError:
+            self._metrics.sync_refused.labels("hello_timeout").inc()
+            await _close(session.websocket, _CLOSE_POLICY, f"no hello within {timeout:g} s")
+            return {"type": "websocket.disconnect"}
 
     def _count_answers(self, proto: HubProtocol) -> None:
         if proto.duplicates:
@@ -260,9 +290,13 @@ class SyncInput:
         link = self.links[proto.edge_id]
         link.bytes_received += len(frame)
         link.last_seen = now = time.time()
-        deltas = decode_deltas(
-            batch.payload, batch.encoding, max_bytes=self.settings.max_batch_bytes
-        )
+        async with self._decoding:  # off the loop, and only so many at once
+            deltas = await asyncio.to_thread(
+                decode_deltas,
+                batch.payload,
+                batch.encoding,
+                max_bytes=self.settings.max_batch_bytes,
+            )
         self._metrics.sync_batches.labels("received").inc()
         if not await self._append(session, batch, frame, now):
             return

@@ -192,8 +192,9 @@ def test_a_replayed_seq_is_acked_and_changes_nothing(hub: AgentProcess) -> None:
         ws.send(_batch(hwm + 5, _delta("R-1", 3, 1)))
         answer = _answer(ws)
         assert isinstance(answer, Nack) and answer.reason.startswith("out of order")
-    status, entity = http_json(f"{hub.api}/graph/entities/R-1")
-    assert status == 200
+    # The graph follows the log (the materialiser): wait for the first batch to show.
+    _until(lambda: http_json(f"{hub.api}/graph/entities/R-1")[0] == 200)
+    _, entity = http_json(f"{hub.api}/graph/entities/R-1")
     assert (entity["version"], entity["properties"]["battery"]) == (1, 50)
     assert (
         metric(hub.api, "semstreams_sync_batches_total", 'direction="duplicate"') == duplicates + 1
