@@ -22,6 +22,7 @@ import msgspec
 from edge_agent import __version__
 from edge_agent.config import Config, Duration, load_config
 from edge_agent.errors import ConfigError, SemStreamsError
+from edge_agent.private_files import check_private
 
 __all__ = ["Service", "add_api_arguments", "call_api", "load_or_exit", "main", "run_service"]
 
@@ -227,10 +228,11 @@ def call_api(
     try:
         if args.token_file:
             # A file, not an argument: a token on the command line shows in `ps`.
+            check_private(args.token_file, "--token-file")
             token = Path(args.token_file).read_text().strip()
             request.add_header("Authorization", f"Bearer {token}")
         context = ssl.create_default_context(cafile=args.cafile) if args.cafile else None
-    except OSError as exc:
+    except (OSError, ConfigError) as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     try:

@@ -44,4 +44,5 @@ def self_signed(directory: Path) -> tuple[Path, Path]:
             serialization.NoEncryption(),
         )
     )
+    key_path.chmod(0o600)  # the agent refuses a key others may read
     return cert_path, key_path

@@ -35,6 +35,7 @@ from edge_agent.api import session
 from edge_agent.config import AuthConfig, HttpTlsConfig, RateLimitConfig
 from edge_agent.errors import AuthError, ConfigError
 from edge_agent.metrics import Metrics
+from edge_agent.private_files import check_private
 
 __all__ = [
     "ADMIN_PATHS",
@@ -459,6 +460,7 @@ def server_ssl_context(tls: HttpTlsConfig) -> ssl.SSLContext:
         path = getattr(tls, key)
         if not Path(path).is_file():
             raise ConfigError([f"{where}.{key}: {path!r} is not a file"])
+    check_private(tls.key_file, f"{where}.key_file")
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     try:

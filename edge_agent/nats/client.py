@@ -34,6 +34,7 @@ from edge_agent.nats.subjects import (
     ENTITY_STREAM,
     ENTITY_SUBJECTS,
 )
+from edge_agent.private_files import check_private
 
 __all__ = [
     "connect",
@@ -99,6 +100,7 @@ def _tls_context(config: NatsConfig) -> ssl.SSLContext | None:
         return None
     context = ssl.create_default_context(cafile=tls.ca_file or None)
     if tls.cert_file:
+        check_private(tls.key_file, "nats.tls.key_file")
         context.load_cert_chain(tls.cert_file, tls.key_file)
     return context
 
@@ -141,6 +143,8 @@ async def connect(
         if isinstance(exc, nats.errors.SlowConsumerError) and on_resync:
             on_resync()
 
+    if config.nkey_seed:
+        check_private(config.nkey_seed, "nats.nkey_seed")
     try:
         client = await nats.connect(
             servers=urls,

@@ -28,6 +28,7 @@ import msgspec
 
 from edge_agent.config.schema import ProvisioningConfig
 from edge_agent.errors import SemStreamsError
+from edge_agent.private_files import check_private, write_private
 from edge_agent.provision.hardware import hardware_facts
 from edge_agent.provision.identity import (
     Identity,
@@ -78,18 +79,6 @@ def device_id_for(settings: ProvisioningConfig, platform_id: str, identity: Iden
     return platform_id
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically, readable by the owner only."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    temp = path.with_suffix(".tmp")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as file:
-        file.write(data)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(temp, path)
-
-
 def _post(url: str, body: Any, bearer: str = "") -> tuple[int, bytes]:
     headers = {"content-type": "application/json"}
     if bearer:
@@ -134,11 +123,12 @@ class Provisioner:
         """The enrolment kept from an earlier start, if any."""
         if not self.path.exists():
             return None
+        check_private(self.path, "enrolment (credential)")
         return msgspec.json.decode(self.path.read_bytes(), type=StoredEnrolment)
 
     def save(self, enrolment: StoredEnrolment) -> None:
         """Keep ``enrolment`` (0600): it holds the credential."""
-        _write_private(self.path, msgspec.json.encode(enrolment))
+        write_private(self.path, msgspec.json.encode(enrolment))
 
     async def enrolment(self) -> StoredEnrolment:
         """The stored enrolment, or enrol now (retrying with backoff until it works)."""
@@ -185,7 +175,7 @@ class Provisioner:
             return
         kept = msgspec.structs.replace(boot, claim_token="")
         try:
-            _write_private(path, msgspec.json.encode(kept))
+            write_private(path, msgspec.json.encode(kept))
         except OSError as exc:
             log.warning("provisioning: could not erase the claim token in %s: %s", path, exc)
             return

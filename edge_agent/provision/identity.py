@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from edge_agent.errors import AuthError
+from edge_agent.private_files import check_private
 
 __all__ = [
     "Identity",
@@ -104,6 +105,7 @@ class Identity:
 
         Raises:
             AuthError: the file exists but holds no Ed25519 private key.
+            ConfigError: group or others may read it.
         """
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         if not path.exists():
@@ -122,6 +124,7 @@ class Identity:
                     file.write(pem)
                     file.flush()
                     os.fsync(file.fileno())
+        check_private(path, "private key")
         loaded = serialization.load_pem_private_key(path.read_bytes(), password=None)
         if not isinstance(loaded, Ed25519PrivateKey):
             raise AuthError(f"{path}: not an Ed25519 private key")

@@ -27,6 +27,7 @@ from edge_agent.errors import ConfigError, GraphError, ProtocolError
 from edge_agent.graph import GraphStore
 from edge_agent.graph.outbox import BatchLimits, OutboxBatch
 from edge_agent.metrics import Metrics
+from edge_agent.private_files import check_private
 from edge_agent.sync.codec import available_encodings
 from edge_agent.sync.filters import compile_filter
 from edge_agent.sync.frames import Ack, Nack, Slow
@@ -58,6 +59,7 @@ def read_token(settings: WebsocketOutputConfig, where: str) -> str:
     """
     if not settings.token_file:
         return settings.token
+    check_private(settings.token_file, f"{where}.token_file")
     try:
         return Path(settings.token_file).read_text().strip()
     except OSError as exc:
@@ -70,6 +72,7 @@ def _client_ssl(settings: WebsocketOutputConfig) -> ssl.SSLContext | None:
     tls = settings.tls
     context = ssl.create_default_context(cafile=tls.ca_file or None if tls else None)
     if tls and tls.cert_file:
+        check_private(tls.key_file, "websocket_output.tls.key_file")
         context.load_cert_chain(tls.cert_file, tls.key_file)
     return context
 

@@ -115,3 +115,30 @@ async def test_stats_with_a_missing_token_file_fails_clearly(tmp_path: Path) -> 
     assert code == 1
     assert "No such file" in err
     assert "Traceback" not in err
+
+
+async def test_an_agent_refuses_a_token_file_others_can_read(tmp_path: Path) -> None:
+    token_file = tmp_path / "hub-token"
+    token_file.write_text("a-device-credential")
+    token_file.chmod(0o644)
+    output = {"url": "ws://127.0.0.1:1/edge-sync", "token_file": str(token_file)}
+    config = config_dict(
+        tmp_path / "state",
+        components=[{"id": "to-hub", "type": "websocket_output", "config": output}],
+    )
+    path = tmp_path / "agent.json"
+    path.write_text(json.dumps(config))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "edge_agent.cli",
+        "run",
+        "--config",
+        str(path),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode != 0
+    assert "token_file" in err.decode() and "chmod 600 it" in err.decode()
+    assert "a-device-credential" not in err.decode()
