@@ -13,6 +13,7 @@ import contextlib
 import logging
 import ssl
 import time
+import urllib.parse
 from collections import deque
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -22,6 +23,7 @@ import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
 from edge_agent import __version__
+from edge_agent.config.loader import is_loopback
 from edge_agent.config.schema import WebsocketOutputConfig
 from edge_agent.errors import ConfigError, GraphError, ProtocolError
 from edge_agent.graph import GraphStore
@@ -34,7 +36,7 @@ from edge_agent.sync.frames import Ack, Nack, Slow
 from edge_agent.sync.pacing import Backoff, TokenBucket, wire_size
 from edge_agent.sync.protocol import EdgeProtocol, State
 
-__all__ = ["SyncOutput", "SyncRefusedError", "read_token"]
+__all__ = ["SyncOutput", "SyncRefusedError", "plain_link_warning", "read_token"]
 
 log = logging.getLogger(__name__)
 Writer = Callable[..., Awaitable[Any]]
@@ -132,6 +134,8 @@ class SyncOutput:
     async def run(self) -> None:
         """Keep the link up until cancelled: connect, sync, back off, again."""
         self._loop = asyncio.get_running_loop()
+        if warning := plain_link_warning(self.settings.url):
+            log.warning("sync: %s", warning)
         reconnect = self.settings.reconnect
         backoff = Backoff(reconnect.initial, reconnect.max, reconnect.multiplier, reconnect.jitter)
         housekeeping = asyncio.create_task(self._housekeeping(), name="sync-housekeeping")
@@ -354,6 +358,18 @@ class SyncOutput:
             "hwm": self.hwm,
             "last_error": self.last_error,
         }
+
+
+def plain_link_warning(url: str) -> str:
+    """Why a link to ``url`` is a risk ("" when it is not): plain ``ws://`` beyond this
+    host carries the device's credential and its graph unencrypted."""
+    host = urllib.parse.urlsplit(url).hostname or ""
+    if not url.startswith("ws://") or is_loopback(host):
+        return ""
+    return (
+        f"{url} is plain ws://: the credential and the graph cross the network"
+        " unencrypted (give the hub TLS and use wss://)"
+    )
 
 
 def _as_bytes(message: str | bytes) -> bytes:
