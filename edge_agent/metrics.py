@@ -71,6 +71,11 @@ class Metrics:
             "Events written to the dead-letter stream.",
             registry=registry,
         )
+        self.clamped_timestamps = Counter(
+            "semstreams_clamped_timestamps",
+            "Events stamped further ahead than graph.config.max_clock_skew, clamped to it.",
+            registry=registry,
+        )
         self.cache_requests = Counter(
             "semstreams_cache_requests",
             "Query cache lookups.",

@@ -27,6 +27,7 @@ __all__ = [
     "Scalar",
     "Weight",
     "check_id",
+    "clamp_future",
     "decode_event",
     "encode_event",
     "validate_event",
@@ -145,6 +146,18 @@ def validate_event(event: EntityEvent) -> None:
     for alias in event.aliases:
         if not 0 < len(alias) <= MAX_ID_LENGTH:
             raise EventError("bad_id", f"alias must be 1-{MAX_ID_LENGTH} chars")
+
+
+def clamp_future(event: EntityEvent, latest: datetime) -> EntityEvent | None:
+    """The event stamped ``latest`` when its own stamp lies later, else ``None``.
+
+    A graph keeps a property's newest stamp and ignores older ones, so one event stamped
+    in the year 2999 would freeze that property for good; clamped, it wins for no longer
+    than the allowed skew.
+    """
+    if event.timestamp is None or event.timestamp <= latest:
+        return None
+    return msgspec.structs.replace(event, timestamp=latest)
 
 
 def check_id(value: str, field: str) -> None:

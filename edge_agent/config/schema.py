@@ -164,6 +164,8 @@ class GraphSettings(Section, frozen=True):
     queue_size: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 5000
     input_subject: str = "events.graph.entity.>"
     max_event_bytes: Annotated[int, msgspec.Meta(ge=256, le=1 << 20)] = 64 << 10
+    #: An event stamped later than now plus this is stamped now plus this (counted).
+    max_clock_skew: Duration = Duration(60.0)
     data_manager: DataManagerConfig = DataManagerConfig()
     indexer: IndexerConfig = IndexerConfig()
     querier: QuerierConfig = QuerierConfig()

@@ -24,6 +24,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 
 import nats.errors
 from nats.aio.client import Client
@@ -34,7 +35,7 @@ from edge_agent.errors import EventError, GraphError
 from edge_agent.graph import ApplyResult, GraphStore
 from edge_agent.ingest.dead_letters import DeadLetters
 from edge_agent.metrics import Metrics
-from edge_agent.model import EntityEvent, decode_event
+from edge_agent.model import EntityEvent, clamp_future, decode_event
 from edge_agent.nats.client import recreate_consumer, remove_stale_consumers
 from edge_agent.nats.subjects import ENTITY_STREAM, consumer_name
 from edge_agent.tracing import span
@@ -279,10 +280,17 @@ class GraphProcessor:
     def _decode(self, messages: list[Msg]) -> _Decoded:
         decoded = _Decoded()
         limit = self.settings.max_event_bytes
+        latest = datetime.now(UTC) + timedelta(seconds=float(self.settings.max_clock_skew))
         for message in messages:
             seq = message.metadata.sequence.stream
             try:
-                decoded.good.append((seq, decode_event(message.data, max_bytes=limit)))
+                event = decode_event(message.data, max_bytes=limit)
             except EventError as error:
                 decoded.bad.append((message, seq, error))
+                continue
+            clamped = clamp_future(event, latest)
+            if clamped is not None:
+                self._metrics.clamped_timestamps.inc()
+                event = clamped
+            decoded.good.append((seq, event))
         return decoded

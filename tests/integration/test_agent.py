@@ -284,3 +284,31 @@ async def test_a_stale_consumer_of_a_former_name_is_removed(tmp_path: Any) -> No
             await wait_for(lambda: _has(second, 1), what="applied by the renamed agent")
     finally:
         await second.stop()
+
+
+async def test_an_event_stamped_far_ahead_cannot_freeze_a_property(
+    start_agent: StartAgent,
+) -> None:
+    # The graph keeps a property's newest stamp: one reading stamped in 2999 would hide
+    # every later one for good. Clamped to now + max_clock_skew, it hides them that long.
+    agent = await start_agent(graph={"config": {"max_clock_skew": "1s"}})
+    future = {
+        "entity_id": "F-1",
+        "entity_type": "drone",
+        "timestamp": "2999-01-01T00:00:00Z",
+        "properties": {"battery": 1},
+    }
+    async with api(agent) as client:
+        assert (await client.post("/ingest", json=future)).status_code == 202
+
+        async def shown(battery: int) -> bool:
+            answer = await client.get("/graph/entities/F-1")
+            return answer.status_code == 200 and answer.json()["properties"]["battery"] == battery
+
+        await wait_for(lambda: shown(1), what="the clamped reading")
+        await asyncio.sleep(1.5)  # past the clamped stamp
+        now = {"entity_id": "F-1", "entity_type": "drone", "properties": {"battery": 2}}
+        assert (await client.post("/ingest", json=now)).status_code == 202
+        await wait_for(lambda: shown(2), what="the later reading")
+        metrics = (await client.get("/metrics")).text
+        assert "semstreams_clamped_timestamps_total 1.0" in metrics

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 
 import pytest
 
 from edge_agent.errors import EventError
-from edge_agent.model import REASONS, decode_event, encode_event
+from edge_agent.model import REASONS, EntityEvent, clamp_future, decode_event, encode_event
 
 GOOD = {"entity_id": "UAV-001", "entity_type": "drone", "properties": {"battery": 85.2}}
 
@@ -88,3 +89,14 @@ def test_full_event_round_trips() -> None:
 def test_delete_needs_no_properties() -> None:
     event = decode_event(b'{"entity_id": "a", "entity_type": "t", "op": "delete"}', max_bytes=99)
     assert event.op == "delete"
+
+
+def test_a_future_stamp_is_clamped_and_a_present_one_kept() -> None:
+    latest = datetime(2026, 1, 1, tzinfo=UTC)
+    ahead = EntityEvent(entity_id="a", entity_type="t", timestamp=datetime(2999, 1, 1, tzinfo=UTC))
+    clamped = clamp_future(ahead, latest)
+    assert clamped is not None and clamped.timestamp == latest and clamped.entity_id == "a"
+    assert (
+        clamp_future(EntityEvent(entity_id="a", entity_type="t", timestamp=latest), latest) is None
+    )
+    assert clamp_future(EntityEvent(entity_id="a", entity_type="t"), latest) is None
