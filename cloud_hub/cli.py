@@ -42,7 +42,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_devices(args: argparse.Namespace) -> int:
-    """``cloud-hub devices list|approve|reject|revoke|delete|claim-token create`` via the
+    """``cloud-hub devices list|approve|reject|revoke|rotate|delete|claim-token create`` via the
     hub's API."""
     from edge_agent.cli import call_api
 
@@ -111,7 +111,7 @@ def _devices_parser(commands: Any) -> None:
     actions = devices.add_subparsers(dest="action", required=True)
     listing = actions.add_parser("list", help="every device with its status")
     add_api_arguments(listing)
-    for action in ("approve", "reject", "revoke", "delete"):
+    for action in ("approve", "reject", "revoke", "rotate", "delete"):
         sub = actions.add_parser(action, help=f"{action} a device")
         sub.add_argument("device_id")
         add_api_arguments(sub)

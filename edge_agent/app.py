@@ -299,6 +299,7 @@ class Agent:
 
     async def _enrol_and_sync(self, provisioner: Provisioner) -> None:
         from edge_agent.provision.client import ProvisionError
+        from edge_agent.provision.messages import CREDENTIAL_ROTATED
 
         enrolment = await provisioner.enrolment()
         config = enrolment.config
@@ -308,16 +309,27 @@ class Agent:
             max_bytes_per_second=ByteSize(config.max_bytes_per_second),
         )
         sync_output = self._run_sync_output(settings, enrolment.credential, "sync (provisioned)")
-        while True:  # renew the credential two thirds into its life
-            await asyncio.sleep(max(1.0, provisioner.renewal_due(enrolment) - time.time()))
+        while True:  # renew two thirds into the credential's life, or when the hub rotated it
+            due = provisioner.renewal_due(enrolment)
+            while time.time() < due and CREDENTIAL_ROTATED not in sync_output.last_error:
+                await asyncio.sleep(1.0)
+            rotated = CREDENTIAL_ROTATED in sync_output.last_error
             try:
-                enrolment = await provisioner.renew(enrolment)
+                if rotated:
+                    enrolment = await provisioner.enrol_again(enrolment)
+                else:
+                    enrolment = await provisioner.renew(enrolment)
             except (OSError, ProvisionError) as exc:
                 log.warning("provisioning: credential renewal failed: %s", exc)
-                await asyncio.sleep(60)
+                await asyncio.sleep(5 if rotated else 60)
                 continue
             sync_output.set_token(enrolment.credential)
-            log.info("provisioning: credential renewed until %s", enrolment.expires_at)
+            sync_output.last_error = ""
+            log.info(
+                "provisioning: credential %s until %s",
+                "issued again after rotation" if rotated else "renewed",
+                enrolment.expires_at,
+            )
 
     # ---- components ----------------------------------------------------------------
 

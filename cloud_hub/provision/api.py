@@ -119,13 +119,16 @@ async def devices(request: Request) -> Response:
 
 
 async def device_action(request: Request) -> Response:
-    """``POST /devices/{device_id}/{approve|reject|revoke}``."""
+    """``POST /devices/{device_id}/{approve|reject|revoke|rotate}``."""
     action = request.path_params["action"]
-    status = _ACTIONS.get(action)
-    if status is None:
-        return error(404, f"unknown action {action!r} (approve, reject, revoke)")
     device_id = request.path_params["device_id"]
-    device = await run_in_threadpool(_service(request).set_status, device_id, status, time.time())
+    service = _service(request)
+    if action == "rotate":
+        device = await run_in_threadpool(service.rotate, device_id, time.time())
+    elif (status := _ACTIONS.get(action)) is not None:
+        device = await run_in_threadpool(service.set_status, device_id, status, time.time())
+    else:
+        return error(404, f"unknown action {action!r} (approve, reject, revoke, rotate)")
     if device is None:
         return error(404, f"no device {device_id!r}")
     return json_response(device)

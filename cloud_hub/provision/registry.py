@@ -51,8 +51,16 @@ CREATE TABLE IF NOT EXISTS claim_tokens (
 );
 """
 
+# Credentials issued at or before this second are refused (rotated away).
+_R002_ROTATION = """
+ALTER TABLE devices ADD COLUMN credentials_after INTEGER NOT NULL DEFAULT 0;
+"""
+
 #: The registry's schema, as named migrations (the graph store's machinery).
-REGISTRY_MIGRATIONS: list[Migration] = [("registry_001_initial", _R001_INITIAL)]
+REGISTRY_MIGRATIONS: list[Migration] = [
+    ("registry_001_initial", _R001_INITIAL),
+    ("registry_002_rotation", _R002_ROTATION),
+]
 
 
 class ClaimError(AuthError):
@@ -75,6 +83,8 @@ class Device(msgspec.Struct, frozen=True):
     group: str
     enrolled_at: int
     updated_at: int
+    #: Credentials issued at or before this epoch second are refused (rotated away).
+    credentials_after: int = 0
 
 
 def split_claim_token(token: str) -> tuple[str, str]:
@@ -176,6 +186,18 @@ class Registry:
 
         return self._db.transaction(update)
 
+    def rotate(self, device_id: str, now: float) -> Device | None:
+        """Refuse the device's credentials issued until ``now``; ``None`` when unknown."""
+
+        def update(db: sqlite3.Connection) -> Device | None:
+            db.execute(
+                "UPDATE devices SET credentials_after = ?, updated_at = ? WHERE id = ?",
+                (int(now), int(now), device_id),
+            )
+            return _get(db, device_id)
+
+        return self._db.transaction(update)
+
     def get(self, device_id: str) -> Device | None:
         """One device, or ``None``."""
         with self._db.reader() as db:
@@ -245,7 +267,8 @@ def _enrol(
         )
         status = "approved"
     db.execute(
-        "INSERT OR REPLACE INTO devices VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT OR REPLACE INTO devices (id, public_key, fingerprint, hostname, hardware,"
+        " status, device_group, enrolled_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             device_id,
             request.public_key,
@@ -275,5 +298,14 @@ def _get(db: sqlite3.Connection, device_id: str) -> Device | None:
 
 def _device(row: tuple[Any, ...]) -> Device:
     return Device(
-        row[0], row[1], row[2], row[3], msgspec.json.decode(row[4]), row[5], row[6], row[7], row[8]
+        row[0],
+        row[1],
+        row[2],
+        row[3],
+        msgspec.json.decode(row[4]),
+        row[5],
+        row[6],
+        row[7],
+        row[8],
+        row[9],
     )

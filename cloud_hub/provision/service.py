@@ -23,6 +23,7 @@ from edge_agent.provision.identity import (
     verify,
 )
 from edge_agent.provision.messages import (
+    CREDENTIAL_ROTATED,
     ChallengeRequest,
     ChallengeResponse,
     DeviceSyncConfig,
@@ -121,10 +122,12 @@ class Enrolment:
         Raises:
             AuthError: bad signature, expired, another device's, or not approved.
         """
-        verify_credential(self.identity, credential, device_id, now=now)
+        claims = verify_credential(self.identity, credential, device_id, now=now)
         device = self.registry.get(device_id)
         if device is None or device.status != "approved":
             raise AuthError(f"device {(device.status if device else 'unknown')}")
+        if int(claims.get("iat", 0)) <= device.credentials_after:
+            raise AuthError(CREDENTIAL_ROTATED)
 
     def delete(self, device_id: str) -> bool:
         """Forget a device (a squatter, a retired Pi) and cut its link; whether it was known."""
@@ -132,6 +135,14 @@ class Enrolment:
         if deleted:
             self._on_revoke(device_id)
         return deleted
+
+    def rotate(self, device_id: str, now: float) -> Device | None:
+        """Retire the device's credentials now and cut its link: it enrols again with its
+        key (a copied credential alone gets nothing more). ``None`` when unknown."""
+        device = self.registry.rotate(device_id, now)
+        if device is not None:
+            self._on_revoke(device_id)
+        return device
 
     def set_status(self, device_id: str, status: Status, now: float) -> Device | None:
         """Approve, reject or revoke; a rejected or revoked device is cut off at once."""
@@ -150,7 +161,7 @@ class Enrolment:
             device.id,
             device.fingerprint,
             ttl_s=self.settings.credential_ttl,
-            now=now,
+            now=max(now, device.credentials_after + 1),  # newer than the rotation
         )
         config = DeviceSyncConfig(
             sync_url=self.settings.sync_url or sync_url,

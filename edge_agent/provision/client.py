@@ -268,6 +268,19 @@ class Provisioner:
         issued = float(claims.get("iat", time.time()))
         return issued + (enrolment.expires_at - issued) * 2 / 3
 
+    async def enrol_again(self, enrolment: StoredEnrolment) -> StoredEnrolment:
+        """A fresh credential after the hub rotated the old one away: enrol again at the
+        same hub (pinned to the key it proved before), proving the device key.
+
+        Raises:
+            ProvisionError: the hub refused, or is not the hub this device enrolled at.
+            OSError: the hub is unreachable.
+        """
+        pinned = ProvisionFile(hub_key=enrolment.hub_key)
+        renewed = await self._enrol_at(enrolment.hub_url, pinned)
+        self.save(renewed)
+        return renewed
+
     async def renew(self, enrolment: StoredEnrolment) -> StoredEnrolment:
         """A fresh credential from the hub, stored.
 

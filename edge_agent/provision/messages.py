@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 __all__ = [
+    "CREDENTIAL_ROTATED",
     "DEVICE_ID_PATTERN",
     "ChallengeRequest",
     "ChallengeResponse",
@@ -29,6 +30,10 @@ class _Message(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
 #: A device id: 1-64 of [A-Za-z0-9_-], starting with a letter or digit. No '.', '*', '>',
 #: whitespace or control characters, so an id is always one safe NATS subject token and
 #: one path segment.
+#: Why a hub refuses a credential it rotated away: the device then enrols again with its
+#: key (which only the device holds), and gets a fresh one.
+CREDENTIAL_ROTATED = "credential rotated: enrol again with the device key"
+
 DEVICE_ID_PATTERN = r"\A[A-Za-z0-9][A-Za-z0-9_-]{0,63}\Z"
 DeviceId = Annotated[str, msgspec.Meta(pattern=DEVICE_ID_PATTERN)]
 

@@ -211,6 +211,22 @@ def test_revoking_a_selection_drops_its_link(
     assert page_errors == []
 
 
+def test_rotating_a_credential_from_the_edge_page_keeps_it_syncing_with_a_new_one(
+    fleet: Fleet, page: Page, page_errors: list[str]
+) -> None:
+    enrolment = fleet.workdir / "edge-a-state" / "provisioning" / "enrolment.json"
+    old = json.loads(enrolment.read_text())["credential"]
+    time.sleep(1.1)  # credentials carry whole seconds
+    page.on("dialog", lambda dialog: dialog.accept())
+    page.goto(fleet.hub.api + "/#/edges/edge-a")
+    page.click("#rotate")
+    wait_until(lambda: json.loads(enrolment.read_text())["credential"] != old, "a new credential")
+    before = fleet.rows()["edge-a"]["deltas"]
+    wait_until(lambda: fleet.rows()["edge-a"]["deltas"] > before, "edge-a syncing again")
+    expect(page.locator("#edge-status")).to_have_text("online")
+    assert page_errors == []
+
+
 def test_an_entity_lookup_and_its_pathrag_paths(
     fleet: Fleet, page: Page, page_errors: list[str]
 ) -> None:

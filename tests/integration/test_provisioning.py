@@ -13,6 +13,8 @@ import stat
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -217,6 +219,40 @@ def test_tampered_and_revoked_credentials_are_refused_and_revoke_cuts_the_link(
         lambda: metric(device.api, "semstreams_sync_refused_total", 'reason="welcome"') > 0,
         "the device to be refused",
     )
+
+
+def test_a_rotated_credential_is_refused_and_the_device_gets_a_new_one_with_its_key(
+    hub: AgentProcess, edge: EdgeFactory, tmp_path: Path
+) -> None:
+    edge("rotating", claim=claim_token(hub))
+    wait_until(lambda: synced(hub, "rotating"), "sync")
+    enrolment = tmp_path / "rotating-state" / "provisioning" / "enrolment.json"
+    old = json.loads(enrolment.read_text())["credential"]
+    assert _hello(hub, "rotating", old).accepted
+    time.sleep(1.1)  # credentials carry whole seconds: the rotation is after this one
+    status, device = http_json(f"{hub.api}/devices/rotating/rotate", b"{}")
+    assert status == 200 and device["credentials_after"] > 0
+    # The copied credential is refused at hello and at renewal...
+    welcome = _hello(hub, "rotating", old)
+    assert (welcome.accepted, welcome.reason) == (
+        False,
+        "credential rotated: enrol again with the device key",
+    )
+    renewal = urllib.request.Request(
+        f"{hub.api}/enrol/renew",
+        data=b'{"device_id": "rotating"}',
+        headers={"Authorization": f"Bearer {old}", "Content-Type": "application/json"},
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(renewal, timeout=5)
+    assert refused.value.code == 401
+    # ...while the device, which holds its key, enrols again and syncs on.
+    wait_until(
+        lambda: json.loads(enrolment.read_text())["credential"] != old, "a new credential", 30
+    )
+    applied = lambda: {e["edge_id"]: e for e in http_json(f"{hub.api}/edges")[1]}  # noqa: E731
+    before = applied()["rotating"]["batches_applied"]
+    wait_until(lambda: applied()["rotating"]["batches_applied"] > before, "sync after rotation")
 
 
 def test_devices_from_one_state_template_get_distinct_identities(

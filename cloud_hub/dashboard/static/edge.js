@@ -43,7 +43,8 @@ export function edgeView(edgeId) {
       fact("Dead letters (since the agent started)", num(edge.dead_letters)));
     show(actions,
       h("button", { type: "button", onclick: () => action("approve"), disabled: edge.status !== "pending" && edge.status !== "revoked" }, "Approve"),
-      h("button", { type: "button", class: "danger", onclick: () => action("revoke"), disabled: edge.status === "revoked" }, "Revoke"));
+      h("button", { type: "button", class: "danger", onclick: () => action("revoke"), disabled: edge.status === "revoked" }, "Revoke"),
+      h("button", { type: "button", id: "rotate", onclick: () => action("rotate"), disabled: edge.status === "pending" || edge.status === "revoked" }, "Rotate credential"));
     const t = history.t;
     const made = [
       chart("Throughput (events/s)", t, { "events/s": history.events_per_s }, ""),
