@@ -21,6 +21,7 @@ from cloud_hub.dashboard.history import read_history
 from cloud_hub.dashboard.service import MAX_STREAMS, Dashboard
 from cloud_hub.graph import fleet
 from edge_agent.api.views import ServiceCore, error, json_response
+from edge_agent.config import Config
 
 __all__ = ["STATIC", "dashboard_routes"]
 
@@ -48,6 +49,7 @@ class DashboardHost(ServiceCore, Protocol):
     """What the dashboard's routes need from the running hub."""
 
     dashboard: Dashboard
+    config: Config
 
     async def hub_state(self) -> dict[str, Any]:
         """The hub's own health: NATS, the log, the materialiser."""
@@ -99,7 +101,30 @@ async def edge_detail(request: Request) -> Response:
                 "state": fleet.edge_states(db).get(edge_id, {}),
             }
 
-    return json_response({"edge": row, **await run_in_threadpool(read)})
+    device = await run_in_threadpool(host.dashboard.device, edge_id)
+    return json_response(
+        {"edge": row, "config": _config_summary(host, device), **await run_in_threadpool(read)}
+    )
+
+
+def _config_summary(host: DashboardHost, device: dict[str, Any] | None) -> dict[str, Any]:
+    """What the hub knows of the edge's setup: its enrolment (key, hardware, group) and
+    the sync settings enrolled devices are given; or that it links with a static token."""
+    if device is None:
+        return {"enrolled": False, "credential": "static token (websocket_input.devices)"}
+    given = host.config.provisioning
+    return {
+        "enrolled": True,
+        "key_fingerprint": device.get("fingerprint"),
+        "group": device.get("group"),
+        "hostname": device.get("hostname"),
+        "hardware": device.get("hardware"),
+        "enrolled_at": device.get("enrolled_at"),
+        "credentials_after": device.get("credentials_after"),
+        "credential_ttl_s": float(given.credential_ttl),
+        "sync_filters": given.filters,
+        "max_bytes_per_second": int(given.max_bytes_per_second),
+    }
 
 
 async def hub_state(request: Request) -> Response:

@@ -111,6 +111,11 @@ class Dashboard:
             linked=linked,
         )
 
+    def device(self, edge_id: str) -> dict[str, Any] | None:
+        """The registry's record of ``edge_id`` (``None``: not enrolled, e.g. a static
+        token in ``websocket_input.devices``)."""
+        return next((dict(d) for d in self._devices() if d.get("id") == edge_id), None)
+
     def rows(self) -> list[dict[str, Any]]:
         """The fleet now, one row per edge (blocking: call from a thread)."""
         return self._store.database.read(

@@ -24,7 +24,7 @@ export function edgeView(edgeId) {
   async function load() {
     const detail = await attempt(`loading ${edgeId}`, () => api(`/dashboard/edges/${encodeURIComponent(edgeId)}`));
     if (!detail) return;
-    const { edge, history, state } = detail;
+    const { edge, history, state, config } = detail;
     show(facts,
       fact("Status", h("span", { class: `badge ${edge.status}`, id: "edge-status" }, edge.status)),
       fact("Why", edge.reasons.length ? edge.reasons.join("; ") : "–"),
@@ -40,7 +40,12 @@ export function edgeView(edgeId) {
       fact("CPU / memory / disk", `${num(edge.cpu_percent, " %")} / ${num(edge.memory_percent, " %")} / ${num(edge.disk_percent, " %")}`),
       fact("Temperature", num(edge.temperature_c, " °C", 1)),
       fact("Outbox backlog", `${num(edge.backlog_entities)} entities, ${bytes(edge.backlog_bytes)}`),
-      fact("Dead letters (since the agent started)", num(edge.dead_letters)));
+      fact("Dead letters (since the agent started)", num(edge.dead_letters)),
+      fact("Credential", config.enrolled
+        ? `enrolled key ${config.key_fingerprint}, valid ${num(config.credential_ttl_s / 86400)} d, renewed by the device`
+        : config.credential),
+      config.enrolled ? fact("Hardware", Object.entries(config.hardware || {}).map(([k, v]) => `${k}: ${v}`).join(", ") || "–") : null,
+      config.enrolled ? fact("Sync settings given", `filters ${JSON.stringify(config.sync_filters)}, rate cap ${config.max_bytes_per_second ? bytes(config.max_bytes_per_second) + "/s" : "none"}`) : null);
     show(actions,
       h("button", { type: "button", onclick: () => action("approve"), disabled: edge.status !== "pending" && edge.status !== "revoked" }, "Approve"),
       h("button", { type: "button", class: "danger", onclick: () => action("revoke"), disabled: edge.status === "revoked" }, "Revoke"),
