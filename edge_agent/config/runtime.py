@@ -59,7 +59,7 @@ def change_graph_settings(settings: GraphSettings, changes: dict[str, Any]) -> G
 
 
 def _set(settings: GraphSettings, path: tuple[str, ...], value: Any) -> GraphSettings:
-    raw = msgspec.to_builtins(settings)
+    raw = msgspec.to_builtins(settings, enc_hook=_plain)
     node = raw
     for step in path[:-1]:
         node = node[step]
@@ -67,9 +67,18 @@ def _set(settings: GraphSettings, path: tuple[str, ...], value: Any) -> GraphSet
     return msgspec.convert(raw, GraphSettings, dec_hook=decode_hook)
 
 
+def _plain(value: Any) -> Any:
+    """Durations and sizes (float and int subclasses) as the plain numbers they are."""
+    if isinstance(value, float):
+        return float(value)
+    if isinstance(value, int):
+        return int(value)
+    raise NotImplementedError(f"cannot encode {type(value).__name__}")
+
+
 def runtime_values(settings: GraphSettings) -> dict[str, Any]:
     """The current value of every run-time key, by its short name."""
-    raw = msgspec.to_builtins(settings)
+    raw = msgspec.to_builtins(settings, enc_hook=_plain)
     values = {}
     for key, path in RUNTIME_KEYS.items():
         node = raw
