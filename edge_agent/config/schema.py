@@ -147,6 +147,8 @@ class QuerierConfig(Section, frozen=True):
 
     cache_enabled: bool = True
     max_cache_size: Annotated[int, msgspec.Meta(ge=0, le=10_000_000)] = 10_000
+    #: The cache's memory bound (results as JSON bytes, plus their dependency index).
+    max_cache_bytes: ByteSize = ByteSize(32 << 20)
 
 
 class GraphSettings(Section, frozen=True):

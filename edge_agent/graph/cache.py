@@ -27,11 +27,16 @@ class QueryCache:
 
     Args:
         max_size: the most entries kept; 0 disables the cache.
+        max_bytes: the most bytes the entries may add up to (as their callers size
+            them); a result over a quarter of it is not cached. 0: no byte bound.
     """
 
-    def __init__(self, max_size: int) -> None:
+    def __init__(self, max_size: int, max_bytes: int = 0) -> None:
         self.max_size = max_size
-        self._entries: OrderedDict[Hashable, tuple[Any, frozenset[str]]] = OrderedDict()
+        self.max_bytes = max_bytes
+        #: What the cached entries weigh, in bytes.
+        self.bytes = 0
+        self._entries: OrderedDict[Hashable, tuple[Any, frozenset[str], int]] = OrderedDict()
         self._by_entity: dict[str, set[Hashable]] = {}
         self._generation = 0
         self._recent: deque[tuple[int, frozenset[str]]] = deque(maxlen=_RECENT_WRITES)
@@ -54,8 +59,16 @@ class QueryCache:
         with self._lock:
             return self._generation
 
-    def put(self, key: Hashable, value: Any, depends_on: frozenset[str], token: int) -> bool:
-        """Cache a result unless a write since ``token`` touched what it depends on.
+    def put(
+        self,
+        key: Hashable,
+        value: Any,
+        depends_on: frozenset[str],
+        token: int,
+        size: int = 0,
+    ) -> bool:
+        """Cache a result of ``size`` bytes unless a write since ``token`` touched what
+        it depends on, or it is too large.
 
         Returns:
             Whether the result was cached.
@@ -64,16 +77,24 @@ class QueryCache:
             if (
                 self.max_size == 0
                 or len(depends_on) > MAX_DEPENDENCIES
+                or (self.max_bytes and size > self.max_bytes // 4)
                 or self._written_since(token, depends_on)
             ):
                 return False
             self._drop(key)
-            self._entries[key] = (value, depends_on)
+            self._entries[key] = (value, depends_on, size)
+            self.bytes += size
             for entity_id in depends_on:
                 self._by_entity.setdefault(entity_id, set()).add(key)
-            while len(self._entries) > self.max_size:
-                self._drop(next(iter(self._entries)))
+            self._evict()
             return True
+
+    def _evict(self) -> None:
+        """Drop the least recently used entries until within both bounds."""
+        while self._entries and (
+            len(self._entries) > self.max_size or (self.max_bytes and self.bytes > self.max_bytes)
+        ):
+            self._drop(next(iter(self._entries)))
 
     def invalidate(self, entity_ids: Iterable[str]) -> int:
         """Forget every result that depends on one of ``entity_ids``; returns how many."""
@@ -90,8 +111,7 @@ class QueryCache:
         """Change the size limit, evicting the least recently used entries."""
         with self._lock:
             self.max_size = max_size
-            while len(self._entries) > max_size:
-                self._drop(next(iter(self._entries)))
+            self._evict()
 
     def _written_since(self, token: int, depends_on: frozenset[str]) -> bool:
         if token == self._generation:
@@ -104,6 +124,7 @@ class QueryCache:
         entry = self._entries.pop(key, None)
         if entry is None:
             return
+        self.bytes -= entry[2]
         for entity_id in entry[1]:
             keys = self._by_entity.get(entity_id)
             if keys is not None:

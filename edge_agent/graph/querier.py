@@ -34,6 +34,8 @@ from edge_agent.tracing import span
 
 __all__ = ["QUERY_NAMES", "QUERY_REQUESTS", "Querier"]
 
+#: Roughly what one dependency costs in the cache's index (an id and set slots).
+_DEPENDENCY_BYTES = 96
 _encoder = msgspec.json.Encoder()
 _T = TypeVar("_T")
 
@@ -66,6 +68,7 @@ class Querier:
         metrics: counts cache requests and hits.
         cache_enabled: ``graph.config.querier.cache_enabled``.
         max_cache_size: ``graph.config.querier.max_cache_size``.
+        max_cache_bytes: ``graph.config.querier.max_cache_bytes``.
         clock: monotonic clock for PathRAG timeouts.
     """
 
@@ -77,13 +80,14 @@ class Querier:
         metrics: Metrics,
         cache_enabled: bool = True,
         max_cache_size: int = 10_000,
+        max_cache_bytes: int = 32 << 20,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._store = store
         self.indexes = indexes
         self._metrics = metrics
         self.cache_enabled = cache_enabled
-        self.cache = QueryCache(max_cache_size)
+        self.cache = QueryCache(max_cache_size, max_cache_bytes)
         self._clock = clock
 
     def handle(self, name: str, body: bytes) -> tuple[int, bytes]:
@@ -210,7 +214,9 @@ class Querier:
             return hit
         token = self.cache.token()
         value, depends_on = run(request)
-        self.cache.put(key, value, depends_on, token)
+        # What the entry weighs: its key, its result as JSON, its dependency index.
+        size = len(key[1]) + len(_encoder.encode(value)) + _DEPENDENCY_BYTES * len(depends_on)
+        self.cache.put(key, value, depends_on, token, size)
         return value
 
 

@@ -73,6 +73,7 @@ class GraphService:
             metrics=self._metrics,
             cache_enabled=settings.querier.cache_enabled,
             max_cache_size=settings.querier.max_cache_size,
+            max_cache_bytes=int(settings.querier.max_cache_bytes),
         )
 
     async def stop(self) -> None:

@@ -206,3 +206,14 @@ def test_cache_lru_eviction_and_write_race() -> None:
     assert not cache.put("e", "E", frozenset(["e"]), token)
     cache.resize(1)
     assert len(cache) == 1
+
+
+def test_the_cache_keeps_within_its_byte_bound_and_skips_outsized_results() -> None:
+    cache = QueryCache(max_size=1000, max_bytes=1000)
+    for n in range(10):
+        assert cache.put(("q", n), {"n": n}, frozenset({f"e{n}"}), cache.token(), size=200)
+    assert cache.bytes <= 1000 and len(cache) == 5
+    assert cache.get(("q", 0)) is None and cache.get(("q", 9)) == {"n": 9}  # LRU went first
+    assert not cache.put(("big",), "x", frozenset(), cache.token(), size=251)  # > a quarter
+    cache.invalidate({"e9"})
+    assert cache.bytes == 800 and cache.get(("q", 9)) is None
