@@ -69,6 +69,8 @@ class UnknownEntity(LookupError):
 
 
 _FRONTIER_CHUNK = 64
+#: How often (in SQLite virtual machine steps) a running statement checks the deadline.
+_PROGRESS_STEPS = 10_000
 _OUT = "SELECT subject, object, weight FROM edges WHERE subject IN ({ids}){predicates}"
 _IN = "SELECT object, subject, weight FROM edges WHERE object IN ({ids}){predicates}"
 
@@ -92,6 +94,24 @@ def run_path_query(
     if not _types(db, [query.start_entity]):
         raise UnknownEntity(query.start_entity)
     search = _Search(db, query, deadline=clock() + query.timeout)
+    # Inside a chunk too: a statement reading a hub node's thousands of edges is cut at
+    # the deadline (SQLite calls this every _PROGRESS_STEPS virtual machine steps).
+    db.set_progress_handler(lambda: int(clock() > search.deadline), _PROGRESS_STEPS)
+    try:
+        _walk(search, query, clock)
+    finally:
+        db.set_progress_handler(None, 0)
+    return _result(
+        db,
+        best=search.best,
+        path=search.path,
+        visited=search.visited,
+        truncated=search.truncated,
+        max_paths=query.max_paths,
+    )
+
+
+def _walk(search: _Search, query: PathQuery, clock: Callable[[], float]) -> None:
     frontier = {query.start_entity: 1.0}
     for _ in range(query.max_depth):
         improved: dict[str, float] = {}
@@ -102,18 +122,16 @@ def run_path_query(
             if search.full or clock() > search.deadline:
                 search.truncated = True
                 break
-            search.expand({node: frontier[node] for node in chunk}, improved)
+            try:
+                search.expand({node: frontier[node] for node in chunk}, improved)
+            except sqlite3.OperationalError as exc:
+                if "interrupted" not in str(exc):
+                    raise
+                search.truncated = True  # the deadline passed inside this chunk
+                break
         frontier = improved
         if not frontier or search.truncated:
             break
-    return _result(
-        db,
-        best=search.best,
-        path=search.path,
-        visited=search.visited,
-        truncated=search.truncated,
-        max_paths=query.max_paths,
-    )
 
 
 class _Search:

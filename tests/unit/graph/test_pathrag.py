@@ -112,3 +112,22 @@ def test_a_full_answer_keeps_the_strongest_neighbours(tmp_path: Path) -> None:
     kept = sorted(result.scores.values(), reverse=True)[1:]
     strongest = sorted((0.8 * w for _, _, w in spokes), reverse=True)[:10]
     assert kept == pytest.approx(strongest)
+
+
+def test_the_deadline_cuts_a_statement_reading_a_hub_nodes_edges(tmp_path: Path) -> None:
+    store = GraphStore(tmp_path / "hub.db", origin="e", indexes=IndexesConfig())
+    store.position("c", "s")
+    events = [
+        node("hub", "relay", *[("link", f"S{b}-{i}", 1.0) for i in range(200)]) for b in range(100)
+    ]
+    store.apply(list(enumerate(events, 1)), consumer="c", now_ms=0)
+    db = sqlite3.connect(store.path)
+    query = PathQuery(start_entity="hub", max_depth=1, max_nodes=100_000, timeout=1.0)
+    assert len(run_path_query(db, query).scores) == 20_001
+    # The clock passes the deadline once the walk has begun: only SQLite's progress
+    # handler can see it, in the middle of the one statement that reads the 20,000 edges.
+    ticks = iter([0.0, 0.0])
+    cut = run_path_query(db, query, clock=lambda: next(ticks, 10.0))
+    assert cut.truncated is True and len(cut.scores) < 20_001
+    # The connection is left as it was: the next query runs whole.
+    assert len(run_path_query(db, query).scores) == 20_001
