@@ -78,6 +78,9 @@ class Dashboard:
         self._task: asyncio.Task[None] | None = None
         self._snapshot: bytes = b""
         self._snapshot_at = -_SNAPSHOT_TTL_S
+        #: Bumped when the fleet's content changed (not merely the snapshot's time).
+        self._version = 0
+        self._content = b""
         self._lock = asyncio.Lock()
         self.streams = 0
 
@@ -133,20 +136,25 @@ class Dashboard:
             now = time.monotonic()
             if now - self._snapshot_at >= _SNAPSHOT_TTL_S:
                 rows = await asyncio.to_thread(self.rows)
-                body = {"at": self._clock(), "summary": fleet_summary(rows), "edges": rows}
-                self._snapshot, self._snapshot_at = _json.encode(body), now
+                content = {"summary": fleet_summary(rows), "edges": rows}
+                encoded = _json.encode(content)
+                if encoded != self._content:
+                    self._content, self._version = encoded, self._version + 1
+                self._snapshot = _json.encode({"at": self._clock(), **content})
+                self._snapshot_at = now
             return self._snapshot
 
     async def events(self, is_disconnected: Callable[[], Any]) -> AsyncIterator[bytes]:
-        """Server-sent events: ``fleet`` with each changed snapshot, comments between."""
+        """Server-sent events: ``fleet`` when the fleet changed (an idle fleet sends
+        nothing new), comments between."""
         self.streams += 1
         try:
-            sent, quiet = b"", 0.0
+            sent, quiet = -1, 0.0
             while not await is_disconnected():
                 body = await self.snapshot()
-                if body != sent:
+                if self._version != sent:
                     yield b"event: fleet\ndata: " + body + b"\n\n"
-                    sent, quiet = body, 0.0
+                    sent, quiet = self._version, 0.0
                 elif quiet >= _KEEPALIVE_S:
                     yield b": keepalive\n\n"
                     quiet = 0.0

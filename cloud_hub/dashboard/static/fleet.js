@@ -144,5 +144,7 @@ export function fleetView() {
       h("label", { for: "filter-text" }, "Search"), textFilter),
     bulk, h("div", { class: "scroll" }, table));
   render();
-  return { element, title: "Fleet", view: "fleet", onFleet };
+  // The stream sends only changes; "last seen" ages between them.
+  const timer = setInterval(render, 10000);
+  return { element, title: "Fleet", view: "fleet", onFleet, close: () => clearInterval(timer) };
 }
