@@ -1,24 +1,22 @@
 // The dashboard's shell: one live stream of the fleet, and a view per #/ fragment.
 import { report } from "./api.js";
-import { edgeView } from "./edge.js";
-import { enrolmentView } from "./enrolment.js";
 import { fleetView } from "./fleet.js";
-import { graphView } from "./graph.js";
-import { hubView } from "./hub.js";
 
+// The other views load when first opened: the fleet, the first page most people see,
+// does not wait for the chart and graph libraries.
 const routes = [
-  [/^#\/edges\/(.+)$/, (m) => edgeView(decodeURIComponent(m[1]))],
-  [/^#\/enrolment$/, () => enrolmentView()],
-  [/^#\/graph(?:\/(.+))?$/, (m) => graphView(m[1] ? decodeURIComponent(m[1]) : "")],
-  [/^#\/hub$/, () => hubView()],
-  [/^(#\/?)?$/, () => fleetView()],
+  [/^#\/edges\/(.+)$/, async (m) => (await import("./edge.js")).edgeView(decodeURIComponent(m[1]))],
+  [/^#\/enrolment$/, async () => (await import("./enrolment.js")).enrolmentView()],
+  [/^#\/graph(?:\/(.+))?$/, async (m) => (await import("./graph.js")).graphView(m[1] ? decodeURIComponent(m[1]) : "")],
+  [/^#\/hub$/, async () => (await import("./hub.js")).hubView()],
+  [/^(#\/?)?$/, async () => fleetView()],
 ];
 
 /** The newest fleet snapshot, and the view listening to it. */
 export const live = { snapshot: null, listener: null };
 let current = null;
 
-function route() {
+async function route() {
   const hash = window.location.hash;
   for (const [pattern, make] of routes) {
     const match = hash.match(pattern);
@@ -26,7 +24,12 @@ function route() {
     if (current && current.close) current.close();
     report("");
     live.listener = null;
-    current = make(match);
+    const made = await make(match);
+    if (window.location.hash !== hash) {  // another view was asked for meanwhile
+      if (made.close) made.close();
+      return;
+    }
+    current = made;
     const main = document.getElementById("main");
     main.replaceChildren(current.element);
     document.title = `${current.title} · SemStreams hub`;
