@@ -8,6 +8,7 @@ import logging
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 import nats
@@ -138,15 +139,19 @@ async def connect(
         if on_resync:
             on_resync()
 
+    refused: asyncio.Future[Exception] = asyncio.get_running_loop().create_future()
+
     async def error(exc: Exception) -> None:
         log.warning("nats error: %s", exc)
+        if not connection and _refusal(exc) and not refused.done():
+            refused.set_result(exc)  # before the first connection: retrying won't help
         if isinstance(exc, nats.errors.SlowConsumerError) and on_resync:
             on_resync()
 
     if config.nkey_seed:
         check_private(config.nkey_seed, "nats.nkey_seed")
-    try:
-        client = await nats.connect(
+    connecting = asyncio.ensure_future(
+        nats.connect(
             servers=urls,
             name=name,
             max_reconnect_attempts=config.max_reconnect,
@@ -158,10 +163,31 @@ async def connect(
             reconnected_cb=reconnected,
             error_cb=error,
         )
-        connection.append(client)
-        return client
+    )
+    try:
+        waiting: set[asyncio.Future[Any]] = {connecting, refused}
+        await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        if not connecting.done():
+            raise NatsServerError(
+                f"NATS at {', '.join(urls)} refused this client: {refused.result()}"
+                " (check nats.nkey_seed and nats.tls)"
+            )
+        client = connecting.result()
     except (nats.errors.Error, OSError, TimeoutError) as exc:
         raise NatsServerError(f"cannot connect to NATS at {', '.join(urls)}: {exc}") from exc
+    finally:
+        if not connecting.done():
+            connecting.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await connecting
+    connection.append(client)
+    return client
+
+
+def _refusal(exc: Exception) -> bool:
+    """A server's answer that no retry will change: bad credentials, or a certificate
+    this client does not trust (or the server does not accept)."""
+    return isinstance(exc, ssl.SSLError) or "authorization violation" in str(exc).lower()
 
 
 async def ensure_stream(

@@ -23,7 +23,7 @@ import nkeys
 import pytest
 
 from edge_agent.config import NatsConfig, TlsConfig
-from edge_agent.errors import ConfigError
+from edge_agent.errors import ConfigError, NatsServerError
 from edge_agent.nats.client import connect
 from edge_agent.nats.server import nats_server_binary
 from tests.certs import self_signed
@@ -151,3 +151,16 @@ async def test_an_agent_with_the_seeds_settings_runs_and_ingests(
             return (await client.get("/graph/entities/nk-1")).status_code == 200
 
         await wait_for(applied, what="the event through the authenticated server")
+
+
+async def test_the_agents_connect_fails_at_once_with_the_reason_when_refused(
+    server: Server, tmp_path: Path
+) -> None:
+    assert await _connects(server, server.seed, server.cert)  # the server is up
+    stranger, _ = user_seed(tmp_path, "intruder")
+    other_ca, _ = self_signed(tmp_path)
+    for seed, ca in ((stranger, server.cert), (server.seed, other_ca)):
+        settings = server.settings(seed, ca)
+        with pytest.raises(NatsServerError, match="refused this client"):
+            # Not retried forever: credentials or a certificate no retry will change.
+            await asyncio.wait_for(connect(settings, [server.url], name="test"), 15)
