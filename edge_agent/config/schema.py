@@ -490,7 +490,7 @@ class ProvisioningConfig(Section, frozen=True):
     max_bytes_per_second: ByteSize = ByteSize(0)
     pending_ttl: Duration = Duration(86400.0)
     max_pending: Positive = 1000
-    enrol_requests_per_minute: Positive = 60
+    enrol_requests_per_minute: Positive = 300
 
 
 class Config(Section, frozen=True):

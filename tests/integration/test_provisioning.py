@@ -35,7 +35,13 @@ CREDENTIAL_TTL = "9s"
 def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProcess]:
     process = hub_process(
         tmp_path_factory.mktemp("hub"),
-        provisioning={"enabled": True, "advertise": False, "credential_ttl": CREDENTIAL_TTL},
+        # Every device here enrols from 127.0.0.1; the rate limit has its own test.
+        provisioning={
+            "enabled": True,
+            "advertise": False,
+            "credential_ttl": CREDENTIAL_TTL,
+            "enrol_requests_per_minute": 100_000,
+        },
     )
     process.start()
     yield process
