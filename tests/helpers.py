@@ -90,6 +90,17 @@ def make_config(state_dir: Path, **sections: Any) -> Config:
     return load_config_bytes(json.dumps(config_dict(state_dir, **sections)).encode())
 
 
+def wait_until(
+    check: Callable[[], bool], what: str, timeout: float = 30.0, interval: float = 0.1
+) -> float:
+    """Poll ``check`` until it is true, or fail naming ``what``; the seconds it took."""
+    start = time.monotonic()
+    while not check():
+        assert time.monotonic() - start < timeout, f"timed out waiting for {what}"
+        time.sleep(interval)
+    return time.monotonic() - start
+
+
 async def wait_for(
     check: Callable[[], Awaitable[bool]], timeout: float = 30.0, what: str = "condition"
 ) -> None:

@@ -14,7 +14,7 @@ import os
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from tests.browser.harness import axe_violations
-from tests.helpers import JWT_SECRET, AgentProcess, config_dict, http_json, token
+from tests.helpers import JWT_SECRET, AgentProcess, config_dict, http_json, token, wait_until
 from tests.integration.sync_harness import hub_process
 
 pytestmark = pytest.mark.slow
@@ -94,14 +94,6 @@ class Fleet:
         for process in [*self.edges.values(), self.hub]:
             if process.proc is not None and process.proc.poll() is None:
                 process.kill()
-
-
-def wait_until(check: Callable[[], bool], what: str, timeout: float = 30.0) -> float:
-    start = time.monotonic()
-    while not check():
-        assert time.monotonic() - start < timeout, f"timed out waiting for {what}"
-        time.sleep(0.2)
-    return time.monotonic() - start
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import msgspec
@@ -31,7 +31,7 @@ from edge_agent.sync.frames import (
     decode_frame,
     encode_frame,
 )
-from tests.helpers import AgentProcess, http_json
+from tests.helpers import AgentProcess, http_json, wait_until
 from tests.integration.sync_harness import hub_process, metric
 
 pytestmark = pytest.mark.slow
@@ -193,7 +193,12 @@ def test_a_replayed_seq_is_acked_and_changes_nothing(hub: AgentProcess) -> None:
         answer = _answer(ws)
         assert isinstance(answer, Nack) and answer.reason.startswith("out of order")
     # The graph follows the log (the materialiser): wait for the first batch to show.
-    _until(lambda: http_json(f"{hub.api}/graph/entities/R-1")[0] == 200)
+    wait_until(
+        lambda: http_json(f"{hub.api}/graph/entities/R-1")[0] == 200,
+        "the hub to show it",
+        timeout=10.0,
+        interval=0.05,
+    )
     _, entity = http_json(f"{hub.api}/graph/entities/R-1")
     assert (entity["version"], entity["properties"]["battery"]) == (1, 50)
     assert (
@@ -264,27 +269,30 @@ def _conflict_kinds(hub: AgentProcess, entity: str) -> dict[str, set[str]]:
     return kinds
 
 
-def _until(check: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "the hub never showed it"
-        time.sleep(0.05)
-
-
 def test_a_compromised_edge_cannot_overwrite_erase_or_mask_another_edges_entity(
     hub: AgentProcess,
 ) -> None:
     victim = f"B-{secrets.token_hex(4)}"
     now = int(time.time() * 1000)
     _send_acked(hub, "edge-b", _reading(victim, 3, now, battery=80.0))
-    _until(lambda: http_json(f"{hub.api}/graph/entities/{victim}")[0] == 200)
+    wait_until(
+        lambda: http_json(f"{hub.api}/graph/entities/{victim}")[0] == 200,
+        "the hub to show it",
+        timeout=10.0,
+        interval=0.05,
+    )
 
     # edge-a has valid credentials and hostile intent: a replace, then a delete.
     takeover = EntityDelta(victim, "drone", 1000, now + 1, 3, replace=True)
     erase = EntityDelta(victim, "drone", 1001, now + 2, 3, deleted=True)
     _send_acked(hub, "edge-a", takeover)
     _send_acked(hub, "edge-a", erase)
-    _until(lambda: "foreign_delete" in _conflict_kinds(hub, victim))
+    wait_until(
+        lambda: "foreign_delete" in _conflict_kinds(hub, victim),
+        "the hub to show it",
+        timeout=10.0,
+        interval=0.05,
+    )
     entity = _hub_entity(hub, victim)
     assert entity["properties"] == {"battery": 80.0}, "edge-a erased edge-b's reading"
     assert set(entity["provenance"]) == {"edge-b"}
@@ -292,7 +300,12 @@ def test_a_compromised_edge_cannot_overwrite_erase_or_mask_another_edges_entity(
     # Then a reading stamped a day ahead: the hub clamps it to its own clock plus the
     # allowed skew, so it wins for that long at most, and is listed.
     _send_acked(hub, "edge-a", _reading(victim, 1002, now + DAY_MS, battery=0.0))
-    _until(lambda: "future_timestamp" in _conflict_kinds(hub, victim))
+    wait_until(
+        lambda: "future_timestamp" in _conflict_kinds(hub, victim),
+        "the hub to show it",
+        timeout=10.0,
+        interval=0.05,
+    )
     assert _conflict_kinds(hub, victim) == {
         "foreign_delete": {"edge-a"},
         "future_timestamp": {"edge-a"},
@@ -300,7 +313,12 @@ def test_a_compromised_edge_cannot_overwrite_erase_or_mask_another_edges_entity(
     assert _hub_entity(hub, victim)["provenance"]["edge-b"]["properties"] == {"battery": 80.0}
     time.sleep(CLOCK_SKEW_S + 0.5)
     _send_acked(hub, "edge-b", _reading(victim, 4, int(time.time() * 1000), battery=70.0))
-    _until(lambda: _hub_entity(hub, victim)["properties"] == {"battery": 70.0})
+    wait_until(
+        lambda: _hub_entity(hub, victim)["properties"] == {"battery": 70.0},
+        "the hub to show it",
+        timeout=10.0,
+        interval=0.05,
+    )
     assert set(_hub_entity(hub, victim)["provenance"]) == {"edge-a", "edge-b"}
 
 
@@ -318,7 +336,12 @@ def test_numbers_sqlite_cannot_hold_are_refused_and_never_stall_the_hub(
     # Such a message already in the log (from an older hub) is skipped, not retried forever.
     asyncio.run(_append_raw(hub.nats_url, "edge-b", huge))
     _send_acked(hub, "edge-b", _reading("after-huge", 1, int(time.time() * 1000), battery=5.0))
-    _until(lambda: http_json(f"{hub.api}/graph/entities/after-huge")[0] == 200)
+    wait_until(
+        lambda: http_json(f"{hub.api}/graph/entities/after-huge")[0] == 200,
+        "the hub to show it",
+        timeout=10.0,
+        interval=0.05,
+    )
     assert http_json(f"{hub.api}/graph/entities/H-1")[0] == 404
 
 
