@@ -15,7 +15,7 @@ from starlette.routing import BaseRoute, Route
 
 from cloud_hub.provision.registry import ClaimError, Status
 from cloud_hub.provision.service import Enrolment
-from edge_agent.api.security import retry_after
+from edge_agent.api.security import over_rate
 from edge_agent.api.views import error, json_response, read_body
 from edge_agent.config.units import Duration
 from edge_agent.errors import AuthError
@@ -57,13 +57,8 @@ def _sync_url(request: Request) -> str:
 def _over_rate(request: Request) -> Response | None:
     """The 429 for a source address past its enrolment rate, else ``None``."""
     address = request.client.host if request.client else "unknown"
-    wait = _service(request).limiter.acquire(address, time.monotonic())
-    if wait <= 0:
-        return None
-    seconds = retry_after(wait)
-    return error(
-        429, f"too many enrolment requests; retry in {seconds} s", {"Retry-After": str(seconds)}
-    )
+    limiter = _service(request).limiter
+    return over_rate(limiter, address, time.monotonic(), "too many enrolment requests")
 
 
 async def challenge(request: Request) -> Response:

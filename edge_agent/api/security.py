@@ -47,6 +47,7 @@ __all__ = [
     "SecurityMiddleware",
     "bearer_token",
     "is_open",
+    "over_rate",
     "required_scope",
     "retry_after",
     "security_middleware",
@@ -235,6 +236,18 @@ def token_scopes(claims: dict[str, Any]) -> frozenset[str]:
     return frozenset()
 
 
+def over_rate(limiter: RateLimiter, key: str, now: float, what: str) -> Response | None:
+    """The 429 (``what``, then when to retry, and ``Retry-After``) when ``key`` is past
+    its rate; ``None`` lets the request through (and spends its token)."""
+    wait = limiter.acquire(key, now)
+    if wait <= 0:
+        return None
+    seconds = retry_after(wait)
+    return JSONResponse(
+        {"error": f"{what}; retry in {seconds} s"}, 429, {"Retry-After": str(seconds)}
+    )
+
+
 def is_open(path: str, prefixes: Sequence[str]) -> bool:
     """Whether ``path`` lies under one of ``prefixes``, in whole segments.
 
@@ -345,18 +358,13 @@ class SecurityMiddleware:
             return None
         sub = claims.get("sub") if claims else None
         key = f"sub:{sub}" if isinstance(sub, str) and sub else f"ip:{client}"
-        wait = self._limiter.acquire(key, self._clock())
-        if wait <= 0:
+        refusal = over_rate(self._limiter, key, self._clock(), "rate limit exceeded")
+        if refusal is None:
             return None
         self._metrics.rate_limited.inc()
-        seconds = retry_after(wait)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("< 429 %s %s: over the rate limit", key, scope["path"])
-        return JSONResponse(
-            {"error": f"rate limit exceeded; retry in {seconds} s"},
-            429,
-            {"Retry-After": str(seconds)},
-        )
+        return refusal
 
     def _unauthorized(self, scope: Scope, client: str, failure: AuthError) -> Response:
         """The 401: JSON for API clients, the sign-in page for a browser's page load."""
