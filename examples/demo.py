@@ -18,7 +18,6 @@ Everything binds to 127.0.0.1 (mDNS is off). Ctrl-C stops everything.
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import signal
 import subprocess
@@ -28,6 +27,8 @@ import time
 import urllib.request
 from pathlib import Path
 from typing import Any
+
+from edge_agent.private_files import write_private
 
 STATE = Path(".demo-state")
 HUB_PORT = 8080
@@ -42,13 +43,6 @@ FLAKY = "demo-edge-2"
 SLOW = "demo-edge-3"
 FLAKY_UP_S, FLAKY_DOWN_S = 80.0, 40.0
 LOGGING = {"level": "INFO", "format": "text", "output": "stderr"}
-
-
-def _write_private(path: Path, data: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as file:
-        file.write(data)
 
 
 def _hub_config(tokens: dict[str, str]) -> dict[str, Any]:
@@ -113,7 +107,8 @@ def _enrolling_edge() -> dict[str, Any]:
     """A device that asks the hub to enrol it, with no claim token: it waits, pending."""
     edge, api, nats, first = PENDING
     boot = STATE / f"{edge}-provision.json"
-    _write_private(boot, json.dumps({"claim_token": "", "hub_url": f"http://127.0.0.1:{HUB_PORT}"}))
+    boot_file = {"claim_token": "", "hub_url": f"http://127.0.0.1:{HUB_PORT}"}
+    write_private(boot, json.dumps(boot_file).encode())
     config = _edge_config(edge, api, nats, first)
     config["provisioning"] = {
         "enabled": True,
@@ -126,7 +121,7 @@ def _enrolling_edge() -> dict[str, Any]:
 
 def _start(program: str, config: dict[str, Any], name: str) -> subprocess.Popen[bytes]:
     path = STATE / f"{name}.json"
-    _write_private(path, json.dumps(config, indent=2))
+    write_private(path, json.dumps(config, indent=2).encode())
     binary = Path(sysconfig.get_path("scripts")) / program
     return subprocess.Popen([str(binary), "run", "--config", str(path)])
 
@@ -149,7 +144,7 @@ def main() -> int:
     try:
         _wait_healthy(HUB_PORT)
         for edge, (api, nats, first, cap) in EDGES.items():
-            _write_private(STATE / "tokens" / edge, tokens[edge])
+            write_private(STATE / "tokens" / edge, tokens[edge].encode())
             processes[edge] = _start("edge-agent", _synced_edge(edge, api, nats, first, cap), edge)
         processes[PENDING[0]] = _start("edge-agent", _enrolling_edge(), PENDING[0])
         for api in [*(e[0] for e in EDGES.values()), PENDING[1]]:
