@@ -93,19 +93,9 @@ async def test_an_open_api_on_the_network_refuses_to_start(tmp_path: Path, progr
     config = config_dict(tmp_path / "state", services=service)
     path = tmp_path / "open.json"
     path.write_text(json.dumps(config))
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        program,
-        "run",
-        "--config",
-        str(path),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    _, err = await asyncio.wait_for(proc.communicate(), 30)
-    assert proc.returncode == 2
-    assert "services.service-manager.config.auth.type: the API listens on '0.0.0.0'" in err.decode()
+    code, _, err = await cli("run", "--config", str(path), program=program)
+    assert code == 2
+    assert "services.service-manager.config.auth.type: the API listens on '0.0.0.0'" in err
     assert not (tmp_path / "state").exists() or not any((tmp_path / "state").iterdir())
 
 
@@ -128,17 +118,7 @@ async def test_an_agent_refuses_a_token_file_others_can_read(tmp_path: Path) -> 
     )
     path = tmp_path / "agent.json"
     path.write_text(json.dumps(config))
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "edge_agent.cli",
-        "run",
-        "--config",
-        str(path),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    _, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode != 0
-    assert "token_file" in err.decode() and "chmod 600 it" in err.decode()
-    assert "a-device-credential" not in err.decode()
+    code, _, err = await cli("run", "--config", str(path))
+    assert code != 0
+    assert "token_file" in err and "chmod 600 it" in err
+    assert "a-device-credential" not in err
