@@ -118,9 +118,11 @@ def http_json(
     data: bytes | None = None,
     timeout: float = 10.0,
     context: ssl.SSLContext | None = None,
+    method: str | None = None,
 ) -> tuple[int, Any]:
-    """GET (or POST ``data``) and decode the JSON reply, whatever the status."""
-    request = urllib.request.Request(url, data=data, method="POST" if data is not None else "GET")
+    """GET (or POST ``data``, or ``method``) and decode the JSON reply, whatever the status."""
+    method = method or ("POST" if data is not None else "GET")
+    request = urllib.request.Request(url, data=data, method=method)
     try:
         with urllib.request.urlopen(request, timeout=timeout, context=context) as reply:
             return reply.status, json.loads(reply.read() or b"null")

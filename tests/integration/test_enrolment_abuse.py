@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import os
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -68,15 +66,6 @@ def claim_token(hub: AgentProcess) -> str:
     return str(body["token"])
 
 
-def http_json_delete(url: str) -> tuple[int, Any]:
-    request = urllib.request.Request(url, method="DELETE")
-    try:
-        with urllib.request.urlopen(request, timeout=5) as reply:
-            return reply.status, json.loads(reply.read())
-    except urllib.error.HTTPError as refused:
-        return refused.code, json.loads(refused.read())
-
-
 def devices(hub: AgentProcess) -> dict[str, dict[str, Any]]:
     return {d["id"]: d for d in http_json(f"{hub.api}/devices")[1]}
 
@@ -122,9 +111,9 @@ def test_pending_records_are_capped_expire_and_can_be_deleted(hub: AgentProcess)
     # A device with a valid claim is never held back by the queue.
     assert enrol(hub, "claimed-1", new_key(), claim_token(hub))[0] == 200
     # An operator removes one (API and CLI alike); the queue has room again.
-    status, body = http_json_delete(f"{hub.api}/devices/flood-0")
+    status, body = http_json(f"{hub.api}/devices/flood-0", method="DELETE")
     assert status == 200 and body == {"deleted": "flood-0"}
-    assert http_json_delete(f"{hub.api}/devices/flood-0")[0] == 404
+    assert http_json(f"{hub.api}/devices/flood-0", method="DELETE")[0] == 404
     assert enrol(hub, "flood-last", new_key())[0] == 202
     # Unclaimed records expire: after the TTL the queue is empty of them.
     time.sleep(PENDING_TTL_S + 1)
