@@ -209,6 +209,7 @@ def _check(config: Config) -> list[str]:
     tls = config.nats.tls
     if tls and bool(tls.cert_file) != bool(tls.key_file):
         problems.append("nats.tls: cert_file and key_file must be given together")
+    problems += [f"nats.{key}: {cause}" for key, cause in config.nats.problems()]
     return problems
 
 

@@ -6,6 +6,9 @@ Defaults suit a Raspberry Pi edge (seed: "Edge configuration (Raspberry Pi)").
 
 from __future__ import annotations
 
+import base64
+import binascii
+import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
@@ -35,6 +38,7 @@ __all__ = [
     "RateLimitConfig",
     "ReconnectConfig",
     "Section",
+    "ServerTlsConfig",
     "ServiceManagerSettings",
     "ServicesConfig",
     "SimulatorConfig",
@@ -45,6 +49,7 @@ __all__ = [
     "TelemetryConfig",
     "TlsConfig",
     "WebsocketOutputConfig",
+    "nkey_user_problem",
 ]
 
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
@@ -72,11 +77,65 @@ class PlatformConfig(Section, frozen=True):
 
 
 class TlsConfig(Section, frozen=True):
-    """``nats.tls``: client certificate and CA for a TLS connection to NATS."""
+    """``nats.tls``: the agent's side of a TLS connection to NATS (its client certificate,
+    and the CA it trusts for the server)."""
 
     cert_file: str = ""
     key_file: str = ""
     ca_file: str = ""
+
+
+#: An NKey user public key: 'U' and 55 base32 characters.
+_USER_NKEY = re.compile(r"U[A-Z2-7]{55}", re.ASCII)
+_USER_PREFIX_BYTE = 20 << 3  # base32 'U'
+#: What a path written into the embedded server's config may not hold: it is quoted
+#: there, and a quote, backslash, ``$`` or control character could end or change it.
+_UNSAFE_IN_CONF = re.compile(r'["\\$\x00-\x1f\x7f]')
+
+
+def nkey_user_problem(key: str) -> str | None:
+    """Why ``key`` is not an NKey user public key (``U...``, 56 characters), or ``None``."""
+    if not _USER_NKEY.fullmatch(key):
+        return f"{key[:60]!r} is not an NKey user public key ('U' and 55 base32 characters)"
+    try:
+        raw = base64.b32decode(key + "=" * (-len(key) % 8))
+    except binascii.Error:  # pragma: no cover - the pattern admits only base32
+        return f"{key!r} is not base32"
+    if raw[0] != _USER_PREFIX_BYTE:
+        return f"{key!r} is not an NKey user public key (another role's prefix)"
+    # base32(prefix byte + 32-byte key + CRC-16/XMODEM of both, little-endian)
+    crc = 0
+    for byte in raw[:-2]:
+        crc ^= byte << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021 if crc & 0x8000 else crc << 1) & 0xFFFF
+    if crc != int.from_bytes(raw[-2:], "little"):
+        return f"{key!r}: the checksum is wrong (mistyped?)"
+    return None
+
+
+class ServerTlsConfig(Section, frozen=True):
+    """``nats.server_tls``: TLS on the embedded server's own listener.
+
+    The server presents ``cert_file`` (with ``key_file``) and takes TLS clients only;
+    with ``client_ca_file`` it also requires each client to present a certificate that
+    CA signed (mutual TLS). Unused when the agent runs no server of its own.
+    """
+
+    cert_file: str = ""
+    key_file: str = ""
+    client_ca_file: str = ""
+
+    def problems(self) -> list[tuple[str, str]]:
+        """Certificate and key both required; paths the server's config can quote."""
+        found: list[tuple[str, str]] = []
+        for key in ("cert_file", "key_file", "client_ca_file"):
+            value = getattr(self, key)
+            if not value and key != "client_ca_file":
+                found.append((key, "required in nats.server_tls"))
+            elif _UNSAFE_IN_CONF.search(value):
+                found.append((key, "must not hold quotes, backslashes, '$' or control characters"))
+        return found
 
 
 class JetStreamConfig(Section, frozen=True):
@@ -93,6 +152,10 @@ class NatsConfig(Section, frozen=True):
 
     ``embedded`` is ``"auto"`` (start a server when ``urls`` is empty or names only this
     host and nothing answers there), ``true`` (always) or ``false`` (never).
+
+    The embedded server takes only the NKey users of ``nkey_seed`` (the agent's own) and
+    ``authorized_nkeys`` when ``nkey_seed`` is set, and only TLS clients with
+    ``server_tls``; ``tls`` and ``nkey_seed`` are what the agent connects with.
     """
 
     urls: list[str] = msgspec.field(default_factory=list)
@@ -102,7 +165,42 @@ class NatsConfig(Section, frozen=True):
     reconnect_wait: Duration = Duration(2.0)
     nkey_seed: str = ""
     tls: TlsConfig | None = None
+    #: Further NKey users (public keys) the embedded server lets in besides the agent.
+    authorized_nkeys: list[str] = msgspec.field(default_factory=list)
+    server_tls: ServerTlsConfig | None = None
     jetstream: JetStreamConfig = JetStreamConfig()
+
+    def problems(self) -> list[tuple[str, str]]:
+        """The embedded server's keys: valid, used, and not locking the agent out."""
+        found: list[tuple[str, str]] = []
+        for index, key in enumerate(self.authorized_nkeys):
+            if problem := nkey_user_problem(key):
+                found.append((f"authorized_nkeys[{index}]", problem))
+        unused = "only used by an embedded server, and nats.embedded is false"
+        if self.embedded is False:
+            found += [
+                (key, unused) for key in ("authorized_nkeys", "server_tls") if getattr(self, key)
+            ]
+            return found
+        if self.authorized_nkeys and not self.nkey_seed:
+            found.append(
+                (
+                    "authorized_nkeys",
+                    "needs nats.nkey_seed: the agent's own key, without which it could not"
+                    " connect to its own server",
+                )
+            )
+        if self.server_tls is not None:
+            found += [(f"server_tls.{key}", cause) for key, cause in self.server_tls.problems()]
+            if self.server_tls.client_ca_file and not (self.tls and self.tls.cert_file):
+                found.append(
+                    (
+                        "tls.cert_file",
+                        "required with nats.server_tls.client_ca_file: the agent connects to"
+                        " its own server with a client certificate that CA signed",
+                    )
+                )
+        return found
 
 
 class IndexesConfig(Section, frozen=True):

@@ -5,14 +5,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import nats
 import nats.errors
+import nkeys  # type: ignore[import-untyped]
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -28,7 +31,7 @@ from nats.js.api import (
 from nats.js.errors import NotFoundError
 
 from edge_agent.config import JetStreamConfig, NatsConfig
-from edge_agent.errors import NatsServerError
+from edge_agent.errors import ConfigError, NatsServerError
 from edge_agent.nats.subjects import (
     DEAD_LETTER_STREAM,
     DEAD_LETTER_SUBJECTS,
@@ -43,6 +46,7 @@ __all__ = [
     "ensure_stream_config",
     "ensure_streams",
     "is_local_url",
+    "nkey_public_key",
     "port_answers",
     "recreate_consumer",
     "remove_stale_consumers",
@@ -95,15 +99,69 @@ async def embedded_port(config: NatsConfig) -> int | None:
     return None if await port_answers("127.0.0.1", port) else port
 
 
-def _tls_context(config: NatsConfig) -> ssl.SSLContext | None:
+def _tls_context(config: NatsConfig, urls: list[str]) -> ssl.SSLContext | None:
+    """The client's TLS: its certificate (``nats.tls``), and whom it trusts.
+
+    It trusts ``nats.tls.ca_file``; else, connecting to this host with ``nats.server_tls``
+    set (its own embedded server), exactly that server's certificate; else the system
+    store.
+    """
     tls = config.tls
-    if tls is None:
+    own = config.server_tls
+    pinned = own is not None and not (tls and tls.ca_file) and all(map(is_local_url, urls))
+    if tls is None and not pinned:
         return None
-    context = ssl.create_default_context(cafile=tls.ca_file or None)
-    if tls.cert_file:
+    if own is not None and pinned:
+        context = ssl.create_default_context(cadata=_first_certificate(own.cert_file))
+        # The very certificate is the trust anchor: no CA, and no name to check.
+        context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+        context.check_hostname = False
+    else:
+        context = ssl.create_default_context(cafile=(tls.ca_file if tls else "") or None)
+    if tls and tls.cert_file:
         check_private(tls.key_file, "nats.tls.key_file")
         context.load_cert_chain(tls.cert_file, tls.key_file)
     return context
+
+
+_PEM_CERTIFICATE = re.compile(
+    r"-----BEGIN CERTIFICATE-----[A-Za-z0-9+/=\s]+-----END CERTIFICATE-----"
+)
+
+
+def _first_certificate(path: str) -> str:
+    """The first PEM certificate in ``path`` (the server's own, before any chain)."""
+    where = "nats.server_tls.cert_file"
+    try:
+        found = _PEM_CERTIFICATE.search(Path(path).read_text(errors="replace"))
+    except OSError as exc:
+        raise ConfigError([f"{where}: cannot read {path}: {exc.strerror}"]) from exc
+    if found is None:
+        raise ConfigError([f"{where}: no PEM certificate in {path}"])
+    return found[0]
+
+
+def nkey_public_key(seed_path: str) -> str:
+    """The NKey user public key (``U...``) of the seed in ``seed_path``.
+
+    Raises:
+        ConfigError: naming ``nats.nkey_seed``: the file is open to others, unreadable,
+            or holds no user seed.
+    """
+    where = "nats.nkey_seed"
+    check_private(seed_path, where)
+    try:
+        seed = Path(seed_path).read_bytes().strip()
+    except OSError as exc:
+        raise ConfigError([f"{where}: cannot read {seed_path}: {exc.strerror}"]) from exc
+    try:
+        pair = nkeys.from_seed(seed)
+        public = str(pair.public_key.decode())
+    except (nkeys.NkeysError, ValueError) as exc:
+        raise ConfigError([f"{where}: {seed_path} holds no NKey seed ({exc})"]) from exc
+    if not public.startswith("U"):
+        raise ConfigError([f"{where}: {seed_path} is not a user's seed (SU...)"])
+    return public
 
 
 async def connect(
@@ -157,7 +215,7 @@ async def connect(
             max_reconnect_attempts=config.max_reconnect,
             reconnect_time_wait=config.reconnect_wait,
             allow_reconnect=True,
-            tls=_tls_context(config),
+            tls=_tls_context(config, urls),
             nkeys_seed=config.nkey_seed or None,
             disconnected_cb=disconnected,
             reconnected_cb=reconnected,

@@ -2,13 +2,16 @@
 
 Both the edge agent and the hub hold one. With ``nats.embedded`` (``auto`` by default)
 it supervises its own server on loopback, JetStream in the state directory; otherwise
-it connects to ``nats.urls`` (a cluster) and starts nothing.
+it connects to ``nats.urls`` (a cluster) and starts nothing. Its own server lets in only
+the NKey users of ``nats.nkey_seed`` and ``nats.authorized_nkeys`` when a seed is set,
+and only TLS clients with ``nats.server_tls``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,8 +20,11 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from edge_agent.config import NatsConfig
-from edge_agent.nats.client import connect, embedded_port
+from edge_agent.config.schema import ServerTlsConfig
+from edge_agent.errors import ConfigError
+from edge_agent.nats.client import connect, embedded_port, nkey_public_key
 from edge_agent.nats.server import EmbeddedNatsServer
+from edge_agent.private_files import check_private
 
 __all__ = ["NatsConnection"]
 
@@ -97,6 +103,8 @@ class NatsConnection:
                 max_file_store=2 * self._stream_bytes,
                 name=self._name,
                 on_restart=self._on_restart,
+                nkeys=self._server_nkeys(),
+                tls=self._server_tls(),
             )
             await self.server.start()
             self.urls = [self.server.url]
@@ -104,6 +112,25 @@ class NatsConnection:
             self.config, self.urls, name=self._client_name, on_resync=self._resynced
         )
         self.js = self.nc.jetstream()
+
+    def _server_nkeys(self) -> list[str]:
+        """The users the embedded server lets in: the agent's own first; none (open to
+        loopback) without a seed."""
+        if not self.config.nkey_seed:
+            return []
+        return [nkey_public_key(self.config.nkey_seed), *self.config.authorized_nkeys]
+
+    def _server_tls(self) -> ServerTlsConfig | None:
+        """``nats.server_tls`` once its key is private and its files readable."""
+        tls = self.config.server_tls
+        if tls is None:
+            return None
+        check_private(tls.key_file, "nats.server_tls.key_file")
+        for key in ("cert_file", "client_ca_file"):
+            path = getattr(tls, key)
+            if path and not os.access(path, os.R_OK):
+                raise ConfigError([f"nats.server_tls.{key}: cannot read {path}"])
+        return tls
 
     def _resynced(self) -> None:
         for callback in self._resync:

