@@ -405,6 +405,8 @@ class Agent:
             store=self.store,
             write=self.write,
             metrics=self.metrics,
+            # An enrolled device's credential is bound to its key: the hello proves it.
+            prove=self.provisioner.prove_hello if self.provisioner else None,
         )
         self._tasks.spawn(self.sync_output.run(), name)
         return self.sync_output

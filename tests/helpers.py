@@ -19,8 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import jwt
+import msgspec
+from websockets.sync.client import connect
 
 from edge_agent.config import Config, load_config_bytes
+from edge_agent.provision.client import challenge_request, renew_request
+from edge_agent.provision.identity import Identity, from_b64, possession_message
+from edge_agent.sync.frames import Challenge, Hello, Proof, Welcome, decode_frame, encode_frame
 
 FIXTURES = Path(__file__).parent / "fixtures"
 #: An HS256 secret long enough for the config loader (32 bytes or more).
@@ -119,10 +124,12 @@ def http_json(
     timeout: float = 10.0,
     context: ssl.SSLContext | None = None,
     method: str | None = None,
+    *,
+    headers: dict[str, str] | None = None,
 ) -> tuple[int, Any]:
     """GET (or POST ``data``, or ``method``) and decode the JSON reply, whatever the status."""
     method = method or ("POST" if data is not None else "GET")
-    request = urllib.request.Request(url, data=data, method=method)
+    request = urllib.request.Request(url, data=data, method=method, headers=headers or {})
     try:
         with urllib.request.urlopen(request, timeout=timeout, context=context) as reply:
             return reply.status, json.loads(reply.read() or b"null")
@@ -259,3 +266,36 @@ def post_oversized(url: str, *, declared: int | None, send: int = 256 << 10) -> 
     status_line, _, rest = answer.partition(b"\r\n")
     _, _, body = rest.partition(b"\r\n\r\n")
     return int(status_line.split()[1]), json.loads(body or b"null")
+
+
+def sync_hello(
+    ws_url: str, device_id: str, credential: str, key: Identity | None = None
+) -> Welcome:
+    """Say hello on the sync link at ``ws_url`` as ``device_id``; the hub's Welcome.
+
+    A hub that challenges the credential's device key gets a Proof signed by ``key``
+    (without one: an empty Proof, as an attacker holding only the credential sends).
+    """
+    with connect(ws_url, proxy=None) as ws:
+        ws.send(encode_frame(Hello(edge_id=device_id, token=credential)))
+        frame = decode_frame(_as_bytes(ws.recv(timeout=5)), max_bytes=1 << 20)
+        if isinstance(frame, Challenge):
+            message = possession_message("hello", frame.nonce, device_id)
+            ws.send(encode_frame(Proof(signature=key.sign(message) if key else b"")))
+            frame = decode_frame(_as_bytes(ws.recv(timeout=5)), max_bytes=1 << 20)
+    assert isinstance(frame, Welcome), frame
+    return frame
+
+
+def renew(api: str, device_id: str, credential: str, key: Identity) -> tuple[int, Any]:
+    """``/enrol/renew`` with ``credential``, proving ``key`` over a fresh hub nonce."""
+    challenge, _ = challenge_request(key, device_id)
+    status, answer = http_json(f"{api}/enrol/challenge", msgspec.json.encode(challenge))
+    assert status == 200, answer
+    request, _ = renew_request(key, device_id, from_b64(answer["hub_nonce"]))
+    headers = {"authorization": f"Bearer {credential}"}
+    return http_json(f"{api}/enrol/renew", msgspec.json.encode(request), headers=headers)
+
+
+def _as_bytes(message: str | bytes) -> bytes:
+    return message.encode() if isinstance(message, str) else message

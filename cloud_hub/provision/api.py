@@ -5,6 +5,7 @@ and of device administration (``/devices``, ``/claim-tokens``, behind the API's 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -14,12 +15,19 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from cloud_hub.provision.registry import ClaimError, Status
-from cloud_hub.provision.service import Enrolment
+from cloud_hub.provision.service import Enrolment, SignedReply
 from edge_agent.api.security import over_rate
 from edge_agent.api.views import error, json_response, read_body
 from edge_agent.config.units import Duration
 from edge_agent.errors import AuthError
-from edge_agent.provision.messages import ChallengeRequest, EnrolRequest
+from edge_agent.provision.messages import (
+    ENROL_PROTOCOL,
+    SIGNATURE_HEADER,
+    ChallengeRequest,
+    EnrolRequest,
+    RenewRequest,
+    protocol_of,
+)
 
 __all__ = ["ENROL_PATH", "provisioning_routes"]
 
@@ -32,17 +40,34 @@ class _ClaimTokenRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True
     ttl: str | float = "1h"
 
 
-class _RenewRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    device_id: str
-
-
 def _service(request: Request) -> Enrolment:
     enrolment: Enrolment = request.app.state.agent.enrolment
     return enrolment
 
 
+class OldProtocol(ValueError):
+    """A device speaks an enrolment protocol this hub does not."""
+
+
 async def _body(request: Request, kind: type[Any]) -> Any:
     return msgspec.json.decode(await read_body(request) or b"{}", type=kind)
+
+
+async def _enrol_body(request: Request, kind: type[Any]) -> Any:
+    """The request as ``kind``, once it says it speaks this hub's enrolment protocol.
+
+    Raises:
+        OldProtocol: it speaks another (a device from before protocol 2 would send its
+            claim secret; it is told to update, and nothing it sent is used).
+    """
+    body = await read_body(request) or b"{}"
+    protocol = protocol_of(body)
+    if protocol != ENROL_PROTOCOL:
+        raise OldProtocol(
+            f"enrolment protocol {protocol} is not supported: this hub speaks"
+            f" {ENROL_PROTOCOL} (claim secrets no longer cross the network); update the agent"
+        )
+    return msgspec.json.decode(body, type=kind)
 
 
 def _sync_url(request: Request) -> str:
@@ -61,51 +86,60 @@ def _over_rate(request: Request) -> Response | None:
     return over_rate(limiter, address, time.monotonic(), "too many enrolment requests")
 
 
-async def challenge(request: Request) -> Response:
-    """``POST /enrol/challenge``: the hub signs the device's nonce (and proves its claim)."""
+async def _answer(
+    request: Request, kind: type[Any], what: str, call: Callable[[Any], Any]
+) -> Response:
+    """Run ``call`` on the request's body (an enrolment message of ``kind``) in a worker
+    thread, within this address's rate; every refusal becomes a 4xx with its reason."""
     if limited := _over_rate(request):
         return limited
     try:
-        body = await _body(request, ChallengeRequest)
-        return json_response(await run_in_threadpool(_service(request).challenge, body))
+        body = await _enrol_body(request, kind)
+        answer = await run_in_threadpool(call, body)
+    except OldProtocol as exc:
+        return error(400, str(exc))
     except (msgspec.ValidationError, msgspec.DecodeError, ValueError) as exc:
-        return error(400, f"bad challenge: {exc}")
-
-
-async def enrol(request: Request) -> Response:
-    """``POST /enrol``: 200 approved (credential + config), 202 pending, 401/403/409 refused,
-    429 when too many devices wait or this address asks too often."""
-    if limited := _over_rate(request):
-        return limited
-    try:
-        body = await _body(request, EnrolRequest)
-        answer = await run_in_threadpool(
-            _service(request).enrol, body, _sync_url(request), time.time()
-        )
-    except (msgspec.ValidationError, msgspec.DecodeError, ValueError) as exc:
-        return error(400, f"bad enrolment: {exc}")
+        return error(400, f"bad {what}: {exc}")
     except ClaimError as exc:
         return error(exc.status, exc.reason)
     except AuthError as exc:
         return error(401, exc.reason)
-    return json_response(answer, 200 if answer.status == "approved" else 202)
+    if isinstance(answer, SignedReply):
+        headers = {SIGNATURE_HEADER: answer.signature}
+        status = 200 if answer.status == "approved" else 202
+        return Response(answer.body, status, headers=headers, media_type="application/json")
+    return json_response(answer)
+
+
+async def challenge(request: Request) -> Response:
+    """``POST /enrol/challenge``: the hub signs the device's nonce and key, proves its
+    claim, and gives it a nonce to answer."""
+    service = _service(request)
+    return await _answer(
+        request, ChallengeRequest, "challenge", lambda body: service.challenge(body, time.time())
+    )
+
+
+async def enrol(request: Request) -> Response:
+    """``POST /enrol``: 200 approved (credential + config), 202 pending, both signed;
+    401/403/409 refused, 429 when too many devices wait or this address asks too often."""
+    service, sync_url = _service(request), _sync_url(request)
+    return await _answer(
+        request, EnrolRequest, "enrolment", lambda body: service.enrol(body, sync_url, time.time())
+    )
 
 
 async def renew(request: Request) -> Response:
-    """``POST /enrol/renew`` with the current credential as bearer: a fresh credential."""
-    if limited := _over_rate(request):
-        return limited
+    """``POST /enrol/renew`` with the current credential as bearer and the device key's
+    proof of possession: a fresh credential, signed."""
+    service, sync_url = _service(request), _sync_url(request)
     credential = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-    try:
-        body = await _body(request, _RenewRequest)
-        answer = await run_in_threadpool(
-            _service(request).renew, body.device_id, credential, _sync_url(request), time.time()
-        )
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-        return error(400, f"bad renewal: {exc}")
-    except AuthError as exc:
-        return error(401, exc.reason)
-    return json_response(answer)
+    return await _answer(
+        request,
+        RenewRequest,
+        "renewal",
+        lambda body: service.renew(body, credential, sync_url, time.time()),
+    )
 
 
 async def devices(request: Request) -> Response:

@@ -1,16 +1,19 @@
 """The hub's device registry and claim tokens, in their own SQLite file (``registry.db``).
 
-Claim tokens are ``ct_<id>.<secret>``; only a hash of the secret is kept, so a copy of
-the registry enrols nothing. A token is single-use, expiring, and scoped to a group;
-using it burns it in the same transaction that approves the device.
+Claim tokens are ``ct_<id>.<secret>``; only a hash of the secret is kept (the key of the
+claim proofs), so a copy of the registry enrols nothing, and the secret itself never
+reaches the hub again: a device proves it (:class:`ClaimProof`). A token is single-use,
+expiring, and scoped to a group; using it burns it in the same transaction that
+approves the device.
 """
 
 from __future__ import annotations
 
-import hmac
 import logging
 import secrets
 import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,7 +25,7 @@ from edge_agent.graph.migrations import Migration
 from edge_agent.provision.identity import claim_key
 from edge_agent.provision.messages import EnrolRequest
 
-__all__ = ["ClaimError", "Device", "Registry", "Status", "split_claim_token"]
+__all__ = ["ClaimError", "ClaimProof", "Device", "Registry", "Status"]
 
 log = logging.getLogger(__name__)
 
@@ -87,16 +90,13 @@ class Device(msgspec.Struct, frozen=True):
     credentials_after: int = 0
 
 
-def split_claim_token(token: str) -> tuple[str, str]:
-    """(id, secret) of ``ct_<id>.<secret>``.
+@dataclass(frozen=True)
+class ClaimProof:
+    """A device's proof of a claim token's secret: the token's id, and a check that takes
+    the token's proof key (see :func:`~edge_agent.provision.identity.claim_key`)."""
 
-    Raises:
-        ClaimError: not a claim token (401).
-    """
-    head, _, secret = token.partition(".")
-    if not head.startswith("ct_") or not secret:
-        raise ClaimError("malformed claim token", 401)
-    return head.removeprefix("ct_"), secret
+    claim_id: str
+    proves: Callable[[str], bool]
 
 
 class Registry:
@@ -147,13 +147,14 @@ class Registry:
         fingerprint: str,
         now: float,
         *,
+        claim: ClaimProof | None = None,
         max_pending: int = 1000,
         pending_ttl_s: float = 86400.0,
     ) -> Device:
-        """Record a device; approve it at once with a valid claim token (which burns).
+        """Record a device; approve it at once with a valid ``claim`` (the token burns).
 
         A device that asks again with the same key gets its record back (pending ones
-        may bring a claim token now). Pending records older than ``pending_ttl_s`` are
+        may bring a claim now). Pending records older than ``pending_ttl_s`` are
         forgotten first. An id held *pending* by another key goes to the device that
         presents a valid claim token for it (the squatter's record is dropped).
 
@@ -163,7 +164,13 @@ class Registry:
                 devices already wait (429).
         """
         return self._db.transaction(
-            _enrol, request, fingerprint, now, max_pending=max_pending, pending_ttl_s=pending_ttl_s
+            _enrol,
+            request,
+            fingerprint,
+            now,
+            claim=claim,
+            max_pending=max_pending,
+            pending_ttl_s=pending_ttl_s,
         )
 
     def delete(self, device_id: str) -> bool:
@@ -210,19 +217,18 @@ class Registry:
         return [_device(row) for row in rows]
 
 
-def _check_claim(db: sqlite3.Connection, token: str, now: float) -> tuple[str, str]:
-    token_id, secret = split_claim_token(token)
+def _check_claim(db: sqlite3.Connection, claim: ClaimProof, now: float) -> tuple[str, str]:
     row = db.execute(
         "SELECT secret_hash, device_group, expires_at, used_at FROM claim_tokens WHERE id = ?",
-        (token_id,),
+        (claim.claim_id,),
     ).fetchone()
-    if row is None or not hmac.compare_digest(row[0], claim_key(secret)):
-        raise ClaimError("unknown claim token", 401)
+    if row is None or not claim.proves(row[0]):
+        raise ClaimError("unknown claim token, or its proof is wrong", 401)
     if row[3] is not None:
         raise ClaimError("claim token already used", 409)
     if row[2] <= now:
         raise ClaimError("claim token expired", 401)
-    return token_id, row[1]
+    return claim.claim_id, row[1]
 
 
 def _enrol(
@@ -231,19 +237,20 @@ def _enrol(
     fingerprint: str,
     now: float,
     *,
+    claim: ClaimProof | None,
     max_pending: int,
     pending_ttl_s: float,
 ) -> Device:
-    device_id, claim_token = request.device_id, request.claim_token
+    device_id = request.device_id
     db.execute(
         "DELETE FROM devices WHERE status = 'pending' AND enrolled_at < ?",
         (int(now - pending_ttl_s),),
     )
     known = _get(db, device_id)
     same_key = known is not None and known.public_key == request.public_key
-    if known is not None and same_key and (known.status != "pending" or not claim_token):
+    if known is not None and same_key and (known.status != "pending" or claim is None):
         return known
-    claimed = _check_claim(db, claim_token, now) if claim_token else None
+    claimed = _check_claim(db, claim, now) if claim is not None else None
     if known is not None and not same_key:
         if known.status != "pending" or claimed is None:
             raise ClaimError(f"device id {device_id!r} is enrolled with another key", 409)

@@ -3,7 +3,8 @@
 A thin shell around :class:`~edge_agent.sync.protocol.HubProtocol` (which decides what
 is next, what is a re-send, what lies past a gap, when to ask for slow) and the
 replicated log (:class:`~cloud_hub.sync.log.SyncLog`). Per connection: authenticate the
-Hello, welcome the edge with its resume point read from the log, then for each batch
+Hello (an enrolled edge also answers a Challenge with a Proof of its device key),
+welcome the edge with its resume point read from the log, then for each batch
 the protocol hands over: validate it, append it to ``SYNC_BATCHES`` with
 compare-and-set on the edge's subject, and ack once JetStream stored it (on every
 replica of an R3 stream). The graph is written by the materialiser, from the log, on
@@ -16,6 +17,7 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import os
 import re
 import time
 from collections.abc import Callable
@@ -27,12 +29,13 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from cloud_hub.config import WebsocketInputConfig
 from cloud_hub.metrics import HubMetrics
+from cloud_hub.provision.service import check_possession
 from cloud_hub.sync.log import SyncLog, WrongLastSequence
 from edge_agent.errors import AuthError, RemoteProtocolError
 from edge_agent.metrics import Metrics
 from edge_agent.provision.messages import DEVICE_ID_PATTERN
 from edge_agent.sync.codec import available_encodings, decode_deltas
-from edge_agent.sync.frames import Batch, Hello
+from edge_agent.sync.frames import Batch, Hello, Proof
 from edge_agent.sync.protocol import HubProtocol, State
 
 __all__ = ["EdgeLink", "SyncInput"]
@@ -80,6 +83,10 @@ class _Session:
     after: int = 0
     #: Closed by this side (another instance took the edge): stop reading.
     closed: bool = False
+    hello: Hello | None = None
+    #: The device key the edge's credential is bound to, and the nonce it must sign.
+    device_key: bytes = b""
+    nonce: bytes = b""
 
 
 def _iso(epoch: float) -> str | None:
@@ -98,7 +105,8 @@ class SyncInput:
         backlog: given a stream sequence this link appended, how many batches up to it
             this instance has not applied yet (for Slow).
         authenticate: checks an enrolled device's credential (raises AuthError) for
-            edges not in ``settings.devices``.
+            edges not in ``settings.devices``; returns the device key it is bound to,
+            which the edge then proves it holds.
         max_payload: the NATS server's largest message (0: unknown).
         hub_id: this hub's own id, which no edge may use.
     """
@@ -111,7 +119,7 @@ class SyncInput:
         metrics: Metrics,
         hub_metrics: HubMetrics,
         backlog: Callable[[int], int],
-        authenticate: Callable[[str, str, float], None] | None = None,
+        authenticate: Callable[[str, str, float], bytes] | None = None,
         max_payload: int = 0,
         hub_id: str = "",
     ) -> None:
@@ -182,6 +190,8 @@ class SyncInput:
             for frame in proto.events_received():
                 if isinstance(frame, Hello):
                     await self._hello(session, frame)
+                elif isinstance(frame, Proof):
+                    await self._proof(session, frame)
                 elif isinstance(frame, Batch):
                     await self._take(session, frame, data)
             self._count_answers(proto)
@@ -214,15 +224,39 @@ class SyncInput:
             proto.gaps = 0
 
     async def _hello(self, session: _Session, hello: Hello) -> None:
-        websocket, proto = session.websocket, session.proto
-        reason = self._refusal(hello)
-        if reason:
-            self._metrics.sync_refused.labels("credentials").inc()
-            log.warning(
-                "sync: refused edge %r from %s: %s", hello.edge_id[:80], _peer(websocket), reason
-            )
-            proto.refuse(reason)
+        session.hello = hello
+        try:
+            session.device_key = self._credential_key(hello)
+        except AuthError as exc:
+            self._refuse(session, exc.reason)
             return
+        if not session.device_key:
+            await self._welcome(session, hello)
+            return
+        session.nonce = os.urandom(32)
+        session.proto.challenge(session.nonce)
+
+    async def _proof(self, session: _Session, proof: Proof) -> None:
+        """The edge signed the Challenge: welcome it if the signature is its device key's."""
+        assert session.hello is not None
+        edge_id = session.hello.edge_id
+        try:
+            check_possession(session.device_key, "hello", session.nonce, edge_id, proof.signature)
+        except AuthError as exc:
+            self._refuse(session, exc.reason)
+            return
+        await self._welcome(session, session.hello)
+
+    def _refuse(self, session: _Session, reason: str) -> None:
+        edge_id = session.hello.edge_id if session.hello else "?"
+        self._metrics.sync_refused.labels("credentials").inc()
+        log.warning(
+            "sync: refused edge %r from %s: %s", edge_id[:80], _peer(session.websocket), reason
+        )
+        session.proto.refuse(reason)
+
+    async def _welcome(self, session: _Session, hello: Hello) -> None:
+        websocket, proto = session.websocket, session.proto
         edge_id = hello.edge_id
         last = await self._log.last(edge_id)
         session.after = last.stream_seq
@@ -260,20 +294,23 @@ class SyncInput:
             return int(self.settings.max_frame_bytes)
         return min(int(self.settings.max_frame_bytes), self._max_payload - _HEADER_ROOM)
 
-    def _refusal(self, hello: Hello) -> str:
+    def _credential_key(self, hello: Hello) -> bytes:
+        """Check the Hello's id and credential; the device key the edge must then prove
+        it holds (empty for a device of ``settings.devices``, whose token is all).
+
+        Raises:
+            AuthError: the reason for refusing the edge.
+        """
         if hello.edge_id == self._hub_id or not re.fullmatch(DEVICE_ID_PATTERN, hello.edge_id):
-            return f"edge id {hello.edge_id[:80]!r} is not allowed"
+            raise AuthError(f"edge id {hello.edge_id[:80]!r} is not allowed")
         device = self.settings.devices.get(hello.edge_id)
         if device is not None:
-            matches = hmac.compare_digest(device.token.encode(), hello.token.encode())
-            return "" if matches else "bad credential"
+            if not hmac.compare_digest(device.token.encode(), hello.token.encode()):
+                raise AuthError("bad credential")
+            return b""
         if self._authenticate is None:
-            return f"unknown device {hello.edge_id!r}"
-        try:
-            self._authenticate(hello.edge_id, hello.token, time.time())
-        except AuthError as exc:
-            return exc.reason
-        return ""
+            raise AuthError(f"unknown device {hello.edge_id!r}")
+        return self._authenticate(hello.edge_id, hello.token, time.time())
 
     async def kick(self, edge_id: str, reason: str) -> None:
         """Close ``edge_id``'s live link, if any (it was revoked or rejected)."""

@@ -1,17 +1,19 @@
 """The device's side of enrolment: find a hub, make it prove itself, enrol, keep the result.
 
 On first start a device without a stored enrolment reads its boot-partition file once,
-finds the hub (a configured URL, else mDNS), asks it to sign a fresh nonce, and trusts
-it only if the key is pinned, or the hub proves it issued the device's claim token, or
-(nothing pinned, no claim, exactly one hub answering) on first use, recording its
-fingerprint. Only then does the claim token leave the device. A pending device asks
-again until approved. The enrolment is stored (0600) and reused on every later start;
-the boot file's claim secret is erased.
+finds the hub (a configured URL, else mDNS), asks it to sign a fresh nonce and the
+device key, and trusts it only if the key is pinned, or the hub proves it issued the
+device's claim token, or (nothing pinned, no claim) on first use, recording its
+fingerprint. The claim secret never leaves the device: it enrols with a proof of it over
+the hub's nonce and its own key, and uses no reply the hub's key did not sign. A pending
+device asks again until approved. The enrolment is stored (0600) and reused on every
+later start; the boot file's claim secret is erased. Renewing proves the device key too.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
 import os
@@ -35,24 +37,39 @@ from edge_agent.provision.identity import (
     b64,
     claim_key,
     claim_proof,
+    device_claim_proof,
     enrol_message,
     fingerprint,
     from_b64,
     hub_proof_message,
+    possession_message,
+    reply_message,
+    split_claim,
     verify,
 )
 from edge_agent.provision.mdns import HUB_SERVICE, browse
 from edge_agent.provision.messages import (
+    ENROL_PROTOCOL,
+    SIGNATURE_HEADER,
     ChallengeRequest,
     ChallengeResponse,
     EnrolRequest,
     EnrolResponse,
     ProvisionFile,
+    RenewRequest,
     StoredEnrolment,
+    protocol_of,
 )
 from edge_agent.sync.pacing import Backoff
 
-__all__ = ["ProvisionError", "Provisioner", "device_id_for"]
+__all__ = [
+    "ProvisionError",
+    "Provisioner",
+    "challenge_request",
+    "device_id_for",
+    "enrol_request",
+    "renew_request",
+]
 
 log = logging.getLogger(__name__)
 _HTTP_TIMEOUT_S = 10.0
@@ -79,16 +96,86 @@ def device_id_for(settings: ProvisioningConfig, platform_id: str, identity: Iden
     return platform_id
 
 
-def _post(url: str, body: Any, bearer: str = "") -> tuple[int, bytes]:
+def _post(url: str, body: Any, bearer: str = "") -> tuple[int, bytes, str]:
+    """(status, body, the hub's signature header) of a JSON POST."""
     headers = {"content-type": "application/json"}
     if bearer:
         headers["authorization"] = f"Bearer {bearer}"
     request = urllib.request.Request(url, data=msgspec.json.encode(body), headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=_HTTP_TIMEOUT_S) as reply:
-            return reply.status, reply.read()
+            return reply.status, reply.read(1 << 20), reply.headers.get(SIGNATURE_HEADER, "")
     except urllib.error.HTTPError as error:
-        return error.code, error.read()
+        return error.code, error.read(1 << 20), ""
+
+
+def challenge_request(
+    identity: Identity, device_id: str, claim_id: str = ""
+) -> tuple[ChallengeRequest, bytes]:
+    """A challenge for a hub, and the fresh nonce in it (the hub's proofs answer it)."""
+    nonce = os.urandom(32)
+    request = ChallengeRequest(
+        device_id=device_id,
+        nonce=b64(nonce),
+        public_key=b64(identity.public_key),
+        claim_id=claim_id,
+    )
+    return request, nonce
+
+
+def enrol_request(
+    identity: Identity,
+    device_id: str,
+    hub_key: bytes,
+    hub_nonce: bytes,
+    claim: tuple[str, str] | None = None,
+) -> tuple[EnrolRequest, bytes]:
+    """An enrolment answering ``hub_nonce``, signed with the device key, with a proof of
+    the claim secret (``claim`` = (id, secret)) but never the secret; and its nonce (the
+    hub's signed reply is bound to it)."""
+    nonce = os.urandom(32)
+    claim_id, proof = "", b""
+    if claim is not None:
+        claim_id = claim[0]
+        proof = device_claim_proof(
+            claim_key(claim[1]), hub_nonce, device_id, identity.public_key, hub_key
+        )
+    message = enrol_message(nonce, hub_nonce, device_id, identity.public_key, claim_id)
+    request = EnrolRequest(
+        device_id=device_id,
+        public_key=b64(identity.public_key),
+        nonce=b64(nonce),
+        hub_nonce=b64(hub_nonce),
+        signature=b64(identity.sign(message)),
+        hostname=socket.gethostname(),
+        hardware=hardware_facts(),
+        claim_id=claim_id,
+        claim_proof=b64(proof) if proof else "",
+    )
+    return request, nonce
+
+
+def renew_request(
+    identity: Identity, device_id: str, hub_nonce: bytes
+) -> tuple[RenewRequest, bytes]:
+    """A renewal proving the device key over ``hub_nonce``, and its nonce."""
+    nonce = os.urandom(32)
+    proof = identity.sign(possession_message("renew", hub_nonce, device_id))
+    request = RenewRequest(
+        device_id=device_id, nonce=b64(nonce), hub_nonce=b64(hub_nonce), signature=b64(proof)
+    )
+    return request, nonce
+
+
+def _claim(token: str) -> tuple[str, str] | None:
+    """(id, secret) of the boot file's claim token; ``None`` without a usable one."""
+    if not token:
+        return None
+    try:
+        return split_claim(token)
+    except ValueError as exc:
+        log.warning("provisioning: ignoring the claim token: %s", exc)
+        return None
 
 
 def _reason(body: bytes) -> str:
@@ -196,23 +283,15 @@ class Provisioner:
         return urls
 
     async def _enrol_at(self, url: str, boot: ProvisionFile) -> StoredEnrolment:
-        hub_key = await self._trusted_hub_key(url, boot)
+        claim = _claim(boot.claim_token)
+        pinned = boot.hub_key or self.settings.hub_key
         while True:
-            nonce = os.urandom(32)
-            message = enrol_message(nonce, self.device_id, self.identity.public_key)
-            request = EnrolRequest(
-                device_id=self.device_id,
-                public_key=b64(self.identity.public_key),
-                nonce=b64(nonce),
-                signature=b64(self.identity.sign(message)),
-                hostname=socket.gethostname(),
-                hardware=hardware_facts(),
-                claim_token=boot.claim_token,
+            hub_key, hub_nonce = await self._challenge(url, claim, pinned)
+            pinned = b64(hub_key)  # it proved itself: hold it to that key from now on
+            request, nonce = enrol_request(self.identity, self.device_id, hub_key, hub_nonce, claim)
+            answer = await self._signed_post(
+                f"{url}/enrol", request, nonce, hub_key, what="enrolment"
             )
-            status, body = await asyncio.to_thread(_post, f"{url}/enrol", request)
-            if status not in (200, 202):
-                raise ProvisionError(f"hub refused enrolment ({status}): {_reason(body)}")
-            answer = msgspec.json.decode(body, type=EnrolResponse)
             if answer.status == "approved" and answer.config is not None:
                 return StoredEnrolment(
                     device_id=self.device_id,
@@ -226,40 +305,71 @@ class Provisioner:
             log.info("provisioning: %s", self.status)
             await asyncio.sleep(answer.retry_after)
 
-    async def _trusted_hub_key(self, url: str, boot: ProvisionFile) -> bytes:
-        """Challenge the hub at ``url``; its key if it proves itself.
+    async def _challenge(
+        self, url: str, claim: tuple[str, str] | None, pinned: str
+    ) -> tuple[bytes, bytes]:
+        """Challenge the hub at ``url``; its key and its nonce, if it proves itself.
 
         Raises:
-            ProvisionError: the hub's signature or claim proof is wrong, or its key is not
-                the pinned one.
+            ProvisionError: the hub speaks another enrolment protocol, its signature or
+                claim proof is wrong, or its key is not the pinned one.
         """
-        nonce = os.urandom(32)
-        claim_id, _, secret = boot.claim_token.removeprefix("ct_").partition(".")
-        request = ChallengeRequest(device_id=self.device_id, nonce=b64(nonce), claim_id=claim_id)
-        status, body = await asyncio.to_thread(_post, f"{url}/enrol/challenge", request)
+        request, nonce = challenge_request(self.identity, self.device_id, claim[0] if claim else "")
+        status, body, _ = await asyncio.to_thread(_post, f"{url}/enrol/challenge", request)
         if status != 200:
             raise ProvisionError(f"no challenge answer ({status}): {_reason(body)}")
-        answer = msgspec.json.decode(body, type=ChallengeResponse)
-        hub_key = from_b64(answer.hub_key)
-        if not verify(
-            hub_key, from_b64(answer.signature), hub_proof_message(nonce, self.device_id)
-        ):
+        if (protocol := protocol_of(body)) != ENROL_PROTOCOL:
+            raise ProvisionError(
+                f"hub speaks enrolment protocol {protocol}; this device needs {ENROL_PROTOCOL}"
+            )
+        try:
+            answer = msgspec.json.decode(body, type=ChallengeResponse)
+            hub_key, signature = from_b64(answer.hub_key), from_b64(answer.signature)
+            hub_nonce, hub_claim_proof = from_b64(answer.hub_nonce), from_b64(answer.claim_proof)
+        except (msgspec.DecodeError, ValueError) as exc:
+            raise ProvisionError(f"malformed challenge answer: {exc}") from exc
+        device_key = self.identity.public_key
+        if not verify(hub_key, signature, hub_proof_message(nonce, self.device_id, device_key)):
             raise ProvisionError("hub signature does not verify")
-        pinned = boot.hub_key or self.settings.hub_key
         if pinned:
             if pinned not in (fingerprint(hub_key), answer.hub_key):
                 raise ProvisionError(f"hub key {fingerprint(hub_key)} is not the pinned one")
-            return hub_key
-        if secret:
-            expected = claim_proof(claim_key(secret), nonce, hub_key)
-            if not answer.claim_proof or from_b64(answer.claim_proof) != expected:
+        elif claim is not None:
+            expected = claim_proof(claim_key(claim[1]), nonce, hub_key, device_key)
+            if not hmac.compare_digest(hub_claim_proof, expected):
                 raise ProvisionError("hub cannot prove it issued this device's claim token")
-            return hub_key
-        log.warning(
-            "provisioning: nothing pinned and no claim token: trusting hub %s on first use",
-            fingerprint(hub_key),
-        )
-        return hub_key
+        else:
+            log.warning(
+                "provisioning: nothing pinned and no claim token: trusting hub %s on first use",
+                fingerprint(hub_key),
+            )
+        return hub_key, hub_nonce
+
+    async def _signed_post(
+        self, url: str, request: Any, nonce: bytes, hub_key: bytes, *, what: str, bearer: str = ""
+    ) -> EnrolResponse:
+        """POST ``request``; the answer, once the hub's signature over it (bound to
+        ``nonce`` and this device key) verifies.
+
+        Raises:
+            ProvisionError: refused, or not signed by ``hub_key`` (changed on the way).
+        """
+        status, body, signature = await asyncio.to_thread(_post, url, request, bearer)
+        if status not in (200, 202):
+            raise ProvisionError(f"hub refused {what} ({status}): {_reason(body)}")
+        signed = reply_message(nonce, self.identity.public_key, body)
+        try:
+            genuine = verify(hub_key, from_b64(signature), signed)
+            answer = msgspec.json.decode(body, type=EnrolResponse)
+        except (msgspec.DecodeError, ValueError) as exc:
+            raise ProvisionError(f"malformed {what} reply: {exc}") from exc
+        if not genuine:
+            raise ProvisionError(f"{what} reply is not signed by the hub's key: not used")
+        return answer
+
+    def prove_hello(self, nonce: bytes) -> bytes:
+        """The answer to a hub's sync Challenge: the device key's signature over ``nonce``."""
+        return self.identity.sign(possession_message("hello", nonce, self.device_id))
 
     @staticmethod
     def renewal_due(enrolment: StoredEnrolment) -> float:
@@ -282,21 +392,24 @@ class Provisioner:
         return renewed
 
     async def renew(self, enrolment: StoredEnrolment) -> StoredEnrolment:
-        """A fresh credential from the hub, stored.
+        """A fresh credential from the hub, by proof of the device key; stored.
 
         Raises:
-            ProvisionError: the hub refused (e.g. the device was revoked).
+            ProvisionError: the hub refused (e.g. the device was revoked), or its answer
+                is not signed by the hub this device enrolled at.
             OSError: the hub is unreachable.
         """
-        status, body = await asyncio.to_thread(
-            _post,
+        hub_key = from_b64(enrolment.hub_key)
+        _, hub_nonce = await self._challenge(enrolment.hub_url, None, enrolment.hub_key)
+        request, nonce = renew_request(self.identity, self.device_id, hub_nonce)
+        answer = await self._signed_post(
             f"{enrolment.hub_url}/enrol/renew",
-            {"device_id": self.device_id},
-            enrolment.credential,
+            request,
+            nonce,
+            hub_key,
+            what="renewal",
+            bearer=enrolment.credential,
         )
-        if status != 200:
-            raise ProvisionError(f"renewal refused ({status}): {_reason(body)}")
-        answer = msgspec.json.decode(body, type=EnrolResponse)
         renewed = msgspec.structs.replace(
             enrolment,
             credential=answer.credential,

@@ -1,11 +1,19 @@
-"""Keys and proofs: a device's or hub's Ed25519 identity, fingerprints, signatures.
+"""Keys and proofs: a device's or hub's Ed25519 identity, fingerprints, signatures, MACs.
 
-mDNS tells a device where a hub might be; only these proofs make it trust one:
-- the hub signs the device's fresh nonce with its key (:func:`hub_proof_message`), and
-  the device checks it against a pinned key, or
-- the hub proves it knows the device's claim secret (:func:`claim_proof`), which only
-  the hub that issued the claim token can.
-The device in turn signs its enrolment (:func:`enrol_message`): it holds the key it enrols.
+Enrolment protocol 2 (``docs/provisioning.md``), made so that a relay between a device
+and its hub learns nothing it can reuse:
+- the hub signs the device's fresh nonce and key (:func:`hub_proof_message`); the device
+  checks it against a pinned key, or against the hub's proof that it knows the device's
+  claim secret (:func:`claim_proof`, bound to both keys);
+- the device proves it knows the claim secret without sending it
+  (:func:`device_claim_proof`, over the hub's nonce and both keys), and signs its
+  enrolment (:func:`enrol_message`): it holds the key it enrols;
+- the hub signs every reply, bound to the device's nonce and key (:func:`reply_message`),
+  and the device checks that before it uses any URL or setting in it;
+- a credential is bound to the device key: each use answers a hub nonce with a
+  signature (:func:`possession_message`), so a copied credential alone gets nothing.
+
+Every message is a label and length-prefixed parts, so no two can be confused.
 """
 
 from __future__ import annotations
@@ -28,10 +36,14 @@ __all__ = [
     "b64",
     "claim_key",
     "claim_proof",
+    "device_claim_proof",
     "enrol_message",
     "fingerprint",
     "from_b64",
     "hub_proof_message",
+    "possession_message",
+    "reply_message",
+    "split_claim",
     "verify",
 ]
 
@@ -57,25 +69,71 @@ def fingerprint(public_key: bytes) -> str:
     return "sha256:" + hashlib.sha256(public_key).hexdigest()
 
 
-def hub_proof_message(nonce: bytes, device_id: str) -> bytes:
-    """What a hub signs to prove its key to a device that sent ``nonce``."""
-    return b"semstreams-hub-proof\0" + nonce + device_id.encode()
+def _message(label: str, *parts: bytes) -> bytes:
+    """``label``, a NUL, then each part prefixed by its 4-byte length."""
+    framed = [label.encode(), b"\0"]
+    for part in parts:
+        framed += [len(part).to_bytes(4, "big"), part]
+    return b"".join(framed)
 
 
-def enrol_message(nonce: bytes, device_id: str, public_key: bytes) -> bytes:
-    """What a device signs to prove it holds the key it enrols."""
-    return b"semstreams-enrol\0" + nonce + device_id.encode() + b"\0" + public_key
+def hub_proof_message(nonce: bytes, device_id: str, device_key: bytes) -> bytes:
+    """What a hub signs to prove its key to the device with ``device_key`` that sent ``nonce``."""
+    return _message("semstreams-hub-proof", nonce, device_id.encode(), device_key)
+
+
+def enrol_message(
+    nonce: bytes, hub_nonce: bytes, device_id: str, public_key: bytes, claim_id: str
+) -> bytes:
+    """What a device signs to prove it holds the key it enrols (at this hub, now)."""
+    return _message(
+        "semstreams-enrol", nonce, hub_nonce, device_id.encode(), public_key, claim_id.encode()
+    )
+
+
+def reply_message(nonce: bytes, device_key: bytes, body: bytes) -> bytes:
+    """What a hub signs to vouch for a reply ``body`` to the request carrying ``nonce``."""
+    return _message("semstreams-reply", nonce, device_key, body)
+
+
+def possession_message(purpose: str, hub_nonce: bytes, device_id: str) -> bytes:
+    """What a device signs to use its credential (``purpose``: ``hello``, ``renew``)."""
+    return _message(f"semstreams-possession-{purpose}", hub_nonce, device_id.encode())
+
+
+def split_claim(token: str) -> tuple[str, str]:
+    """(id, secret) of a claim token ``ct_<id>.<secret>``.
+
+    Raises:
+        ValueError: not a claim token.
+    """
+    head, _, secret = token.partition(".")
+    if not head.startswith("ct_") or len(head) < 4 or not secret:
+        raise ValueError("malformed claim token (expected ct_<id>.<secret>)")
+    return head.removeprefix("ct_"), secret
 
 
 def claim_key(secret: str) -> str:
-    """The key of the claim proof: a hash of the claim secret (all the hub keeps of it)."""
+    """The key of the claim proofs: a hash of the claim secret (all the hub keeps of it)."""
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def claim_proof(key: str, nonce: bytes, hub_key: bytes) -> bytes:
+def claim_proof(key: str, nonce: bytes, hub_key: bytes, device_key: bytes) -> bytes:
     """A hub's proof that it issued a claim token (``key`` = :func:`claim_key`), bound to
-    its own public key so a relay cannot swap keys."""
-    return hmac.new(key.encode(), b"semstreams-claim\0" + nonce + hub_key, "sha256").digest()
+    both keys so a relay can swap neither."""
+    message = _message("semstreams-claim-hub", nonce, hub_key, device_key)
+    return hmac.new(key.encode(), message, "sha256").digest()
+
+
+def device_claim_proof(
+    key: str, hub_nonce: bytes, device_id: str, device_key: bytes, hub_key: bytes
+) -> bytes:
+    """A device's proof that it holds a claim secret, for this hub's nonce and this key
+    only: it enrols nothing else, and the secret never leaves the device."""
+    message = _message(
+        "semstreams-claim-device", hub_nonce, device_id.encode(), device_key, hub_key
+    )
+    return hmac.new(key.encode(), message, "sha256").digest()
 
 
 def verify(public_key: bytes, signature: bytes, message: bytes) -> bool:
@@ -133,3 +191,13 @@ class Identity:
     def sign(self, message: bytes) -> bytes:
         """The Ed25519 signature of ``message``."""
         return self.private_key.sign(message)
+
+    def derive_secret(self, label: str) -> bytes:
+        """A 32-byte secret for ``label``, derived from the private key (the same on every
+        instance sharing this key; nothing to store)."""
+        raw = self.private_key.private_bytes(
+            serialization.Encoding.Raw,
+            serialization.PrivateFormat.Raw,
+            serialization.NoEncryption(),
+        )
+        return hmac.new(raw, label.encode(), "sha256").digest()

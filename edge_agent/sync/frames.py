@@ -26,17 +26,20 @@ __all__ = [
     "PROTOCOL_VERSION",
     "Ack",
     "Batch",
+    "Challenge",
     "EntityDelta",
     "Frame",
     "Hello",
     "Nack",
+    "Proof",
     "Slow",
     "Welcome",
     "decode_frame",
     "encode_frame",
 ]
 
-PROTOCOL_VERSION: Final = 1
+#: 2: an enrolled edge answers the hub's Challenge with a Proof of its device key.
+PROTOCOL_VERSION: Final = 2
 #: Payload encodings, most preferred first.
 ENCODINGS: Final = ("zstd", "zlib", "none")
 
@@ -53,6 +56,19 @@ class Hello(_Frame, frozen=True):
     version: int = PROTOCOL_VERSION
     acked_seq: int = 0
     encodings: tuple[str, ...] = ENCODINGS
+
+
+class Challenge(_Frame, frozen=True):
+    """Hub → edge, after a Hello whose credential is bound to a device key: sign this."""
+
+    nonce: Annotated[bytes, msgspec.Meta(min_length=16, max_length=64)]
+
+
+class Proof(_Frame, frozen=True):
+    """Edge → hub: the device key's signature over the Challenge's nonce
+    (:func:`~edge_agent.provision.identity.possession_message`, purpose ``hello``)."""
+
+    signature: Annotated[bytes, msgspec.Meta(max_length=128)]
 
 
 class Welcome(_Frame, frozen=True):
@@ -96,7 +112,7 @@ class Slow(_Frame, frozen=True):
     max_bytes_per_second: int = 0
 
 
-Frame = Hello | Welcome | Batch | Ack | Nack | Slow
+Frame = Hello | Challenge | Proof | Welcome | Batch | Ack | Nack | Slow
 
 
 _Alias = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_LENGTH)]

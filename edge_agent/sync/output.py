@@ -89,6 +89,8 @@ class SyncOutput:
         store: the graph store that keeps the outbox.
         write: runs a function on the store's writer thread.
         metrics: the agent's metrics.
+        prove: signs the hub's Challenge nonce with the device key (an enrolled device:
+            its credential is bound to that key, and each hello proves it holds it).
     """
 
     def __init__(
@@ -100,10 +102,12 @@ class SyncOutput:
         store: GraphStore,
         write: Writer,
         metrics: Metrics,
+        prove: Callable[[bytes], bytes] | None = None,
     ) -> None:
         self.settings = settings
         self.edge_id = edge_id
         self._token = token
+        self._prove = prove
         self._store = store
         self._write = write
         self._metrics = metrics
@@ -183,6 +187,7 @@ class SyncOutput:
                 acked_seq=acked,
                 window=settings.window,
                 encodings=self._encodings,
+                prove=self._prove,
             )
             await self._flush(ws, proto)
             await self._handshake(ws, proto)
@@ -212,9 +217,13 @@ class SyncOutput:
                 task.result()
 
     async def _handshake(self, ws: ClientConnection, proto: EdgeProtocol) -> None:
-        message = await asyncio.wait_for(ws.recv(), _HANDSHAKE_TIMEOUT_S)
-        proto.receive_data(_as_bytes(message))
-        welcome = proto.events_received()[0]
+        """Until the Welcome: answer a Challenge (the protocol does), then read it."""
+        welcome: Any = None
+        while welcome is None:
+            message = await asyncio.wait_for(ws.recv(), _HANDSHAKE_TIMEOUT_S)
+            proto.receive_data(_as_bytes(message))
+            await self._flush(ws, proto)
+            welcome = next(iter(proto.events_received()), None)
         if proto.state == State.CLOSED:
             self._metrics.sync_refused.labels("welcome").inc()
             raise SyncRefusedError(f"hub refused {self.edge_id}: {proto.refusal}")

@@ -2,7 +2,9 @@
 
 Invariants:
 - The edge speaks first (Hello); the hub answers once (Welcome) and nothing else
-  crosses before that. A refused Welcome closes the link.
+  crosses before that, except one Challenge (hub → edge) and its Proof (edge → hub)
+  when the edge's credential is bound to a device key. A refused Welcome closes the
+  link.
 - A batch ``seq`` is sent at most once per connection and is in flight until acked or
   nacked; at most ``window`` batches are in flight, and Slow only ever shrinks it.
 - The hub acks a batch only after the shell has made it durable (the shell calls
@@ -24,15 +26,18 @@ Use: feed every received message to ``receive_data``, then send everything from
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 
 from edge_agent.errors import LocalProtocolError, RemoteProtocolError
 from edge_agent.sync.frames import (
     PROTOCOL_VERSION,
     Ack,
     Batch,
+    Challenge,
     Frame,
     Hello,
     Nack,
+    Proof,
     Slow,
     Welcome,
     decode_frame,
@@ -54,6 +59,7 @@ class State(enum.IntEnum):
 
 # (state, frame type received) -> next state. Anything missing is out of protocol.
 _EDGE_NEXT: dict[tuple[State, type], State] = {
+    (State.HANDSHAKE, Challenge): State.HANDSHAKE,
     (State.HANDSHAKE, Welcome): State.SYNCING,
     (State.SYNCING, Ack): State.SYNCING,
     (State.SYNCING, Nack): State.SYNCING,
@@ -61,6 +67,7 @@ _EDGE_NEXT: dict[tuple[State, type], State] = {
 }
 _HUB_NEXT: dict[tuple[State, type], State] = {
     (State.HANDSHAKE, Hello): State.HANDSHAKE,
+    (State.HANDSHAKE, Proof): State.HANDSHAKE,
     (State.SYNCING, Batch): State.SYNCING,
 }
 
@@ -121,6 +128,8 @@ class EdgeProtocol(_Protocol):
         acked_seq: the highest seq the edge knows the hub has (from its own store).
         window: batches in flight at most.
         encodings: payload encodings this edge can write.
+        prove: signs the hub's Challenge nonce with the device key (``None``: this edge
+            has no key, and answers a Challenge with an empty Proof the hub refuses).
     """
 
     def __init__(
@@ -132,8 +141,11 @@ class EdgeProtocol(_Protocol):
         window: int = 4,
         encodings: tuple[str, ...] = ("zstd", "zlib", "none"),
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+        prove: Callable[[bytes], bytes] | None = None,
     ) -> None:
         super().__init__(_EDGE_NEXT, max_frame_bytes)
+        self._prove = prove
+        self._challenged = False
         self.window = window
         self.in_flight: set[int] = set()
         self.hwm = 0
@@ -163,6 +175,12 @@ class EdgeProtocol(_Protocol):
 
     def _receive(self, frame: Frame) -> bool:
         match frame:
+            case Challenge(nonce=nonce):
+                if self._challenged:
+                    raise RemoteProtocolError("second Challenge on one link")
+                self._challenged = True
+                self._send(Proof(signature=self._prove(nonce) if self._prove else b""))
+                return False
             case Welcome(accepted=False, reason=reason):
                 self.refusal = reason or "refused"
                 self.state = State.CLOSED
@@ -185,7 +203,8 @@ class EdgeProtocol(_Protocol):
 class HubProtocol(_Protocol):
     """The hub's side: waits for Hello, lets the shell authenticate, takes batches.
 
-    After a Hello event the shell calls :meth:`accept` or :meth:`refuse`; each Batch
+    After a Hello event the shell calls :meth:`accept` or :meth:`refuse`, or first
+    :meth:`challenge` and then, at the Proof event, :meth:`accept` or :meth:`refuse`; each Batch
     event is the next one in ``seq`` order, which the shell makes durable and then
     acks (:meth:`ack`) or nacks (:meth:`nack`). Re-sends and batches past a gap never become
     events: they are answered here (:attr:`duplicates`, :attr:`gaps` count them). The
@@ -210,7 +229,16 @@ class HubProtocol(_Protocol):
         self._retry_after = retry_after
         self._encodings = encodings
         self._hello: Hello | None = None
+        self._challenged = self._proved = False
         self._unanswered: set[int] = set()
+
+    def challenge(self, nonce: bytes) -> None:
+        """Ask the edge to prove its device key by signing ``nonce`` (a Proof event follows)."""
+        self._require(State.HANDSHAKE, "challenge")
+        if self._hello is None or self._challenged:
+            raise LocalProtocolError("challenge once, after the Hello")
+        self._challenged = True
+        self._send(Challenge(nonce=nonce))
 
     def accept(self, hwm: int, *, max_bytes_per_second: int = 0, max_batch_bytes: int = 0) -> None:
         """Welcome the edge; it resumes after ``hwm``, the last seq durable here."""
@@ -289,10 +317,19 @@ class HubProtocol(_Protocol):
             case Hello():
                 if self._hello is not None:
                     raise RemoteProtocolError("second Hello on one link")
-                if frame.version != PROTOCOL_VERSION:
-                    raise RemoteProtocolError(f"protocol version {frame.version} not supported")
                 self._hello = frame
                 self.edge_id = frame.edge_id
+                if frame.version != PROTOCOL_VERSION:
+                    # Refused in a Welcome, which edges of every version understand.
+                    self.refuse(
+                        f"sync protocol version {frame.version} not supported: this hub"
+                        f" speaks {PROTOCOL_VERSION}; update the edge"
+                    )
+                    return False
+            case Proof():
+                if not self._challenged or self._proved:
+                    raise RemoteProtocolError("Proof without a Challenge")
+                self._proved = True
             case Batch(seq=seq, count=count):
                 if seq < 1 or count < 0:
                     raise RemoteProtocolError(f"batch seq {seq} / count {count} out of range")

@@ -8,7 +8,6 @@ an id before its real device comes, flooding the pending queue, and hammering ``
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -17,8 +16,8 @@ import msgspec
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edge_agent.provision.identity import Identity, b64, enrol_message
-from edge_agent.provision.messages import EnrolRequest
+from edge_agent.provision.client import challenge_request, enrol_request
+from edge_agent.provision.identity import Identity, from_b64, split_claim
 from tests.helpers import AgentProcess, cli, http_json
 from tests.integration.sync_harness import hub_process
 
@@ -44,15 +43,15 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProcess]:
 
 
 def enrol(hub: AgentProcess, device_id: str, key: Identity, claim: str = "") -> tuple[int, Any]:
-    """A correctly signed enrolment of ``device_id`` with ``key``."""
-    nonce = os.urandom(32)
-    request = EnrolRequest(
-        device_id=device_id,
-        public_key=b64(key.public_key),
-        nonce=b64(nonce),
-        signature=b64(key.sign(enrol_message(nonce, device_id, key.public_key))),
-        claim_token=claim,
-    )
+    """A correctly signed enrolment of ``device_id`` with ``key`` (protocol 2: a challenge
+    for the hub's nonce, then the enrolment answering it)."""
+    challenge, _ = challenge_request(key, device_id)
+    status, answer = http_json(f"{hub.api}/enrol/challenge", msgspec.json.encode(challenge))
+    if status != 200:
+        return status, answer
+    hub_key, hub_nonce = from_b64(answer["hub_key"]), from_b64(answer["hub_nonce"])
+    parts = split_claim(claim) if claim else None
+    request, _ = enrol_request(key, device_id, hub_key, hub_nonce, parts)
     return http_json(f"{hub.api}/enrol", msgspec.json.encode(request))
 
 
@@ -77,7 +76,12 @@ def devices(hub: AgentProcess) -> dict[str, dict[str, Any]]:
 def test_ids_that_could_escape_a_subject_or_a_path_are_refused(
     hub: AgentProcess, device_id: str
 ) -> None:
-    status, body = enrol(hub, device_id, new_key())
+    key = new_key()
+    status, body = enrol(hub, device_id, key)
+    assert status == 400 and "bad challenge" in body["error"]
+    # Straight to /enrol (no hub nonce to answer) is refused as well, for the id.
+    request, _ = enrol_request(key, device_id, key.public_key, bytes(40))
+    status, body = http_json(f"{hub.api}/enrol", msgspec.json.encode(request))
     assert status == 400 and "bad enrolment" in body["error"]
     assert device_id not in devices(hub)
 
@@ -137,7 +141,8 @@ def test_one_address_cannot_hammer_enrolment(tmp_path: Any) -> None:
     hub.start()
     try:
         statuses = [enrol(hub, f"noisy-{n}", new_key())[0] for n in range(40)]
-        assert statuses[:15] == [202] * 15  # the burst (a quarter of a minute's rate)
+        # The burst is a quarter of a minute's rate: 15 requests, two per enrolment.
+        assert statuses[:7] == [202] * 7
         assert statuses.count(429) >= 20
         refused = http_json(f"{hub.api}/enrol/challenge", b'{"device_id": "x", "nonce": "AA"}')
         assert refused[0] == 429 and "retry in" in refused[1]["error"]

@@ -13,17 +13,15 @@ import stat
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from websockets.sync.client import connect
 
-from edge_agent.sync.frames import Hello, Welcome, decode_frame, encode_frame
-from tests.helpers import AgentProcess, config_dict, http_json, post_oversized
+from edge_agent.provision.identity import Identity
+from edge_agent.sync.frames import Welcome
+from tests.helpers import AgentProcess, config_dict, http_json, post_oversized, renew, sync_hello
 from tests.integration.sync_harness import hub_process, metric
 
 pytestmark = pytest.mark.slow
@@ -192,12 +190,10 @@ def test_a_hub_that_does_not_match_the_pinned_key_gets_nothing(
     wait_until(lambda: devices(hub).get("other", {}).get("status") == "approved", "approval")
 
 
-def _hello(hub: AgentProcess, device_id: str, credential: str) -> Welcome:
-    with connect(f"ws{hub.api.removeprefix('http')}/edge-sync", proxy=None) as ws:
-        ws.send(encode_frame(Hello(edge_id=device_id, token=credential)))
-        welcome = decode_frame(ws.recv(timeout=5), max_bytes=1 << 20)  # type: ignore[arg-type]
-    assert isinstance(welcome, Welcome)
-    return welcome
+def _hello(
+    hub: AgentProcess, device_id: str, credential: str, key: Identity | None = None
+) -> Welcome:
+    return sync_hello(f"ws{hub.api.removeprefix('http')}/edge-sync", device_id, credential, key)
 
 
 def test_tampered_and_revoked_credentials_are_refused_and_revoke_cuts_the_link(
@@ -234,24 +230,19 @@ def test_a_rotated_credential_is_refused_and_the_device_gets_a_new_one_with_its_
     wait_until(lambda: synced(hub, "rotating"), "sync")
     enrolment = tmp_path / "rotating-state" / "provisioning" / "enrolment.json"
     old = json.loads(enrolment.read_text())["credential"]
-    assert _hello(hub, "rotating", old).accepted
+    key = Identity.load_or_create(tmp_path / "rotating-state" / "device_key.pem")
+    assert _hello(hub, "rotating", old, key).accepted
     time.sleep(1.1)  # credentials carry whole seconds: the rotation is after this one
     status, device = http_json(f"{hub.api}/devices/rotating/rotate", b"{}")
     assert status == 200 and device["credentials_after"] > 0
-    # The copied credential is refused at hello and at renewal...
-    welcome = _hello(hub, "rotating", old)
+    # The old credential is refused at hello and at renewal, even with the device key...
+    welcome = _hello(hub, "rotating", old, key)
     assert (welcome.accepted, welcome.reason) == (
         False,
         "credential rotated: enrol again with the device key",
     )
-    renewal = urllib.request.Request(
-        f"{hub.api}/enrol/renew",
-        data=b'{"device_id": "rotating"}',
-        headers={"Authorization": f"Bearer {old}", "Content-Type": "application/json"},
-    )
-    with pytest.raises(urllib.error.HTTPError) as refused:
-        urllib.request.urlopen(renewal, timeout=5)
-    assert refused.value.code == 401
+    status, body = renew(hub.api, "rotating", old, key)
+    assert (status, body["error"]) == (401, "credential rotated: enrol again with the device key")
     # ...while the device, which holds its key, enrols again and syncs on.
     wait_until(
         lambda: json.loads(enrolment.read_text())["credential"] != old, "a new credential", 30

@@ -13,11 +13,14 @@ from edge_agent.errors import LocalProtocolError, RemoteProtocolError
 from edge_agent.sync.codec import decode_deltas, encode_deltas
 from edge_agent.sync.filters import compile_filter
 from edge_agent.sync.frames import (
+    PROTOCOL_VERSION,
     Ack,
     Batch,
+    Challenge,
     EntityDelta,
     Hello,
     Nack,
+    Proof,
     Slow,
     Welcome,
     decode_frame,
@@ -74,6 +77,8 @@ def test_the_sync_core_does_no_io() -> None:
     "frame",
     [
         Hello(edge_id="e", token="t", acked_seq=7),
+        Challenge(nonce=bytes(range(32))),
+        Proof(signature=b"\x01" * 64),
         Welcome(accepted=True, hwm=9, encoding="zlib"),
         Welcome(accepted=False, reason="bad credential"),
         Batch(seq=3, encoding="zstd", count=2, payload=b"\x00\x01"),
@@ -243,8 +248,6 @@ def test_hub_refuses_replays_and_second_hello() -> None:
     other.receive_data(hello)
     with pytest.raises(RemoteProtocolError, match="second Hello"):
         other.receive_data(hello)
-    with pytest.raises(RemoteProtocolError, match="version 9"):
-        HubProtocol().receive_data(encode_frame(Hello(edge_id="e", version=9)))
 
 
 def test_edge_refuses_acks_for_unknown_batches() -> None:
@@ -294,3 +297,63 @@ def test_filters_select_entities_and_predicates() -> None:
 def test_bad_filters_name_the_key(spec: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message.replace(".", r"\.")):
         compile_filter(spec)
+
+
+def _signer(nonce: bytes) -> bytes:
+    return b"signed:" + nonce
+
+
+def test_a_challenged_edge_proves_its_key_before_the_welcome() -> None:
+    edge, hub = EdgeProtocol("edge-1", "jwt", prove=_signer), HubProtocol()
+    [hello] = exchange(edge, hub)
+    assert isinstance(hello, Hello) and hello.token == "jwt"
+    hub.challenge(b"n" * 32)
+    assert exchange(hub, edge) == []  # the protocol answers the Challenge itself
+    [proof] = exchange(edge, hub)
+    assert proof == Proof(signature=b"signed:" + b"n" * 32)
+    assert hub.state == edge.state == State.HANDSHAKE
+    hub.accept(0)
+    [welcome] = exchange(hub, edge)
+    assert isinstance(welcome, Welcome) and welcome.accepted and edge.state == State.SYNCING
+
+
+def test_an_edge_without_a_key_answers_with_an_empty_proof() -> None:
+    edge, hub = EdgeProtocol("edge-1", "stolen-jwt"), HubProtocol()
+    exchange(edge, hub)
+    hub.challenge(b"n" * 32)
+    exchange(hub, edge)
+    assert exchange(edge, hub) == [Proof(signature=b"")]
+
+
+def test_challenges_and_proofs_out_of_order_are_refused() -> None:
+    hub = HubProtocol()
+    with pytest.raises(LocalProtocolError, match="after the Hello"):
+        hub.challenge(b"n" * 32)
+    hub.receive_data(encode_frame(Hello(edge_id="e")))
+    with pytest.raises(RemoteProtocolError, match="Proof without a Challenge"):
+        hub.receive_data(encode_frame(Proof(signature=b"x")))
+    hub.challenge(b"n" * 32)
+    with pytest.raises(LocalProtocolError, match="challenge once"):
+        hub.challenge(b"m" * 32)
+    hub.receive_data(encode_frame(Proof(signature=b"x")))
+    with pytest.raises(RemoteProtocolError, match="Proof without a Challenge"):
+        hub.receive_data(encode_frame(Proof(signature=b"x")))
+    edge = EdgeProtocol("e", "t", prove=_signer)
+    edge.receive_data(encode_frame(Challenge(nonce=b"n" * 32)))
+    with pytest.raises(RemoteProtocolError, match="second Challenge"):
+        edge.receive_data(encode_frame(Challenge(nonce=b"n" * 32)))
+    connected_edge, _ = connected()
+    with pytest.raises(RemoteProtocolError, match="unexpected Challenge frame while syncing"):
+        connected_edge.receive_data(encode_frame(Challenge(nonce=b"n" * 32)))
+
+
+def test_an_edge_of_another_protocol_version_is_refused_in_a_welcome() -> None:
+    edge, hub = EdgeProtocol("old-edge", "t"), HubProtocol()
+    hub.receive_data(encode_frame(Hello(edge_id="old-edge", version=PROTOCOL_VERSION - 1)))
+    assert hub.events_received() == [] and hub.state == State.CLOSED
+    exchange(hub, edge)
+    assert edge.state == State.CLOSED
+    assert edge.refusal == (
+        f"sync protocol version {PROTOCOL_VERSION - 1} not supported: this hub speaks"
+        f" {PROTOCOL_VERSION}; update the edge"
+    )
