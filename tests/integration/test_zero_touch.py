@@ -10,30 +10,25 @@ from __future__ import annotations
 
 import json
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.lan_agents import (
+    API_PORT,
+    edge_config,
+    http,
+    hub_config,
+    hub_fingerprint,
+    start,
+    synced,
+    wait_until,
+)
 from tests.netns import Lan, Node, cleanup_stale, netns_available
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
-
-API_PORT = 8080
-_HTTP = """
-import json, sys, urllib.error, urllib.request
-url, data = sys.argv[1], (sys.argv[2].encode() if len(sys.argv) > 2 else None)
-request = urllib.request.Request(url, data=data, headers={"content-type": "application/json"})
-try:
-    with urllib.request.urlopen(request, timeout=5) as reply:
-        print(json.dumps([reply.status, json.loads(reply.read() or b"null")]))
-except urllib.error.HTTPError as error:
-    print(json.dumps([error.code, json.loads(error.read() or b"null")]))
-except OSError as error:
-    print(json.dumps([0, str(error)]))
-"""
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -42,75 +37,6 @@ def _namespaces() -> None:
     if reason is not None:
         pytest.skip(f"network namespaces not permitted here: {reason}")
     cleanup_stale()
-
-
-def http(node: Node, url: str, body: Any = None) -> tuple[int, Any]:
-    """An HTTP call made from inside ``node``'s namespace."""
-    argv = [sys.executable, "-c", _HTTP, url] + ([json.dumps(body)] if body is not None else [])
-    status, answer = json.loads(node.run(argv).stdout)
-    return int(status), answer
-
-
-def wait_until(check: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
-        time.sleep(0.5)
-
-
-def start(node: Node, program: str, config: dict[str, Any], workdir: Path) -> None:
-    path = workdir / f"{node.name}.json"
-    path.write_text(json.dumps(config))
-    log = (workdir / f"{node.name}.log").open("wb")
-    node.popen(
-        [sys.executable, "-m", program, "run", "--config", str(path)], stdout=log, stderr=log
-    )
-    wait_until(lambda: http(node, f"http://127.0.0.1:{API_PORT}/health")[0] == 200, node.name, 30)
-
-
-def hub_config(node: Node, workdir: Path, name: str) -> dict[str, Any]:
-    return {
-        "state_dir": str(workdir / f"{node.name}-state"),
-        "platform": {"id": name, "type": "cloud-hub"},
-        "services": {
-            "service-manager": {
-                "config": {
-                    "http_port": API_PORT,
-                    "http_host": "0.0.0.0",
-                    # A LAN of network namespaces this test made; nothing else reaches it.
-                    "auth": {"allow_unauthenticated": True},
-                }
-            }
-        },
-        "provisioning": {"enabled": True, "interfaces": [node.ip]},
-        "components": [{"id": "in", "type": "websocket_input", "config": {"port": API_PORT}}],
-        "logging": {"output": "stderr"},
-    }
-
-
-def edge_config(node: Node, workdir: Path, first: int, boot: dict[str, str]) -> dict[str, Any]:
-    boot_file = workdir / f"{node.name}-provision.json"
-    boot_file.write_text(json.dumps(boot))
-    return {
-        "state_dir": str(workdir / f"{node.name}-state"),
-        "platform": {"id": node.name},
-        "services": {"service-manager": {"config": {"http_port": API_PORT}}},
-        "provisioning": {
-            "enabled": True,
-            "file": str(boot_file),
-            "interfaces": [node.ip],
-            "discovery_timeout": "2s",
-            "retry": {"initial": "500ms", "max": "2s"},
-        },
-        "components": [
-            {
-                "id": "sim",
-                "type": "simulator",
-                "config": {"entities": 3, "interval": "500ms", "first": first},
-            }
-        ],
-        "logging": {"output": "stderr"},
-    }
 
 
 @pytest.fixture
@@ -132,7 +58,7 @@ def test_edges_discover_enrol_and_sync_with_no_keystroke_and_the_rogue_gets_noth
     api_health = http(hub, f"{hub_api}/health")[1]["components"]["api"]
     assert "without auth" in api_health["warning"]
     tokens = [http(hub, f"{hub_api}/claim-tokens", {"group": "west"})[1]["token"] for _ in range(2)]
-    fingerprint = _fingerprint(tmp_path / "hub.log")
+    fingerprint = hub_fingerprint(tmp_path / "hub.log")
 
     boots = [{"claim_token": tokens[0]}, {"claim_token": tokens[1]}, {"hub_key": fingerprint}]
     for index, (node, boot) in enumerate(zip(edges, boots, strict=True)):
@@ -141,16 +67,11 @@ def test_edges_discover_enrol_and_sync_with_no_keystroke_and_the_rogue_gets_noth
     def devices() -> dict[str, str]:
         return {d["id"]: d["status"] for d in http(hub, f"{hub_api}/devices")[1]}
 
-    def synced() -> set[str]:
-        # In the hub's graph, not only acked into its log.
-        edges = http(hub, f"{hub_api}/edges")[1]
-        return {e["edge_id"] for e in edges if e.get("batches_applied", 0) > 0}
-
-    wait_until(lambda: {"e1", "e2"} <= synced(), "the claimed edges to sync")
+    wait_until(lambda: {"e1", "e2"} <= synced(hub, hub_api), "the claimed edges to sync")
     wait_until(lambda: devices().get("e3") == "pending", "the unclaimed edge to wait")
-    assert "e3" not in synced()
+    assert "e3" not in synced(hub, hub_api)
     assert http(hub, f"{hub_api}/devices/e3/approve", {})[0] == 200
-    wait_until(lambda: "e3" in synced(), "the approved edge to sync")
+    wait_until(lambda: "e3" in synced(hub, hub_api), "the approved edge to sync")
     assert devices() == {"e1": "approved", "e2": "approved", "e3": "approved"}
     for first in (0, 10, 20):
         status, entity = http(hub, f"{hub_api}/graph/entities/UAV-{first:03d}")
@@ -172,16 +93,6 @@ def test_edges_discover_enrol_and_sync_with_no_keystroke_and_the_rogue_gets_noth
     # Each edge advertises itself for the fleet inventory.
     found = _browse_edges(hub)
     assert {"e1", "e2", "e3"} <= {entry["properties"]["id"] for entry in found}
-
-
-def _fingerprint(log: Path) -> str:
-    deadline = time.monotonic() + 10
-    while "provisioning: hub key " not in log.read_text():
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
-    text = log.read_text()
-    start_at = text.index("provisioning: hub key ") + len("provisioning: hub key ")
-    return text[start_at : start_at + 71]
 
 
 _BROWSE = """
