@@ -199,6 +199,9 @@ class SyncInput:
                 return
             for out in proto.data_to_send():
                 await websocket.send_bytes(out)
+        if session.hello is None:  # refused by the protocol itself: another version
+            self._metrics.sync_refused.labels("protocol").inc()
+            log.warning("sync: refused edge %r: %s", proto.edge_id[:80], proto.refusal)
         await _close(websocket, _CLOSE_POLICY, "refused")
 
     async def _next_message(self, session: _Session) -> dict[str, Any]:

@@ -221,6 +221,7 @@ class HubProtocol(_Protocol):
         super().__init__(_HUB_NEXT, max_frame_bytes)
         self.edge_id = ""
         self.hwm = 0
+        self.refusal = ""
         #: The seq the next Batch event must carry.
         self.expected = 1
         self.duplicates = 0
@@ -263,6 +264,7 @@ class HubProtocol(_Protocol):
         """Refuse the edge with a reason; the link is closed, no batch is read."""
         self._require(State.HANDSHAKE, "refuse")
         self.state = State.CLOSED
+        self.refusal = reason
         self._send(Welcome(accepted=False, reason=reason))
 
     def ack(self, seq: int) -> None:

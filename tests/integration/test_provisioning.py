@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from websockets.sync.client import connect
 
 from edge_agent.provision.identity import Identity
-from edge_agent.sync.frames import Welcome
+from edge_agent.sync.frames import Hello, Welcome, decode_frame, encode_frame
 from tests.helpers import AgentProcess, config_dict, http_json, post_oversized, renew, sync_hello
 from tests.integration.sync_harness import hub_process, metric
 
@@ -327,3 +328,21 @@ def test_enrolment_bodies_are_capped(hub: AgentProcess, path: str) -> None:
     for declared in (1 << 20, None):  # a declared length, and a chunked body counted as read
         status, body = post_oversized(f"{hub.api}{path}", declared=declared)
         assert status == 413 and "request body over" in body["error"]
+
+
+def test_peers_of_the_old_protocols_are_told_to_update(hub: AgentProcess) -> None:
+    # Sync protocol 1: a hello without the proof of possession that version 2 adds.
+    with connect(f"ws{hub.api.removeprefix('http')}/edge-sync", proxy=None) as ws:
+        ws.send(encode_frame(Hello(edge_id="old-edge", token="jwt", version=1)))
+        welcome = decode_frame(ws.recv(timeout=5), max_bytes=1 << 20)  # type: ignore[arg-type]
+    assert welcome == Welcome(
+        accepted=False,
+        reason="sync protocol version 1 not supported: this hub speaks 2; update the edge",
+    )
+    # Enrolment protocol 1 sent the claim secret itself: refused, and nothing is used.
+    old = {"device_id": "old-pi", "public_key": "AA", "nonce": "AA", "signature": "AA"}
+    status, body = http_json(
+        f"{hub.api}/enrol", json.dumps({**old, "claim_token": "ct_ab.cd"}).encode()
+    )
+    assert status == 400 and body["error"].startswith("enrolment protocol 1 is not supported")
+    assert "old-pi" not in devices(hub)
