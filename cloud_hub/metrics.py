@@ -41,3 +41,9 @@ class HubMetrics:
             ["outcome"],
             registry=registry,
         )
+        self.link_failures = Counter(
+            "semstreams_hub_link_failures",
+            "Sync links whose worker failed unexpectedly; each was closed (1011) after"
+            " nacking the batches it held, and its edge reconnects.",
+            registry=registry,
+        )

@@ -44,8 +44,9 @@ log = logging.getLogger(__name__)
 _RETRY_AFTER_S = 2.0
 # Room for the JetStream message's headers next to a batch frame.
 _HEADER_ROOM = 4096
-# WebSocket close codes (RFC 6455): policy violation, protocol error, try again later.
-_CLOSE_POLICY, _CLOSE_PROTOCOL, _CLOSE_TRY_LATER = 1008, 1002, 1013
+# WebSocket close codes (RFC 6455): policy violation, protocol error, internal error,
+# try again later.
+_CLOSE_POLICY, _CLOSE_PROTOCOL, _CLOSE_INTERNAL, _CLOSE_TRY_LATER = 1008, 1002, 1011, 1013
 
 
 @dataclass
@@ -173,8 +174,26 @@ class SyncInput:
             await _close(websocket, _CLOSE_PROTOCOL, str(exc))
         except WebSocketDisconnect:
             pass
+        except Exception:  # anything else: a link never dies silently
+            await self._failed(session)
         finally:
             self._disconnected(proto.edge_id, websocket)
+
+    async def _failed(self, session: _Session) -> None:
+        """The link's worker failed in a way nothing above handles (e.g. the log is
+        unreachable at hello): count it, log it with its traceback, nack what the link
+        held so the edge sends it again, and close (1011); the edge reconnects to a new
+        worker."""
+        proto = session.proto
+        self._hub.link_failures.inc()
+        log.exception("sync: the link of edge %s failed; closing it", proto.edge_id or "?")
+        held = proto.nack_all("not durable: hub error, send again")
+        if held:
+            log.warning("sync: nacking batches %s of %s", held, proto.edge_id)
+        with contextlib.suppress(Exception):  # the socket may be the thing that failed
+            for out in proto.data_to_send():
+                await session.websocket.send_bytes(out)
+            await _close(session.websocket, _CLOSE_INTERNAL, "hub error")
 
     async def _serve(self, session: _Session) -> None:
         websocket, proto = session.websocket, session.proto

@@ -280,6 +280,13 @@ class HubProtocol(_Protocol):
         wait = self._retry_after if retry_after is None else retry_after
         self._send(Nack(seq=seq, reason=reason, retry_after=wait))
 
+    def nack_all(self, reason: str) -> list[int]:
+        """Nack every batch taken and not answered yet (the shell lost them); their seqs."""
+        held = sorted(self._unanswered) if self.state == State.SYNCING else []
+        for seq in held:
+            self.nack(seq, reason)
+        return held
+
     def ready(self, seq: int) -> bool:
         """Whether Batch event ``seq`` is the one to make durable now (``hwm + 1``).
 

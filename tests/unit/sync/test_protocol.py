@@ -357,3 +357,15 @@ def test_an_edge_of_another_protocol_version_is_refused_in_a_welcome() -> None:
         f"sync protocol version {PROTOCOL_VERSION - 1} not supported: this hub speaks"
         f" {PROTOCOL_VERSION}; update the edge"
     )
+
+
+def test_a_failed_shell_nacks_everything_it_held_and_the_edge_sends_it_again() -> None:
+    edge, hub = connected(hwm=0, window=3)
+    for seq in (1, 2, 3):
+        edge.send_batch(seq, 1, b"x")
+    assert [b.seq for b in exchange(edge, hub)] == [1, 2, 3]  # type: ignore[attr-defined]
+    hub.ack(1)
+    assert hub.nack_all("not durable: hub error, send again") == [2, 3]
+    exchange(hub, edge)
+    assert edge.in_flight == set() and edge.hwm == 1
+    assert HubProtocol().nack_all("nothing held before a welcome") == []
