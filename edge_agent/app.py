@@ -41,6 +41,7 @@ from edge_agent.nats.client import ensure_streams
 from edge_agent.nats.connection import NatsConnection
 from edge_agent.nats.server import EmbeddedNatsServer
 from edge_agent.nats.subjects import DEAD_LETTER_STREAM, ENTITY_STREAM
+from edge_agent.sync.pacing import Backoff
 from edge_agent.tracing import setup_tracing, shutdown_tracing
 
 # What only some configs use (provisioning: zeroconf, cryptography; GPIO: gpiozero;
@@ -69,14 +70,47 @@ def sync_output_settings(config: Config) -> tuple[int, WebsocketOutputConfig] | 
 
 
 class Tasks:
-    """The background tasks of a program's own parts: spawned, then cancelled together."""
+    """The background tasks of a program's own parts: spawned, supervised, then cancelled
+    together.
 
-    def __init__(self) -> None:
+    None dies silently: a task that fails (anything but being cancelled) is logged with
+    its traceback and counted (``on_failure`` gets its name), and, unless spawned with
+    ``restart=False``, started again after a backoff (``first_wait``, doubling to 30 s).
+
+    Args:
+        on_failure: called with a task's name each time it fails.
+        first_wait: seconds before the first restart.
+    """
+
+    def __init__(
+        self, on_failure: Callable[[str], None] | None = None, first_wait: float = 1.0
+    ) -> None:
         self._tasks: list[asyncio.Task[None]] = []
+        self._on_failure = on_failure
+        self._first_wait = first_wait
 
-    def spawn(self, coro: Any, name: str) -> None:
-        """Run ``coro`` as task ``name`` until :meth:`cancel`."""
-        self._tasks.append(asyncio.create_task(coro, name=name))
+    def spawn(
+        self, start: Callable[[], Awaitable[None]], name: str, *, restart: bool = True
+    ) -> None:
+        """Run ``start()`` as task ``name`` until it returns or :meth:`cancel`."""
+        task = asyncio.create_task(self._supervise(start, name, restart), name=name)
+        self._tasks.append(task)
+
+    async def _supervise(
+        self, start: Callable[[], Awaitable[None]], name: str, restart: bool
+    ) -> None:
+        backoff = Backoff(self._first_wait, 30.0)
+        while True:
+            try:
+                await start()
+                return
+            except Exception:
+                log.exception("task %s failed%s", name, "; starting it again" if restart else "")
+                if self._on_failure is not None:
+                    self._on_failure(name)
+                if not restart:
+                    return
+            await asyncio.sleep(backoff.next())
 
     async def cancel(self) -> None:
         """Cancel every task, newest first, and wait for them."""
@@ -104,7 +138,7 @@ class Agent:
         self.sync_output: SyncOutput | None = None
         self.provisioner: Provisioner | None = None
         self._advertiser: Advertiser | None = None
-        self._tasks = Tasks()
+        self._tasks = Tasks(on_failure=lambda name: self.metrics.task_failures.labels(name).inc())
         self._stream_stats = {"dead_letters": 0, "stream_pending": 0}
         self.started_at = 0.0
         self._prepare_identity()  # may change platform.id: before the parts read it
@@ -233,13 +267,13 @@ class Agent:
             owns_stream=self.nats_server is not None,
             on_commit=self._committed,
         )
-        self._tasks.spawn(self.processor.run(), "graph-processor")
+        self._tasks.spawn(self.processor.run, "graph-processor")
         try:
             await asyncio.wait_for(self.processor.bound.wait(), _JETSTREAM_READY_TIMEOUT_S)
         except TimeoutError as exc:
             cause = self.processor.status.last_error or "no answer from JetStream"
             raise NatsServerError(f"graph consumer not ready: {cause}") from exc
-        self._tasks.spawn(self._watch_stream(), "stream-watch")
+        self._tasks.spawn(self._watch_stream, "stream-watch")
 
     def _committed(self, touched: frozenset[str]) -> None:
         """On the writer thread, after each commit: stale cache out, the sync link woken."""
@@ -291,7 +325,11 @@ class Agent:
             )
             await self._advertiser.start()
         if sync_output_settings(self.config) is None:
-            self._tasks.spawn(self._enrol_and_sync(self.provisioner), "provisioning")
+            # Not restarted: it starts the sync link once, and a second one would fight it.
+            provisioner = self.provisioner
+            self._tasks.spawn(
+                lambda: self._enrol_and_sync(provisioner), "provisioning", restart=False
+            )
 
     async def _stop_advertising(self) -> None:
         if self._advertiser is not None:
@@ -356,7 +394,7 @@ class Agent:
 
     async def _start_simulator(self, component: ComponentConfig, index: int) -> None:
         self._tasks.spawn(
-            run_simulator(component.config, self.publisher), f"component {component.id}"
+            lambda: run_simulator(component.config, self.publisher), f"component {component.id}"
         )
 
     async def _start_gpio_input(self, component: ComponentConfig, index: int) -> None:
@@ -364,7 +402,7 @@ class Agent:
 
         gpio = GpioInput(component.config, self.publisher, where=f"components[{index}]")
         await gpio.open()  # a device that can't be opened fails the start, named
-        self._tasks.spawn(gpio.run(), f"component {component.id}")
+        self._tasks.spawn(gpio.run, f"component {component.id}")
 
     def _telemetry_counters(self) -> dict[str, int]:
         """What the device entity reports of the agent's own counters (since it started)."""
@@ -382,7 +420,9 @@ class Agent:
         )
         entity_id = component.config.entity_id or self.config.platform.id
         self._tasks.spawn(
-            run_system_telemetry(component.config, self.publisher, sampler, entity_id=entity_id),
+            lambda: run_system_telemetry(
+                component.config, self.publisher, sampler, entity_id=entity_id
+            ),
             f"component {component.id}",
         )
 
@@ -408,7 +448,7 @@ class Agent:
             # An enrolled device's credential is bound to its key: the hello proves it.
             prove=self.provisioner.prove_hello if self.provisioner else None,
         )
-        self._tasks.spawn(self.sync_output.run(), name)
+        self._tasks.spawn(self.sync_output.run, name)
         return self.sync_output
 
     # ---- administration ------------------------------------------------------------

@@ -91,6 +91,13 @@ class Metrics:
             "Restarts of the embedded nats-server after it died.",
             registry=registry,
         )
+        self.task_failures = Counter(
+            "semstreams_task_failures",
+            "Background tasks (graph processor, sync link, components) that failed and"
+            " were logged; each is started again after a backoff.",
+            ["task"],
+            registry=registry,
+        )
         self.rate_limited = Counter(
             "semstreams_rate_limited",
             "HTTP requests refused with 429 by the per-client rate limit.",
