@@ -103,6 +103,13 @@ class Metrics:
             "HTTP requests refused with 429 by the per-client rate limit.",
             registry=registry,
         )
+        self.exports = Counter(
+            "semstreams_exports",
+            "POST /admin/export by how its snapshot was let go: complete, timed_out "
+            "(graph.config.export_timeout), client_gone, failed.",
+            ["outcome"],
+            registry=registry,
+        )
 
         self._sync_metrics(registry)
 

@@ -266,6 +266,10 @@ class GraphSettings(Section, frozen=True):
     max_event_bytes: Annotated[int, msgspec.Meta(ge=256, le=1 << 20)] = 64 << 10
     #: An event stamped later than now plus this is stamped now plus this (counted).
     max_clock_skew: Duration = Duration(60.0)
+    #: The longest ``POST /admin/export`` may hold its snapshot (which holds the WAL
+    #: back): past it the export ends with an incomplete-marker line, however slowly
+    #: its client reads.
+    export_timeout: Duration = Duration(60.0)
     data_manager: DataManagerConfig = DataManagerConfig()
     indexer: IndexerConfig = IndexerConfig()
     querier: QuerierConfig = QuerierConfig()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -23,9 +24,14 @@ from edge_agent.errors import GraphError
 from edge_agent.graph.migrations import Migration, migrate
 from edge_agent.graph.sql import write_transaction
 
-__all__ = ["Database"]
+__all__ = ["Database", "SnapshotBusy"]
 
 _T = TypeVar("_T")
+log = logging.getLogger(__name__)
+
+
+class SnapshotBusy(GraphError):
+    """Another snapshot of the same file is open (:meth:`Database.snapshot`)."""
 
 
 class Database:
@@ -45,6 +51,7 @@ class Database:
         self.what = what
         self._local = threading.local()
         self._lock = threading.Lock()
+        self._snapshot_lock = threading.Lock()
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{what}-writer")
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         try:
@@ -115,13 +122,41 @@ class Database:
         """A dedicated read-only connection holding one consistent snapshot until closed.
 
         For long reads (export) that span many pages: writes go on meanwhile, and the
-        reader sees none of them.
+        reader sees none of them. While a snapshot is open SQLite cannot checkpoint the
+        WAL past it, so every write makes the WAL longer; keeping a snapshot short is
+        the caller's part (export has a deadline). Snapshots taken back to back, or
+        overlapping, would still keep the WAL from ever being reset (measured: it grew
+        without bound with each held for 2 s), so one is open at a time, and closing
+        one checkpoints the WAL at once (passively: it waits for nobody).
+
+        Raises:
+            SnapshotBusy: another snapshot is open.
+            GraphError: SQLite refused a read (also when a progress handler the
+                caller set interrupted a statement).
         """
-        db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
+        if not self._snapshot_lock.acquire(blocking=False):
+            raise SnapshotBusy(f"{self.what}: another snapshot is open")
         try:
-            db.execute("BEGIN")
-            yield db
-        except sqlite3.Error as exc:
-            raise GraphError(f"{self.what}: read failed: {exc}") from exc
+            db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
+            try:
+                db.execute("BEGIN")
+                yield db
+            except sqlite3.Error as exc:
+                raise GraphError(f"{self.what}: read failed: {exc}") from exc
+            finally:
+                db.close()
         finally:
-            db.close()
+            self._checkpoint()
+            self._snapshot_lock.release()
+
+    def _checkpoint(self) -> None:
+        """Copy the WAL into the file as far as no reader holds it back, without waiting,
+        so the writer can start the WAL over; on its own connection, from any thread."""
+        try:
+            db = sqlite3.connect(self.path, isolation_level=None)
+            try:
+                db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            finally:
+                db.close()
+        except sqlite3.Error as exc:  # the writer's automatic checkpoints go on anyway
+            log.warning("%s: checkpoint after a snapshot failed: %s", self.what, exc)

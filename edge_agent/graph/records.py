@@ -8,15 +8,19 @@ twice changes nothing the second time.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Generator, Iterator
 from datetime import datetime
 from typing import Literal
 
 import msgspec
 
-__all__ = ["EntityRecord", "ImportOutcome", "export_records", "import_record"]
+__all__ = ["EntityRecord", "ImportOutcome", "export_jsonl", "export_records", "import_record"]
 
 _PAGE = 500
+#: How often (in SQLite virtual machine steps) a running statement checks the deadline.
+_PROGRESS_STEPS = 10_000
+_encoder = msgspec.json.Encoder()
 
 
 class EntityRecord(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -66,6 +70,41 @@ def export_records(db: sqlite3.Connection, entity_type: str | None) -> Iterator[
         for row in rows:
             yield _record(db, row)
         after = rows[-1][0]
+
+
+def export_jsonl(
+    db: sqlite3.Connection,
+    entity_type: str | None,
+    *,
+    chunk_bytes: int,
+    deadline: float,
+    clock: Callable[[], float] = time.monotonic,
+) -> Generator[bytes, None, None]:
+    """:func:`export_records` as JSONL, in chunks of whole lines of about ``chunk_bytes``.
+
+    Raises:
+        TimeoutError: ``clock()`` passed ``deadline``, between records or inside a
+            statement (SQLite's progress handler interrupts it).
+    """
+    db.set_progress_handler(lambda: clock() > deadline, _PROGRESS_STEPS)
+    chunk = bytearray()
+    try:
+        for record in export_records(db, entity_type):
+            if clock() > deadline:
+                raise TimeoutError
+            _encoder.encode_into(record, chunk, -1)
+            chunk += b"\n"
+            if len(chunk) >= chunk_bytes:
+                yield bytes(chunk)
+                chunk.clear()
+    except sqlite3.OperationalError as exc:
+        if clock() > deadline:
+            raise TimeoutError from exc
+        raise
+    finally:
+        db.set_progress_handler(None, 0)
+    if chunk:
+        yield bytes(chunk)
 
 
 def _record(db: sqlite3.Connection, row: tuple[str, str, int, int, int, int, str]) -> EntityRecord:
