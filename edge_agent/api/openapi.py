@@ -157,6 +157,8 @@ def _service_paths() -> dict[str, Any]:
                         "content": {"application/x-ndjson": {"schema": ndjson}},
                     },
                     "400": ERROR_RESPONSE,
+                    "429": ERROR_RESPONSE,
+                    "503": ERROR_RESPONSE,
                 },
             }
         },
