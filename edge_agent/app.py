@@ -26,7 +26,7 @@ from edge_agent.api.service import ApiService
 from edge_agent.blueprint import Blueprint, Stage
 from edge_agent.config import ComponentConfig, Config
 from edge_agent.config.runtime import change_graph_settings, runtime_values
-from edge_agent.config.schema import WebsocketOutputConfig
+from edge_agent.config.schema import SyncTlsConfig, WebsocketOutputConfig
 from edge_agent.config.units import ByteSize
 from edge_agent.errors import NatsServerError
 from edge_agent.graph import GraphStore
@@ -341,10 +341,12 @@ class Agent:
 
         enrolment = await provisioner.enrolment()
         config = enrolment.config
+        ca_file = self.config.provisioning.ca_file
         settings = WebsocketOutputConfig(
             url=config.sync_url,
             filters=config.filters,
             max_bytes_per_second=ByteSize(config.max_bytes_per_second),
+            tls=SyncTlsConfig(ca_file=ca_file) if ca_file else None,
         )
         sync_output = self._run_sync_output(settings, enrolment.credential, "sync (provisioned)")
         while True:  # renew two thirds into the credential's life, or when the hub rotated it

@@ -575,6 +575,10 @@ class ProvisioningConfig(Section, frozen=True):
     as pending for at most ``pending_ttl`` (then it must ask again), at most
     ``max_pending`` wait at once, and each source address may make
     ``enrol_requests_per_minute`` enrolment requests.
+
+    Edge, with an ``https://`` hub: ``ca_file`` is the CA (or the hub's own certificate)
+    it trusts for enrolment and for the ``wss://`` sync link it is given (the system's
+    CAs when empty).
     """
 
     enabled: bool = False
@@ -583,6 +587,7 @@ class ProvisioningConfig(Section, frozen=True):
     device_id: str = ""
     hub_url: str = ""
     hub_key: str = ""
+    ca_file: str = ""
     file: str = "/boot/firmware/semstreams-provision.json"
     discovery_timeout: Duration = Duration(5.0)
     retry: ReconnectConfig = ReconnectConfig(initial=Duration(1.0), max=Duration(60.0))

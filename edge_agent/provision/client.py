@@ -19,6 +19,7 @@ import logging
 import os
 import re
 import socket
+import ssl
 import time
 import urllib.error
 import urllib.request
@@ -29,7 +30,7 @@ import jwt
 import msgspec
 
 from edge_agent.config.schema import ProvisioningConfig
-from edge_agent.errors import SemStreamsError
+from edge_agent.errors import ConfigError, SemStreamsError
 from edge_agent.private_files import check_private, write_private
 from edge_agent.provision.hardware import hardware_facts
 from edge_agent.provision.identity import (
@@ -96,14 +97,16 @@ def device_id_for(settings: ProvisioningConfig, platform_id: str, identity: Iden
     return platform_id
 
 
-def _post(url: str, body: Any, bearer: str = "") -> tuple[int, bytes, str]:
+def _post(
+    url: str, body: Any, bearer: str = "", context: ssl.SSLContext | None = None
+) -> tuple[int, bytes, str]:
     """(status, body, the hub's signature header) of a JSON POST."""
     headers = {"content-type": "application/json"}
     if bearer:
         headers["authorization"] = f"Bearer {bearer}"
     request = urllib.request.Request(url, data=msgspec.json.encode(body), headers=headers)
     try:
-        with urllib.request.urlopen(request, timeout=_HTTP_TIMEOUT_S) as reply:
+        with urllib.request.urlopen(request, timeout=_HTTP_TIMEOUT_S, context=context) as reply:
             return reply.status, reply.read(1 << 20), reply.headers.get(SIGNATURE_HEADER, "")
     except urllib.error.HTTPError as error:
         return error.code, error.read(1 << 20), ""
@@ -205,6 +208,10 @@ class Provisioner:
         self.status = "not enrolled"
         #: The fingerprint of the hub this device trusts, once it does.
         self.hub_fingerprint = ""
+        try:
+            self._tls = ssl.create_default_context(cafile=settings.ca_file or None)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError([f"provisioning.ca_file: cannot load: {exc}"]) from exc
 
     def stored(self) -> StoredEnrolment | None:
         """The enrolment kept from an earlier start, if any."""
@@ -315,7 +322,9 @@ class Provisioner:
                 claim proof is wrong, or its key is not the pinned one.
         """
         request, nonce = challenge_request(self.identity, self.device_id, claim[0] if claim else "")
-        status, body, _ = await asyncio.to_thread(_post, f"{url}/enrol/challenge", request)
+        status, body, _ = await asyncio.to_thread(
+            _post, f"{url}/enrol/challenge", request, "", self._tls
+        )
         if status != 200:
             raise ProvisionError(f"no challenge answer ({status}): {_reason(body)}")
         if (protocol := protocol_of(body)) != ENROL_PROTOCOL:
@@ -354,7 +363,7 @@ class Provisioner:
         Raises:
             ProvisionError: refused, or not signed by ``hub_key`` (changed on the way).
         """
-        status, body, signature = await asyncio.to_thread(_post, url, request, bearer)
+        status, body, signature = await asyncio.to_thread(_post, url, request, bearer, self._tls)
         if status not in (200, 202):
             raise ProvisionError(f"hub refused {what} ({status}): {_reason(body)}")
         signed = reply_message(nonce, self.identity.public_key, body)

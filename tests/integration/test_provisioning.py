@@ -22,7 +22,16 @@ from websockets.sync.client import connect
 
 from edge_agent.provision.identity import Identity
 from edge_agent.sync.frames import Hello, Welcome, decode_frame, encode_frame
-from tests.helpers import AgentProcess, config_dict, http_json, post_oversized, renew, sync_hello
+from tests.certs import self_signed
+from tests.helpers import (
+    AgentProcess,
+    config_dict,
+    free_port,
+    http_json,
+    post_oversized,
+    renew,
+    sync_hello,
+)
 from tests.integration.sync_harness import hub_process, metric
 
 pytestmark = pytest.mark.slow
@@ -346,3 +355,60 @@ def test_peers_of_the_old_protocols_are_told_to_update(hub: AgentProcess) -> Non
     )
     assert status == 400 and body["error"].startswith("enrolment protocol 1 is not supported")
     assert "old-pi" not in devices(hub)
+
+
+def test_over_https_a_device_enrols_and_gets_a_wss_link_on_the_hubs_own_sync_port(
+    tmp_path: Path,
+) -> None:
+    cert, key = self_signed(tmp_path)
+    api_port, sync_port = free_port(), free_port()
+    hub_config = config_dict(
+        tmp_path / "tls-hub-state",
+        platform={"id": "hub", "type": "cloud-hub"},
+        services={
+            "service-manager": {
+                "config": {
+                    "http_port": api_port,
+                    "tls": {"cert_file": str(cert), "key_file": str(key)},
+                }
+            }
+        },
+        components=[{"id": "in", "type": "websocket_input", "config": {"port": sync_port}}],
+        provisioning={"enabled": True, "advertise": False},
+    )
+    hub = AgentProcess(hub_config, tmp_path, program="cloud_hub.cli", name="tls-hub")
+    hub.start()
+    trusting = untrusting = None
+    try:
+        status, body = http_json(
+            f"{hub.api}/claim-tokens", b'{"group": "tls"}', context=hub.context
+        )
+        assert status == 201, body
+
+        def device(name: str, ca_file: str) -> AgentProcess:
+            boot = tmp_path / f"{name}-provision.json"
+            boot.write_text(json.dumps({"claim_token": body["token"], "hub_url": hub.api}))
+            settings = {"enabled": True, "advertise": False, "file": str(boot)}
+            config = config_dict(
+                tmp_path / f"{name}-state",
+                platform={"id": name},
+                provisioning={**settings, "ca_file": ca_file, "retry": {"max": "1s"}},
+                components=[{"id": "sim", "type": "simulator", "config": {"entities": 2}}],
+            )
+            process = AgentProcess(config, tmp_path, name=name)
+            process.start()
+            return process
+
+        # Without the hub's CA the device does not talk to it (the claim is still unused).
+        untrusting = device("untrusting", "")
+        wait_until(lambda: "CERTIFICATE_VERIFY_FAILED" in provisioning_status(untrusting), "tls")
+        trusting = device("trusting", str(cert))
+        enrolment = tmp_path / "trusting-state" / "provisioning" / "enrolment.json"
+        wait_until(enrolment.exists, "enrolment over https")
+        sync_url = json.loads(enrolment.read_text())["config"]["sync_url"]
+        assert sync_url == f"wss://127.0.0.1:{sync_port}/edge-sync"
+        wait_until(lambda: metric(trusting.api, "semstreams_sync_connected") == 1, "wss link")
+    finally:
+        for process in (trusting, untrusting, hub):
+            if process is not None:
+                process.stop()
