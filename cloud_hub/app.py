@@ -25,7 +25,8 @@ from cloud_hub.api.openapi import HUB_PATHS
 from cloud_hub.config import WebsocketInputConfig, dashboard_settings, sync_inputs
 from cloud_hub.dashboard.routes import dashboard_routes
 from cloud_hub.dashboard.service import Dashboard
-from cloud_hub.graph.schema import HUB_MIGRATIONS
+from cloud_hub.graphrag.schema import GRAPH_MIGRATIONS
+from cloud_hub.graphrag.service import GraphRag
 from cloud_hub.metrics import HubMetrics
 from cloud_hub.provision.advertise import hub_advertiser
 from cloud_hub.provision.api import ENROL_PATH, provisioning_routes
@@ -82,7 +83,7 @@ class Hub:
             origin=config.platform.id,
             settings=config.graph.config,
             metrics=self.metrics,
-            migrations=HUB_MIGRATIONS,
+            migrations=GRAPH_MIGRATIONS,
         )
         self.api = ApiService(
             self,
@@ -94,12 +95,14 @@ class Hub:
             openapi_paths=HUB_PATHS,
             title="SemStreams cloud hub",
         )
+        self.graphrag = GraphRag(self.graph)
         self.materialiser: Materialiser
         self.dashboard: Dashboard
         self.parts = Blueprint(
             [
                 self.nats,
                 self.graph,
+                self.graphrag,
                 Stage("log", self._start_log),
                 Stage("materialiser", self._start_materialiser, self._stop_materialiser),
                 Stage("enrolment", self._start_enrolment, self._stop_enrolment),
@@ -186,6 +189,7 @@ class Hub:
             on_commit=self.graph.committed,
             max_frame_bytes=int(settings.max_frame_bytes) + 4096,
             max_batch_bytes=int(settings.max_batch_bytes),
+            after_apply=self.graphrag.after_apply,
         )
 
     async def _start_materialiser(self) -> None:

@@ -53,6 +53,8 @@ class Materialiser:
         instance: this instance's id (names its consumer).
         metrics, hub_metrics: where to count.
         on_commit: called with what a commit touched (cache invalidation).
+        after_apply: runs at the end of each write transaction, on its connection
+            (the text index follows the graph in the same transaction).
         max_frame_bytes, max_batch_bytes: bounds on a log message and its payload.
     """
 
@@ -69,8 +71,10 @@ class Materialiser:
         on_commit: Callable[[frozenset[str]], None],
         max_frame_bytes: int,
         max_batch_bytes: int,
+        after_apply: Callable[[sqlite3.Connection], object] | None = None,
     ) -> None:
         self._js = js
+        self._after_apply = after_apply
         self._store = store
         self.consumer = consumer_for(instance)
         self._metrics = metrics
@@ -204,6 +208,8 @@ class Materialiser:
                 log.error("materialiser: log message %d unusable: %r", stream_seq, exc)
                 results.append(BatchResult(duplicate=True, conflicts={"unusable_log_message": 1}))
             db.execute("RELEASE message")
+        if self._after_apply is not None:
+            self._after_apply(db)
         db.execute(
             "UPDATE consumer_state SET applied_seq = max(applied_seq, ?) WHERE consumer = ?",
             (messages[-1].metadata.sequence.stream, self.consumer),

@@ -89,6 +89,18 @@ class Querier:
         self.cache_enabled = cache_enabled
         self.cache = QueryCache(max_cache_size, max_cache_bytes)
         self._clock = clock
+        self._extra: dict[str, tuple[type[msgspec.Struct], Callable[[Any, Any], Any]]] = {}
+
+    def add_query(
+        self,
+        name: str,
+        kind: type[msgspec.Struct],
+        run: Callable[[sqlite3.Connection, Any], Any],
+    ) -> None:
+        """Serve ``name`` too, as ``graph.query.<name>`` and ``POST /graph/query/<name>``:
+        ``run(read connection, request decoded as kind)``, never cached (a program's own
+        queries, such as the hub's search, follow every write)."""
+        self._extra[name] = (kind, run)
 
     def handle(self, name: str, body: bytes) -> tuple[int, bytes]:
         """Decode a request for query ``name``, run it, and encode the answer.
@@ -103,11 +115,16 @@ class Querier:
             return status, body
 
     def _handle(self, name: str, body: bytes) -> tuple[int, bytes]:
-        kind = QUERY_REQUESTS.get(name)
+        kind, extra = QUERY_REQUESTS.get(name), self._extra.get(name)
+        if extra is not None:
+            kind = extra[0]
         if kind is None:
             return 404, _encoder.encode({"error": f"unknown query {name!r}"})
         try:
             request = msgspec.json.decode(body or b"{}", type=kind)
+            if extra is not None:
+                runner = extra[1]
+                return 200, _encoder.encode(self._read(lambda db: runner(db, request)))
             return 200, _encoder.encode(self.run(request))
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
             return 400, _encoder.encode({"error": f"bad {name} request: {exc}"})

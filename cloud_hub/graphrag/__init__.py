@@ -1,0 +1,1 @@
+"""GraphRAG on the hub: text, vector and hybrid search, communities, local and global search."""

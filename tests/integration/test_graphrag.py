@@ -1,0 +1,135 @@
+"""GraphRAG on a real hub fed by a real edge: text search over HTTP and NATS, local search.
+
+Vectors and communities have tests of their own (``test_embed_server.py``,
+``tests/unit/hub/test_communities.py``); here the hub runs with embeddings off, so a
+query that wants vectors is answered from text and says ``"degraded": true``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import nats
+import pytest
+
+from tests.helpers import http_json
+from tests.integration.sync_harness import SyncPair, post_events
+
+pytestmark = pytest.mark.slow
+
+NOTES = {
+    "note-1": "Battery swelling found on UAV-001 after a hard landing at the north depot",
+    "note-2": "Rotor blade cracked on UAV-002 during the morning inspection",
+    "note-3": "GPS signal lost twice near the river crossing; UAV-003 returned home",
+}
+
+
+def _note(entity_id: str, text: str, drone: str) -> dict[str, Any]:
+    return {
+        "entity_id": entity_id,
+        "entity_type": "maintenance_note",
+        "properties": {"text": text},
+        "relationships": [{"predicate": "about", "object": drone}],
+    }
+
+
+def _drone(number: int) -> dict[str, Any]:
+    return {
+        "entity_id": f"UAV-00{number}",
+        "entity_type": "drone",
+        "properties": {"model": "quadcopter"},
+        "relationships": [{"predicate": "based_at", "object": "depot-north"}],
+    }
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> Iterator[SyncPair]:
+    made = SyncPair(tmp_path)
+    made.start()
+    events = [_drone(n) for n in (1, 2, 3)]
+    events += [_note(key, text, f"UAV-00{key[-1]}") for key, text in NOTES.items()]
+    post_events(made.edge.api, events)
+    made.wait_synced(minimum=len(events))
+    yield made
+    made.stop()
+
+
+def _query(pair: SyncPair, name: str, request: dict[str, Any]) -> dict[str, Any]:
+    status, answer = http_json(f"{pair.hub.api}/graph/query/{name}", json.dumps(request).encode())
+    assert status == 200, answer
+    result: dict[str, Any] = answer
+    return result
+
+
+async def _over_nats(url: str, name: str, request: dict[str, Any]) -> dict[str, Any]:
+    client = await nats.connect(url)
+    try:
+        reply = await client.request(f"graph.query.{name}", json.dumps(request).encode(), 5)
+    finally:
+        await client.close()
+    assert reply.headers is not None and reply.headers["Status"] == "200", reply.data
+    answer: dict[str, Any] = json.loads(reply.data)
+    return answer
+
+
+def test_text_search_finds_synced_entities_over_http_and_nats(pair: SyncPair) -> None:
+    request = {"query": "swollen battery after landing", "mode": "text", "limit": 3}
+    answer = _query(pair, "search", request)
+    assert answer["mode"] == "text" and answer["degraded"] is False
+    assert answer["results"][0]["entity_id"] == "note-1"
+    assert answer["results"][0]["entity_type"] == "maintenance_note"
+    assert "[Battery]" in answer["results"][0]["snippet"]  # the matched words marked
+    assert set(answer["timings_ms"]) >= {"text"}
+    over_nats = asyncio.run(_over_nats(pair.hub.nats_url, "search", request))
+    assert over_nats["results"] == answer["results"]
+    # Filters: by type, and by the edge that reports the entity.
+    drones = _query(pair, "search", {"query": "UAV 001", "mode": "text", "entity_types": ["drone"]})
+    assert drones["results"][0]["entity_id"] == "UAV-001"
+    assert {hit["entity_type"] for hit in drones["results"]} == {"drone"}
+    nobody = _query(pair, "search", {"query": "battery", "mode": "text", "edges": ["other-edge"]})
+    assert nobody["results"] == []
+
+
+def test_without_vectors_a_hybrid_query_is_answered_from_text_and_says_so(
+    pair: SyncPair,
+) -> None:
+    answer = _query(pair, "search", {"query": "rotor blade crack", "mode": "hybrid"})
+    assert answer["degraded"] is True
+    assert answer["results"][0]["entity_id"] == "note-2"
+
+
+def test_local_search_gives_neighbourhoods_and_paths_between_hits(pair: SyncPair) -> None:
+    answer = _query(pair, "local", {"query": "north depot battery UAV-001", "limit": 5})
+    hits = {hit["entity_id"]: hit for hit in answer["results"]}
+    assert {"note-1", "UAV-001"} <= hits.keys()
+    about = {(n["predicate"], n["entity_id"]) for n in hits["note-1"]["neighbours"]}
+    assert ("about", "UAV-001") in about
+    joined = {(p["from"], p["to"]) for p in answer["paths"]}
+    assert ("UAV-001", "note-1") in joined or ("UAV-001", "depot-north") in joined
+
+
+def test_bad_search_requests_get_a_400_naming_the_field(pair: SyncPair) -> None:
+    for body, field in (
+        ({"query": ""}, "query"),
+        ({"query": "x", "mode": "telepathy"}, "mode"),
+        ({"query": "x", "limit": 10_000}, "limit"),
+        ({"query": "x", "surprise": 1}, "surprise"),
+    ):
+        status, answer = http_json(f"{pair.hub.api}/graph/query/search", json.dumps(body).encode())
+        assert status == 400 and field in answer["error"], (body, answer)
+
+
+def test_a_new_entity_is_findable_by_text_within_seconds(pair: SyncPair) -> None:
+    post_events(pair.edge.api, [_note("note-9", "Propeller guard missing on UAV-002", "UAV-002")])
+    started = time.monotonic()
+    while True:
+        answer = _query(pair, "search", {"query": "propeller guard", "mode": "text"})
+        if answer["results"] and answer["results"][0]["entity_id"] == "note-9":
+            break
+        assert time.monotonic() - started < 10, "not findable after 10 s"
+        time.sleep(0.1)
