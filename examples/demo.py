@@ -81,7 +81,14 @@ def _edge_config(edge: str, api: int, nats: int, first: int) -> dict[str, Any]:
             {
                 "id": "drones",
                 "type": "simulator",
-                "config": {"entities": 20, "interval": "1s", "first": first, "seed": first + 1},
+                "config": {
+                    "entities": 20,
+                    "interval": "1s",
+                    "first": first,
+                    "seed": first + 1,
+                    # Maintenance notes and incident reports: text for the hub's search.
+                    "reports_every": 3,
+                },
             },
             {"id": "health", "type": "system_telemetry", "config": {"interval": "5s"}},
         ],

@@ -298,6 +298,8 @@ class SimulatorConfig(Section, frozen=True):
     seed: int = 1
     #: The first drone's number: two simulators with different offsets make distinct drones.
     first: Annotated[int, msgspec.Meta(ge=0)] = 0
+    #: Every this many rounds, a maintenance note or incident report (0: none).
+    reports_every: Annotated[int, msgspec.Meta(ge=0)] = 0
 
 
 Bcm = Annotated[int, msgspec.Meta(ge=0, le=27)]

@@ -1,4 +1,6 @@
-"""A small simulated event source for the demo: drones in fleets, reporting telemetry.
+"""A small simulated event source for the demo: drones in fleets, reporting telemetry,
+and (every ``reports_every`` rounds) a maintenance note or incident report about one of
+them at a place (:mod:`edge_agent.ingest.reports`).
 
 The event generator is pure (a seeded random stream of events); the component loop
 publishes a round of events every ``interval`` through the common publisher.
@@ -14,6 +16,7 @@ from datetime import UTC, datetime
 
 from edge_agent.config import SimulatorConfig
 from edge_agent.ingest.publisher import EventPublisher, PublishError
+from edge_agent.ingest.reports import place_events, report_event
 from edge_agent.model import EntityEvent, Relationship, encode_event
 
 __all__ = ["run_simulator", "simulated_rounds"]
@@ -59,6 +62,12 @@ def simulated_rounds(config: SimulatorConfig, start: datetime) -> Iterator[list[
                     source="simulator",
                 )
             )
+        if config.reports_every and tick % config.reports_every == 0:
+            if tick == 0:
+                events += place_events(stamp)
+            drone = f"UAV-{config.first + rng.randrange(config.entities):03d}"
+            number = config.first * 10_000 + tick // config.reports_every
+            events.append(report_event(rng, number, drone, stamp)[0])
         yield events
         tick += 1
 
