@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
+
+from cloud_hub.graphrag.search import GlobalQuery, LocalQuery, SearchQuery
 from edge_agent.api.openapi import ERROR_RESPONSE, OBJECT, ok_response
 
 __all__ = ["HUB_PATHS"]
@@ -25,7 +28,42 @@ def _get(summary: str, schema: dict[str, Any], *parameters: dict[str, Any]) -> d
     return {"get": {"summary": summary, "parameters": list(parameters), "responses": responses}}
 
 
+def _query(name: str, kind: type[msgspec.Struct], summary: str) -> dict[str, Any]:
+    """``POST /graph/query/<name>``; the request's schema inline (these Structs hold no
+    other Struct, so it needs no shared component)."""
+    schema = msgspec.json.schema(kind)["$defs"][kind.__name__]
+    body = {"required": True, "content": {"application/json": {"schema": schema}}}
+    responses = {"200": ok_response(OBJECT), "400": ERROR_RESPONSE}
+    return {
+        f"/graph/query/{name}": {
+            "post": {
+                "summary": f"{summary} (also NATS graph.query.{name})",
+                "requestBody": body,
+                "responses": responses,
+            }
+        }
+    }
+
+
 HUB_PATHS: dict[str, Any] = {
+    **_query(
+        "search",
+        SearchQuery,
+        "GraphRAG search: entities by text (FTS5 bm25), vector or both (RRF);"
+        " degraded when vectors are wanted and unavailable",
+    ),
+    **_query(
+        "local",
+        LocalQuery,
+        "GraphRAG local search: the best entities, their communities and neighbourhoods,"
+        " and the PathRAG paths between them",
+    ),
+    **_query(
+        "global",
+        GlobalQuery,
+        "GraphRAG global search: communities of a level ranked for the text, then their"
+        " best members",
+    ),
     "/edges": _get(
         "Every edge: its link to this instance, its part of the graph (types, freshness)",
         _LIST,
