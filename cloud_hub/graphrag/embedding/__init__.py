@@ -1,0 +1,1 @@
+"""Embeddings for the hub's vector search: the embed server, its models, and its client."""
