@@ -220,10 +220,40 @@ class BatchProcessingConfig(Section, frozen=True):
 
 
 class EmbeddingConfig(Section, frozen=True):
-    """``graph.config.indexer.embedding``: vector embeddings (hub only)."""
+    """``graph.config.indexer.embedding``: vector embeddings (hub only).
+
+    The hub sends entities' text to ``service_url``'s OpenAI-compatible
+    ``/v1/embeddings`` (``cloud-hub embed-server``, or any other), ``batch_size`` texts
+    a request, each request given up after ``timeout`` and tried ``max_retries`` times
+    more with backoff. ``breaker_failures`` failed requests in a row open the circuit
+    breaker: for ``breaker_reset`` calls fail at once (searches answer from text), then
+    one trial request decides. ``model`` is sent as the request's model; empty lets the
+    service use its default.
+    """
 
     enabled: bool = False
     service_url: str = ""
+    model: str = ""
+    batch_size: Annotated[int, msgspec.Meta(ge=1, le=256)] = 64
+    timeout: Duration = Duration(30.0)
+    max_retries: Annotated[int, msgspec.Meta(ge=0, le=10)] = 3
+    breaker_failures: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 5
+    breaker_reset: Duration = Duration(30.0)
+
+    def problems(self) -> list[tuple[str, str]]:
+        """When enabled: an http(s) service URL with a host; and positive durations."""
+        found = [
+            (key, "must be more than 0s")
+            for key in ("timeout", "breaker_reset")
+            if getattr(self, key) <= 0
+        ]
+        if not self.enabled:
+            return found
+        if not self.service_url:
+            found.append(("service_url", "required when embedding is enabled"))
+        elif not re.fullmatch(r"https?://[^/\s]+(/\S*)?", self.service_url):
+            found.append(("service_url", f"{self.service_url!r} is not an http:// or https:// URL"))
+        return found
 
 
 class IndexerConfig(Section, frozen=True):
