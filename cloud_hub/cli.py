@@ -104,6 +104,42 @@ def cmd_cluster_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_embed_server(args: argparse.Namespace) -> int:
+    """Serve ``/v1/embeddings`` with a packaged model until SIGTERM or SIGINT."""
+    import uvicorn
+
+    from cloud_hub.graphrag.embedding.models import load_model
+    from cloud_hub.graphrag.embedding.server import embedding_app
+
+    try:
+        model = load_model(args.model, threads=args.threads)
+    except ValueError as exc:
+        print(f"embed-server: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"embed-server: {model.name} ({model.dim} dimensions) on http://{args.host}:{args.port}",
+        flush=True,
+    )
+    uvicorn.run(embedding_app(model), host=args.host, port=args.port, access_log=False)
+    return 0
+
+
+def _embed_server_parser(commands: Any) -> None:
+    """``cloud-hub embed-server``: the embeddings service the hub's vector search calls."""
+    from cloud_hub.graphrag.embedding.models import DEFAULT_MODEL, MODELS
+
+    server = commands.add_parser(
+        "embed-server", help="serve OpenAI-compatible /v1/embeddings with a packaged model"
+    )
+    server.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    server.add_argument("--port", type=int, default=8081, help="port to listen on")
+    server.add_argument(
+        "--model", default=DEFAULT_MODEL, choices=list(MODELS), help="the model to serve"
+    )
+    server.add_argument("--threads", type=int, default=1, help="CPU threads of the model")
+    server.set_defaults(func=cmd_embed_server)
+
+
 def _devices_parser(commands: Any) -> None:
     from edge_agent.cli import add_api_arguments
 
@@ -159,6 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     check.set_defaults(func=cmd_check_config)
     _devices_parser(commands)
     _cluster_parser(commands)
+    _embed_server_parser(commands)
     args = parser.parse_args(argv)
     code: int = args.func(args)
     return code
