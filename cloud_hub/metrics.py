@@ -10,7 +10,8 @@ __all__ = ["HubMetrics"]
 
 
 class HubMetrics:
-    """``semstreams_hub_*``: the log, the materialiser and the merge.
+    """``semstreams_hub_*``: the log, the materialiser and the merge; and
+    ``semstreams_embedding*``: the embedder's queue and its calls to the service.
 
     Args:
         metrics: the program's metrics, whose registry these join.
@@ -45,5 +46,27 @@ class HubMetrics:
             "semstreams_hub_link_failures",
             "Sync links whose worker failed unexpectedly; each was closed (1011) after"
             " nacking the batches it held, and its edge reconnects.",
+            registry=registry,
+        )
+        self.embedding_backlog = Gauge(
+            "semstreams_embedding_backlog",
+            "Entities whose text changed and that wait for their vector.",
+            registry=registry,
+        )
+        self.embedding_lag = Gauge(
+            "semstreams_embedding_lag_seconds",
+            "Age of the oldest entity text waiting for its vector (0 when none waits).",
+            registry=registry,
+        )
+        self.embedding_requests = Counter(
+            "semstreams_embedding_requests",
+            "Requests to the embedding service by outcome (ok, failed, rejected; refused:"
+            " not sent, the circuit breaker was open).",
+            ["outcome"],
+            registry=registry,
+        )
+        self.embeddings = Counter(
+            "semstreams_embeddings",
+            "Entity vectors stored (or deleted, for entities gone).",
             registry=registry,
         )
