@@ -13,13 +13,14 @@ import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from cloud_hub.graph.schema import HUB_MIGRATIONS
 from cloud_hub.graphrag.embedder import Embedder
-from cloud_hub.graphrag.embedding.client import EmbeddingClient
+from cloud_hub.graphrag.embedding.client import EmbeddingClient, Rejected, ServiceDown
 from cloud_hub.graphrag.embedding.protocol import MAX_INPUT_CHARS, MAX_ITEMS
 from cloud_hub.graphrag.vectors import VECTOR_MIGRATIONS, VectorIndex, enqueue
 from cloud_hub.metrics import HubMetrics
@@ -152,6 +153,56 @@ def test_paraphrases_come_first(server: EmbedServer) -> None:
     for scores in (left @ right.T, right @ left.T):
         first = int(np.sum(np.argmax(scores, axis=1) == np.arange(len(PAIRS))))
         assert first >= 32, f"{first}/{len(PAIRS)} paraphrases first"
+
+
+def client_of(url: str, outcomes: list[str], **settings: Any) -> EmbeddingClient:
+    given = EmbeddingConfig(enabled=True, service_url=url, **settings)
+    return EmbeddingClient(given, on_request=outcomes.append)
+
+
+async def test_the_client_batches_in_order(server: EmbedServer) -> None:
+    outcomes: list[str] = []
+    client = client_of(server.url, outcomes, batch_size=16)
+    texts = [text for pair in PAIRS[:20] for text in pair]
+    batched = await client.embed(texts)
+    status, whole = server.embed({"input": texts})
+    await client.aclose()
+    assert status == 200
+    assert outcomes == ["ok", "ok", "ok"]
+    assert batched.model == "multilingual-e5-small-q4"
+    assert isinstance(whole, dict)
+    expected = np.array([d["embedding"] for d in whole["data"]])
+    assert batched.vectors == pytest.approx(expected, abs=1e-4)
+
+
+async def test_a_refusal_is_not_retried_and_leaves_the_breaker_closed(
+    server: EmbedServer,
+) -> None:
+    outcomes: list[str] = []
+    client = client_of(server.url, outcomes, model="nope", max_retries=3, breaker_failures=1)
+    with pytest.raises(Rejected, match="not served here"):
+        await client.embed(["drone"])
+    assert client.embed_now("drone") is None
+    await client.aclose()
+    assert outcomes == ["rejected", "rejected"]
+    assert client.state() == "closed"
+
+
+async def test_a_dead_service_opens_the_breaker_and_then_fails_fast() -> None:
+    outcomes: list[str] = []
+    dead = f"http://127.0.0.1:{free_port()}"
+    client = client_of(dead, outcomes, max_retries=2, breaker_failures=2, breaker_reset=60.0)
+    with pytest.raises(ServiceDown, match="breaker open"):
+        await client.embed(["drone"])
+    assert outcomes == ["failed", "failed", "refused"]
+    started = time.monotonic()
+    with pytest.raises(ServiceDown):
+        await client.embed(["drone"])
+    assert client.embed_now("drone") is None
+    assert time.monotonic() - started < 0.1
+    assert outcomes[3:] == ["refused", "refused"]
+    assert client.state() == "open"
+    await client.aclose()
 
 
 @pytest.fixture
