@@ -120,7 +120,12 @@ class Embedder:
                 done = await self.drain_once()
             except (EmbeddingError, GraphError) as exc:
                 wait = self._failed(exc)
+            except Exception as exc:  # a bug: logged with its traceback, never silent
+                log.exception("embedder: round failed")
+                wait = self._failed(exc)
             else:
+                if self._failures:
+                    log.info("embedder: working again after %d failed rounds", self._failures)
                 self._failures, self._last_error = 0, ""
                 wait = 0.0 if done else self._idle
             with contextlib.suppress(GraphError):  # the next round reports it
