@@ -95,7 +95,9 @@ class Hub:
             openapi_paths=HUB_PATHS,
             title="SemStreams cloud hub",
         )
-        self.graphrag = GraphRag(self.graph)
+        self.graphrag = GraphRag(
+            self.graph, config.graph.config.indexer.embedding, self.hub_metrics
+        )
         self.materialiser: Materialiser
         self.dashboard: Dashboard
         self.parts = Blueprint(

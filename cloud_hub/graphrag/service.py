@@ -1,18 +1,25 @@
-"""The hub's GraphRAG part: the text index follows the graph, and the querier answers
-``graph.query.search``, ``graph.query.local`` and ``graph.query.global``.
+"""The hub's GraphRAG part: the text index follows the graph, the embedder follows the
+text, and the querier answers ``graph.query.search``, ``graph.query.local`` and
+``graph.query.global``.
 
 The text index is rebuilt by :meth:`GraphRag.after_apply` inside the materialiser's
-write transaction, so what the graph holds is findable by text as soon as it is
-committed.
+write transaction, and the entities whose text changed are queued for embedding in that
+same transaction: what the graph holds is findable by text as soon as it is committed,
+and by vector once the embedder has caught up (seconds), with nothing lost while the
+embedding service is away.
 """
 
 from __future__ import annotations
 
 import sqlite3
+import time
+from collections.abc import Sequence
 from typing import Any
 
-from cloud_hub.graphrag import text
+from cloud_hub.graphrag import text, vectors
 from cloud_hub.graphrag.search import GlobalQuery, LocalQuery, Searcher, SearchQuery
+from cloud_hub.metrics import HubMetrics
+from edge_agent.config.schema import EmbeddingConfig
 from edge_agent.graph.service import GraphService
 
 __all__ = ["GraphRag"]
@@ -23,29 +30,69 @@ class GraphRag:
 
     Args:
         graph: the hub's graph service (its querier serves the queries).
+        embedding: ``graph.config.indexer.embedding``.
+        metrics: the hub's metrics.
     """
 
     name = "graphrag"
 
-    def __init__(self, graph: GraphService) -> None:
+    def __init__(
+        self, graph: GraphService, embedding: EmbeddingConfig, metrics: HubMetrics
+    ) -> None:
         self._graph = graph
+        self._embedding = embedding
+        self._metrics = metrics
+        self.embedder: Any = None  # an Embedder when embeddings are on (import on use)
         self.searcher = Searcher()
         self.refreshed = 0
 
     async def start(self) -> None:
-        """Serve the GraphRAG queries through the graph's querier."""
+        """Start the embedder (when on) and serve the GraphRAG queries."""
+        if self._embedding.enabled:
+            await self._start_embedder()
         querier = self._graph.querier
         querier.add_query("search", SearchQuery, self.searcher.search)
         querier.add_query("local", LocalQuery, self.searcher.local)
         querier.add_query("global", GlobalQuery, self.searcher.global_)
 
+    async def _start_embedder(self) -> None:
+        from cloud_hub.graphrag.embedder import Embedder
+        from cloud_hub.graphrag.embedding.client import EmbeddingClient
+        from cloud_hub.graphrag.vectors import VectorIndex
+
+        metrics = self._metrics
+        client = EmbeddingClient(
+            self._embedding,
+            on_request=lambda outcome: metrics.embedding_requests.labels(outcome).inc(),
+        )
+        index = VectorIndex()
+        database = self._graph.store.database
+        self.embedder = Embedder(
+            client, index, read=database.read, write=database.write_transaction, metrics=metrics
+        )
+        await self.embedder.start()
+        self.searcher = Searcher(embed=self.embedder.embed_query, nearest=index.search)
+
     async def stop(self) -> None:
-        """Nothing runs in the background yet."""
+        """Stop the embedder (what is queued stays queued)."""
+        if self.embedder is not None:
+            await self.embedder.stop()
 
     def health(self) -> dict[str, Any]:
-        """The text index's state."""
-        return {"status": "ok", "text_refreshed": self.refreshed}
+        """The text index's and the embedder's state."""
+        report: dict[str, Any] = {"status": "ok", "text_refreshed": self.refreshed}
+        if self.embedder is not None:
+            embedder = self.embedder.health()
+            report["embedding"] = embedder
+            report["status"] = embedder["status"]
+        return report
 
     def after_apply(self, db: sqlite3.Connection) -> None:
-        """In the materialiser's write transaction: the text of what it wrote."""
-        self.refreshed += text.refresh(db)
+        """In the materialiser's write transaction: the text of what it wrote, and the
+        embedding queue of what changed."""
+        changed = self._queue if self._embedding.enabled else None
+        self.refreshed += text.refresh(db, changed)
+
+    @staticmethod
+    def _queue(db: sqlite3.Connection, rows: Sequence[tuple[str, str, str]]) -> None:
+        vectors.enqueue(db, rows, time.time())
