@@ -210,6 +210,9 @@ def _check(config: Config) -> list[str]:
     if tls and bool(tls.cert_file) != bool(tls.key_file):
         problems.append("nats.tls: cert_file and key_file must be given together")
     problems += [f"nats.{key}: {cause}" for key, cause in config.nats.problems()]
+    embedding = config.graph.config.indexer.embedding
+    where = "graph.config.indexer.embedding"
+    problems += [f"{where}.{key}: {cause}" for key, cause in embedding.problems()]
     return problems
 
 

@@ -327,3 +327,16 @@ def test_an_open_api_on_the_network_is_allowed_only_when_said_so(tmp_path: Path)
     settings = {"services": {"service-manager": {"config": {"http_host": "0.0.0.0", "auth": auth}}}}
     config = make_config(tmp_path, **settings)
     assert config.services.service_manager.config.auth.allow_unauthenticated is True
+
+
+@pytest.mark.parametrize(
+    ("embedding", "message"),
+    [
+        ({"enabled": True}, "graph.config.indexer.embedding.service_url"),
+        ({"enabled": True, "service_url": "ftp://semembed:8081"}, "not an http:// or https://"),
+    ],
+)
+def test_a_bad_embedding_service_names_the_key(embedding: dict[str, object], message: str) -> None:
+    raw = {"graph": {"config": {"indexer": {"embedding": embedding}}}}
+    with pytest.raises(ConfigError, match=message):
+        load_config_bytes(json.dumps(raw).encode())
