@@ -136,7 +136,13 @@ def hub_process(
 class SyncPair:
     """A hub and an edge (child processes) with the edge's link through a :class:`LinkProxy`."""
 
-    def __init__(self, workdir: Path, *, link: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        link: dict[str, Any] | None = None,
+        hub_sections: dict[str, Any] | None = None,
+    ) -> None:
         self.token = secrets.token_urlsafe(24)
         hub_port = free_port()
         self.hub = hub_process(
@@ -148,6 +154,7 @@ class SyncPair:
                 "ping_interval": "1s",
                 "ping_timeout": "2s",
             },
+            **(hub_sections or {}),
         )
         self.proxy = LinkProxy("127.0.0.1", hub_port)
         self.proxy.start()

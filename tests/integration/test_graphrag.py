@@ -1,8 +1,8 @@
 """GraphRAG on a real hub fed by a real edge: text search over HTTP and NATS, local search.
 
-Vectors and communities have tests of their own (``test_embed_server.py``,
-``tests/unit/hub/test_communities.py``); here the hub runs with embeddings off, so a
-query that wants vectors is answered from text and says ``"degraded": true``.
+Most tests run the hub with embeddings off, so a query that wants vectors is answered
+from text and says ``"degraded": true``; the last runs it with ``cloud-hub
+embed-server`` (the shipped model) as a child process and kills it mid-run.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ from typing import Any
 import nats
 import pytest
 
+from tests.embed_server import EmbedServer
 from tests.helpers import http_json
-from tests.integration.sync_harness import SyncPair, post_events
+from tests.integration.sync_harness import SyncPair, metric, post_events
 
 pytestmark = pytest.mark.slow
 
@@ -133,3 +134,59 @@ def test_a_new_entity_is_findable_by_text_within_seconds(pair: SyncPair) -> None
             break
         assert time.monotonic() - started < 10, "not findable after 10 s"
         time.sleep(0.1)
+
+
+@pytest.fixture
+def embedding_pair(tmp_path: Path) -> Iterator[tuple[SyncPair, EmbedServer]]:
+    server = EmbedServer(tmp_path)
+    server.start(timeout=60)
+    embedding = {"enabled": True, "service_url": server.url, "breaker_reset": "2s"}
+    made = SyncPair(
+        tmp_path, hub_sections={"graph": {"config": {"indexer": {"embedding": embedding}}}}
+    )
+    made.start()
+    yield made, server
+    made.stop()
+    server.stop()
+
+
+def _backlog(pair: SyncPair) -> float:
+    return metric(pair.hub.api, "semstreams_embedding_backlog")
+
+
+def _embedding(pair: SyncPair) -> dict[str, Any]:
+    health: dict[str, Any] = http_json(f"{pair.hub.api}/health")[1]
+    return dict(health["components"]["graphrag"]["embedding"])
+
+
+def _wait(check: Any, what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def test_the_embedding_service_killed_degrades_answers_and_its_backlog_drains_after(
+    embedding_pair: tuple[SyncPair, EmbedServer],
+) -> None:
+    pair, server = embedding_pair
+    post_events(pair.edge.api, [_note(key, words, "UAV-001") for key, words in NOTES.items()])
+    pair.wait_synced(minimum=len(NOTES))
+    _wait(lambda: _embedding(pair)["vectors"] >= len(NOTES), "the notes to be embedded")
+    # By meaning alone: no word of the query is in the note.
+    answer = _query(pair, "search", {"query": "propeller fracture", "mode": "vector"})
+    assert answer["degraded"] is False and answer["results"][0]["entity_id"] == "note-2"
+
+    server.kill()
+    post_events(pair.edge.api, [_note("note-8", "Camera gimbal shaking in gusts", "UAV-003")])
+    pair.wait_synced(minimum=len(NOTES) + 1)
+    answer = _query(pair, "search", {"query": "rotor blade crack", "mode": "hybrid"})
+    assert answer["degraded"] is True and answer["results"][0]["entity_id"] == "note-2"
+    _wait(lambda: _backlog(pair) >= 1, "the new note to wait in the queue")
+    assert _embedding(pair)["status"] == "degraded" and _embedding(pair)["backlog"] >= 1
+
+    server.start(timeout=60)
+    _wait(lambda: _embedding(pair)["vectors"] > len(NOTES), "the new note's vector", 90)
+    _wait(lambda: _backlog(pair) == 0, "the backlog to drain")
+    answer = _query(pair, "search", {"query": "imaging mount wobbling in wind", "mode": "vector"})
+    assert answer["degraded"] is False and answer["results"][0]["entity_id"] == "note-8"
