@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Histogram
 
 from edge_agent.metrics import Metrics
 
@@ -11,7 +11,8 @@ __all__ = ["HubMetrics"]
 
 class HubMetrics:
     """``semstreams_hub_*``: the log, the materialiser and the merge; and
-    ``semstreams_embedding*``: the embedder's queue and its calls to the service.
+    ``semstreams_embedding*``: the embedder's queue and its calls to the service;
+    ``semstreams_communit*``: the GraphRAG communities' runs.
 
     Args:
         metrics: the program's metrics, whose registry these join.
@@ -70,3 +71,34 @@ class HubMetrics:
             "Entity vectors stored (or deleted, for entities gone).",
             registry=registry,
         )
+        self._community_levels = 0
+        self.communities = Gauge(
+            "semstreams_communities",
+            "GraphRAG communities per hierarchy level (0 the finest), after the last run.",
+            ["level"],
+            registry=registry,
+        )
+        self.community_update_seconds = Histogram(
+            "semstreams_community_update_seconds",
+            "Duration of a community update (read, compute, write) by mode (full, incremental).",
+            ["mode"],
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+            registry=registry,
+        )
+        self.community_modularity = Gauge(
+            "semstreams_community_modularity",
+            "Modularity of the level-0 community partition after the last run.",
+            registry=registry,
+        )
+
+    def record_communities(
+        self, mode: str, seconds: float, modularity: float, per_level: list[int]
+    ) -> None:
+        """One community run's figures: duration by mode, modularity, communities per
+        level (levels no longer present drop to 0)."""
+        self.community_update_seconds.labels(mode).observe(seconds)
+        self.community_modularity.set(modularity)
+        for level in range(max(len(per_level), self._community_levels)):
+            count = per_level[level] if level < len(per_level) else 0
+            self.communities.labels(str(level)).set(count)
+        self._community_levels = max(self._community_levels, len(per_level))
