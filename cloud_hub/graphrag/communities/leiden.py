@@ -13,16 +13,15 @@ magnitude slower on 100k entities), the levels above with leidenalg. An **increm
 run re-optimises only around the changed entities, with leidenalg warm-started from
 the previous partition: the changed entities and their neighbours (before and after the
 change) are free; every other entity is fixed, and stands inside its community's
-*super node*, which carries exactly the weights of the fixed part of that community
-(to the free entities, to the other super nodes and within itself). The reduced graph
-has the full graph's total weight and community strengths, so every move Leiden weighs
-has the gain it has in the full graph, at the cost of the changed part only. At level
-0 it runs Leiden's node-moving phase (until no free entity gains by moving): the
-refinement and aggregation phases cost ten times more there for the same modularity
-(measured on 100k entities), but they are what keeps every community connected, so a
-community split by a change stays in one piece until the next full run. The levels
-above (small graphs) get full Leiden iterations for the communities touched, the others
-fixed.
+*super node*, which carries the fixed members' weights to the free entities, and the
+rest of their strength as a self-loop. The reduced graph has the full graph's total
+weight and community strengths, so every move Leiden weighs has the gain it has in the
+full graph, at the cost of the changed part only. An
+incremental run makes Leiden's node moves (until no free node gains by moving), at
+level 0 and then on the levels above for the communities touched (the others fixed):
+the refinement and aggregation phases cost ten times more on 100k entities for the same
+modularity (measured), but they are what keeps every community connected, so a
+community a change splits stays in one piece until the next full run.
 
 **Stable ids**: a community keeps its id across runs when it is the same region: a
 community with a fixed member keeps that member's id; the others take the previous id
@@ -37,7 +36,7 @@ from __future__ import annotations
 import itertools
 import random
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import msgspec
 
@@ -58,8 +57,6 @@ _EPSILON = 1e-9
 #: How many times a level's resolution is lowered (by ``level_scale``) looking for one
 #: that merges communities of the level below, before the hierarchy stops there.
 RESOLUTION_TRIES = 4
-#: leidenalg iterations of an incremental run above level 0.
-_INCREMENTAL_ITERATIONS = 2
 
 _Link = tuple[str, str]
 
@@ -199,12 +196,10 @@ def _leidenalg(
     seed: int,
     initial: list[int] | None = None,
     fixed: list[bool] | None = None,
-    move_only: bool = False,
 ) -> list[int]:
-    """leidenalg (RB configuration model, i.e. modularity with a resolution), warm-started
-    from ``initial`` with the ``fixed`` nodes kept where they are: full Leiden iterations
-    (until stable when nothing is fixed), or (``move_only``) its node-moving phase alone
-    until no free node gains by moving."""
+    """leidenalg (RB configuration model, i.e. modularity with a resolution): full Leiden
+    iterations until stable, or, warm-started from ``initial`` with the ``fixed`` nodes
+    kept where they are, Leiden's node moves until no free node gains by moving."""
     import igraph
     import leidenalg
 
@@ -216,12 +211,8 @@ def _leidenalg(
     optimiser.set_rng_seed(seed)
     if fixed is None:
         optimiser.optimise_partition(partition, n_iterations=-1)
-    elif move_only:
-        optimiser.move_nodes(partition, is_membership_fixed=fixed)
     else:
-        optimiser.optimise_partition(
-            partition, n_iterations=_INCREMENTAL_ITERATIONS, is_membership_fixed=fixed
-        )
+        optimiser.move_nodes(partition, is_membership_fixed=fixed)
     return list(partition.membership)
 
 
@@ -280,7 +271,7 @@ def full_hierarchy(
     names = _assign(groups, labels, set(), 0, next_ids)
     out = Hierarchy(next_ids=next_ids, resolutions=[config.resolution])
     out.membership = {e: names[label] for e, label in zip(ids, labels, strict=True)}
-    _add_pairs(out, pairs, 1)
+    _tally(out, pairs)
     for entity_id in ids:
         out.sizes[out.membership[entity_id]] = out.sizes.get(out.membership[entity_id], 0) + 1
     _build_levels(out, previous, config)
@@ -288,20 +279,14 @@ def full_hierarchy(
     return out
 
 
-def _add_pairs(hierarchy: Hierarchy, pairs: Iterable[Pair], sign: int) -> None:
-    """Add (``sign`` 1) or take away (-1) pairs' weights to the level-0 links and
-    strengths, under the current membership."""
-    membership, links, strengths = hierarchy.membership, hierarchy.links, hierarchy.strengths
+def _tally(hierarchy: Hierarchy, pairs: Iterable[Pair]) -> None:
+    """The level-0 links and strengths of a full run's partition."""
+    membership, strengths = hierarchy.membership, hierarchy.strengths
     for a, b, w in pairs:
-        ca, cb = membership[a], membership[b]
-        key = (ca, cb) if ca <= cb else (cb, ca)
-        weight = links.get(key, 0.0) + sign * w
-        if abs(weight) < _EPSILON:
-            links.pop(key, None)
-        else:
-            links[key] = weight
-        strengths[ca] = strengths.get(ca, 0.0) + sign * w
-        strengths[cb] = strengths.get(cb, 0.0) + sign * w
+        key = _link(membership[a], membership[b])
+        hierarchy.links[key] = hierarchy.links.get(key, 0.0) + w
+        for end in key:
+            strengths[end] = strengths.get(end, 0.0) + w
 
 
 def _level_graph(
@@ -367,22 +352,34 @@ def incremental_hierarchy(
         free.update((a, b))
     for entity_id in changed:
         free.update(graph.adjacency.get(entity_id, ()))
-    new_pairs = graph.pairs(free)
-    # Unchanged pairs at a free entity were there before too: with ``before`` they are
-    # every pair the free entities had.
-    old_pairs = [*before, *(p for p in new_pairs if p[0] not in changed and p[1] not in changed)]
-    was = {e: hierarchy.membership.get(e) for e in free}
-    _add_pairs(hierarchy, old_pairs, -1)
+    pairs = graph.pairs(free)
+    # A pair with a changed end has both ends free: the pairs that changed are
+    # ``before`` (as they were) and ``touching`` (as they are).
+    touching = [p for p in pairs if p[0] in changed or p[1] in changed]
+    now = {e: graph.strength(e) for e in free}
+    was = {e: hierarchy.membership.pop(e, None) for e in free}
+    old_of = _old_community(hierarchy.membership, was)
+    strengths = _strengths_before(now, before, touching)
     for entity_id, community in was.items():
         if community is not None:
-            _shrink(hierarchy, community)
-            del hierarchy.membership[entity_id]
-    linked = {e for a, b, _w in new_pairs for e in (a, b) if e in free}
-    labels = _reoptimise_level0(hierarchy, sorted(linked), new_pairs, was, config)
-    hierarchy.membership.update(labels)
-    for community in labels.values():
+            hierarchy.sizes[community] -= 1
+            hierarchy.strengths[community] -= strengths[entity_id]
+    labels = _reoptimise_level0(hierarchy, graph, pairs, was, config)
+    for entity_id, community in labels.items():
+        hierarchy.membership[entity_id] = community
         hierarchy.sizes[community] = hierarchy.sizes.get(community, 0) + 1
-    _add_pairs(hierarchy, new_pairs, 1)
+        hierarchy.strengths[community] = hierarchy.strengths.get(community, 0.0) + now[entity_id]
+    moved = {e for e in free if was[e] != labels.get(e)}
+    shifted = [
+        p
+        for p in pairs
+        if (p[0] in moved or p[1] in moved) and p[0] not in changed and p[1] not in changed
+    ]
+    new_of = hierarchy.membership.__getitem__
+    _shift(hierarchy.links, before, old_of, -1)
+    _shift(hierarchy.links, shifted, old_of, -1)
+    _shift(hierarchy.links, touching, new_of, 1)
+    _shift(hierarchy.links, shifted, new_of, 1)
     touched = [{c for c in (*was.values(), *labels.values()) if c is not None}]
     _drop_empty(hierarchy, touched[0])
     for level in range(1, hierarchy.levels):
@@ -391,12 +388,49 @@ def incremental_hierarchy(
     return Touched(was, touched)
 
 
-def _shrink(hierarchy: Hierarchy, community: str) -> None:
-    hierarchy.sizes[community] -= 1
+def _old_community(membership: dict[str, str], was: dict[str, str | None]) -> Callable[[str], str]:
+    """An entity's level-0 community before the run (``membership`` holds the fixed
+    ones, ``was`` the free ones)."""
+
+    def old(entity_id: str) -> str:
+        community = was[entity_id] if entity_id in was else membership[entity_id]
+        assert community is not None  # an entity with a pair before had a community
+        return community
+
+    return old
+
+
+def _strengths_before(
+    now: dict[str, float], before: Sequence[Pair], touching: Sequence[Pair]
+) -> dict[str, float]:
+    """The free entities' strengths before the change: now, less their changed pairs as
+    they are, plus them as they were."""
+    out = dict(now)
+    for a, b, w in before:
+        out[a] += w
+        out[b] += w
+    for a, b, w in touching:
+        out[a] -= w
+        out[b] -= w
+    return out
+
+
+def _shift(
+    links: dict[_Link, float], pairs: Iterable[Pair], community: Callable[[str], str], sign: int
+) -> None:
+    """Add (``sign`` 1) or take away (-1) pairs' weights to the level-0 links, each
+    end in ``community(end)``."""
+    for a, b, w in pairs:
+        key = _link(community(a), community(b))
+        weight = links.get(key, 0.0) + sign * w
+        if abs(weight) < _EPSILON:
+            links.pop(key, None)
+        else:
+            links[key] = weight
 
 
 def _drop_empty(hierarchy: Hierarchy, communities: Iterable[str]) -> None:
-    """Forget level-0 communities left without members (their strength is then 0)."""
+    """Forget level-0 communities left without members."""
     for community in communities:
         if hierarchy.sizes.get(community, 0) == 0:
             hierarchy.sizes.pop(community, None)
@@ -405,63 +439,72 @@ def _drop_empty(hierarchy: Hierarchy, communities: Iterable[str]) -> None:
 
 def _reoptimise_level0(
     hierarchy: Hierarchy,
-    free: list[str],
+    graph: Graph,
     pairs: list[Pair],
     was: dict[str, str | None],
     config: CommunitiesConfig,
 ) -> dict[str, str]:
-    """Leiden on the free entities and one fixed super node per community; the free
-    entities' new community ids."""
+    """Leiden's node moves for the free entities (``was``) with one fixed super node per
+    community standing for its fixed members; the free entities' new community ids
+    (those left without any pair have none)."""
+    free = sorted(e for e in was if graph.adjacency.get(e))
     supers = sorted(c for c, n in hierarchy.sizes.items() if n > 0)
     index = {e: i for i, e in enumerate(free)}
     super_index = {c: len(free) + i for i, c in enumerate(supers)}
     membership = hierarchy.membership
     weights: dict[tuple[int, int], float] = {}
+    to_free: dict[str, float] = {}
     for a, b, w in pairs:
         i = index[a] if a in index else super_index[membership[a]]
         j = index[b] if b in index else super_index[membership[b]]
         key = (i, j) if i <= j else (j, i)
         weights[key] = weights.get(key, 0.0) + w
-    for (a, b), w in hierarchy.links.items():
-        if a in super_index and b in super_index:
-            weights[(super_index[a], super_index[b])] = w
-    initial: list[int] = []
-    # Free entities start in their previous community: its super node's label, or (all
-    # its members free) a label of their own; new entities alone.
-    label_of = {c: i for i, c in enumerate(supers)}
-    spare = itertools.count(len(supers))
-    orphan: dict[str, int] = {}
-    for entity_id in free:
-        old = was.get(entity_id)
-        if old in label_of:
-            initial.append(label_of[old])
-        elif old is None:
-            initial.append(next(spare))
-        else:
-            if old not in orphan:
-                orphan[old] = next(spare)
-            initial.append(orphan[old])
-    initial.extend(range(len(supers)))
+        for end in (a, b):
+            if end not in index:
+                to_free[membership[end]] = to_free.get(membership[end], 0.0) + w
+    # A super node's strength is its fixed members' (hierarchy.strengths now): its
+    # weights to free entities, and the rest as a self-loop (counted twice).
+    for community, at in super_index.items():
+        loop = (hierarchy.strengths[community] - to_free.get(community, 0.0)) / 2
+        if loop > _EPSILON:
+            weights[(at, at)] = loop
     labels = _leidenalg(
         len(free) + len(supers),
         list(weights),
         list(weights.values()),
         resolution=config.resolution,
         seed=config.seed,
-        initial=initial,
+        initial=_initial(free, supers, was),
         fixed=[False] * len(free) + [True] * len(supers),
-        move_only=True,
     )
     names = {labels[super_index[c]]: c for c in supers}
     moved = labels[: len(free)]
     groups: dict[int, Counter[str]] = {}
     for entity_id, label in zip(free, moved, strict=True):
-        old = was.get(entity_id)
+        old = was[entity_id]
         if label not in names and old is not None:
             groups.setdefault(label, Counter())[old] += 1
     loose = [label for label in moved if label not in names]
     names.update(_assign(groups, loose, set(supers), 0, hierarchy.next_ids))
     return {e: names[label] for e, label in zip(free, moved, strict=True)}
+
+
+def _initial(free: list[str], supers: list[str], was: dict[str, str | None]) -> list[int]:
+    """The starting labels: a free entity in its previous community (its super node's
+    label, or one label for a community whose members are all free), a new one alone;
+    super node ``i`` has label ``i``."""
+    label_of = {c: i for i, c in enumerate(supers)}
+    spare = itertools.count(len(supers))
+    out: list[int] = []
+    for entity_id in free:
+        old = was[entity_id]
+        if old is None:
+            out.append(next(spare))
+            continue
+        if old not in label_of:
+            label_of[old] = next(spare)
+        out.append(label_of[old])
+    return [*out, *range(len(supers))]
 
 
 def _reoptimise_level(
