@@ -25,6 +25,7 @@ from edge_agent.graph.migrations import Migration
 
 __all__ = [
     "MAX_NEIGHBOURS",
+    "STOP_WORDS",
     "TEXT_MIGRATIONS",
     "TextHit",
     "fts_query",
@@ -170,16 +171,104 @@ def _digest(text: str) -> str:
 
 
 _WORD = re.compile(r"\w+", re.UNICODE)
+#: Words too common to rank by: each matches most of the graph, and ranking a query's
+#: every match by bm25 is what makes a slow query.
+STOP_WORDS = frozenset(
+    [
+        "a",
+        "about",
+        "after",
+        "all",
+        "also",
+        "an",
+        "and",
+        "any",
+        "are",
+        "as",
+        "at",
+        "be",
+        "been",
+        "but",
+        "by",
+        "can",
+        "could",
+        "did",
+        "do",
+        "does",
+        "for",
+        "from",
+        "had",
+        "has",
+        "have",
+        "he",
+        "her",
+        "his",
+        "how",
+        "i",
+        "if",
+        "in",
+        "into",
+        "is",
+        "it",
+        "its",
+        "me",
+        "my",
+        "no",
+        "not",
+        "of",
+        "on",
+        "once",
+        "or",
+        "our",
+        "out",
+        "over",
+        "she",
+        "so",
+        "some",
+        "than",
+        "that",
+        "the",
+        "their",
+        "them",
+        "then",
+        "there",
+        "these",
+        "they",
+        "this",
+        "those",
+        "to",
+        "too",
+        "up",
+        "us",
+        "was",
+        "we",
+        "were",
+        "what",
+        "when",
+        "where",
+        "which",
+        "while",
+        "who",
+        "why",
+        "will",
+        "with",
+        "would",
+        "you",
+        "your",
+    ]
+)
 
 
-def fts_query(text: str) -> str:
+def fts_query(text: str, joiner: str = " OR ") -> str:
     """An FTS5 MATCH expression for a user's words: each word quoted (no FTS5 syntax of
-    the user's reaches SQLite), any of them matching, bm25 ranking the rest.
+    the user's reaches SQLite), stop words left out (unless nothing else is left), the
+    rest joined by ``joiner``.
 
     Returns '' when the text holds no word.
     """
     words = _WORD.findall(text)[:64]
-    return " OR ".join('"' + word.replace('"', '""') + '"' for word in words)
+    kept = [word for word in words if word.lower() not in STOP_WORDS] or words
+    return joiner.join('"' + word.replace('"', '""') + '"' for word in kept)
 
 
 def search_text(
@@ -188,11 +277,25 @@ def search_text(
     limit: int,
     entity_types: Iterable[str] = (),
 ) -> list[TextHit]:
-    """The best ``limit`` entities for ``query`` by bm25, optionally of some types only."""
-    match = fts_query(query)
-    if not match:
-        return []
+    """The best ``limit`` entities for ``query`` by bm25, optionally of some types only.
+
+    Entities holding every word are looked for first; only when they are fewer than
+    ``limit`` do entities holding any of the words count (bm25 ranks them all): the
+    first is fast and usually what was meant, the second keeps recall.
+    """
     types = list(entity_types)
+    hits: list[TextHit] = []
+    for joiner in (" AND ", " OR "):
+        match = fts_query(query, joiner)
+        if not match:
+            return []
+        hits = _matching(db, match, limit, types)
+        if len(hits) >= limit:
+            break
+    return hits
+
+
+def _matching(db: sqlite3.Connection, match: str, limit: int, types: list[str]) -> list[TextHit]:
     type_filter = f"AND entity_type IN ({','.join('?' * len(types))})" if types else ""
     rows = db.execute(
         f"""SELECT entity_id, entity_type, bm25(graphrag_fts, ?, ?, ?) AS rank,
