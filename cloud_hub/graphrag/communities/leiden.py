@@ -454,14 +454,17 @@ def _reoptimise_level0(
     membership = hierarchy.membership
     weights: dict[tuple[int, int], float] = {}
     to_free: dict[str, float] = {}
+    position = index.get
     for a, b, w in pairs:
-        i = index[a] if a in index else super_index[membership[a]]
-        j = index[b] if b in index else super_index[membership[b]]
+        i, j = position(a), position(b)
+        if i is None:
+            i = super_index[membership[a]]
+            to_free[membership[a]] = to_free.get(membership[a], 0.0) + w
+        if j is None:
+            j = super_index[membership[b]]
+            to_free[membership[b]] = to_free.get(membership[b], 0.0) + w
         key = (i, j) if i <= j else (j, i)
         weights[key] = weights.get(key, 0.0) + w
-        for end in (a, b):
-            if end not in index:
-                to_free[membership[end]] = to_free.get(membership[end], 0.0) + w
     # A super node's strength is its fixed members' (hierarchy.strengths now): its
     # weights to free entities, and the rest as a self-loop (counted twice).
     for community, at in super_index.items():

@@ -38,7 +38,7 @@ Pair = tuple[str, str, float]
 _WORD = re.compile(r"[^\W_]+")
 
 
-class EntityRow(msgspec.Struct, frozen=True, array_like=True):
+class EntityRow(msgspec.Struct, frozen=True, array_like=True, gc=False):
     """One entity as read: its id, type, string property values and reporting edges."""
 
     entity_id: str
@@ -47,7 +47,7 @@ class EntityRow(msgspec.Struct, frozen=True, array_like=True):
     devices: tuple[str, ...] = ()
 
 
-class GraphRows(msgspec.Struct, frozen=True):
+class GraphRows(msgspec.Struct, frozen=True, gc=False):
     """What one read of the graph returns.
 
     Attributes:
@@ -61,7 +61,7 @@ class GraphRows(msgspec.Struct, frozen=True):
     dirty: list[tuple[int, str]] = []
 
 
-class Profile(msgspec.Struct, frozen=True):
+class Profile(msgspec.Struct, frozen=True, gc=False):
     """What the summaries count of one entity.
 
     Attributes:
@@ -91,10 +91,13 @@ class Graph:
             return [(a, b, w) for a, row in adjacency.items() for b, w in row.items() if a < b]
         seen = set(around)
         out: list[Pair] = []
+        append = out.append
         for a in seen:
             for b, w in adjacency.get(a, {}).items():
-                if b not in seen or a < b:
-                    out.append((a, b, w) if a < b else (b, a, w))
+                if a < b:
+                    append((a, b, w))
+                elif b not in seen:  # else it is added from b's side
+                    append((b, a, w))
         return out
 
     def strength(self, entity_id: str) -> float:

@@ -162,30 +162,47 @@ class CommunityService:
         # No state until the run and its write succeed: a failure leads to a full run.
         self._state = None
         if decision.mode == "full" or state is None:
-            state, update = await self._full(state)
+            state, update, read_s = await self._full(state)
         else:
-            update = await asyncio.to_thread(self._incremental, state)
+            update, read_s = await self._incremental(state)
+        computed = self._clock()
         await self._write(store.write_update, update, self._wall())
         self._state = state
         if update.mode == "full":
             self._full_at = started
         self._changed_since_full = update.mode == "incremental"
         self._drifted = update.modularity < state.full_modularity * (1 - self.settings.drift)
-        self._record(decision, update, self._clock() - started)
+        finished = self._clock()
+        phases = {
+            "read_s": read_s,
+            "compute_s": computed - started - read_s,
+            "write_s": finished - computed,
+        }
+        self._record(decision, update, finished - started, phases)
         return decision
 
-    async def _full(self, state: State | None) -> tuple[State, Update]:
+    async def _full(self, state: State | None) -> tuple[State, Update, float]:
+        """Read everything and cluster it; the new state, the update, the read's seconds."""
+        started = self._clock()
         rows = await asyncio.to_thread(self._read, store.read_all)
         previous = state.hierarchy if state else None
         if previous is None:
             previous = seed_hierarchy(await asyncio.to_thread(self._read, store.stored_memberships))
-        return await asyncio.to_thread(full_update, rows, self.settings, previous)
+        read_s = self._clock() - started
+        new_state, update = await asyncio.to_thread(full_update, rows, self.settings, previous)
+        return new_state, update, read_s
 
-    def _incremental(self, state: State) -> Update:
-        """Read the changes and apply them to ``state`` (a worker thread)."""
-        return incremental_update(state, self._read(store.read_changed), self.settings)
+    async def _incremental(self, state: State) -> tuple[Update, float]:
+        """Read the changes and apply them to ``state``; the update, the read's seconds."""
+        started = self._clock()
+        rows = await asyncio.to_thread(self._read, store.read_changed)
+        read_s = self._clock() - started
+        update = await asyncio.to_thread(incremental_update, state, rows, self.settings)
+        return update, read_s
 
-    def _record(self, decision: Plan, update: Update, seconds: float) -> None:
+    def _record(
+        self, decision: Plan, update: Update, seconds: float, phases: dict[str, float]
+    ) -> None:
         state = self._state
         assert state is not None
         self._status.update(
@@ -193,6 +210,7 @@ class CommunityService:
                 "runs": self._status["runs"] + 1,
                 "last_run": self._wall(),
                 "duration_s": round(seconds, 3),
+                **{name: round(value, 3) for name, value in phases.items()},
                 "mode": update.mode,
                 "reason": decision.reason,
                 "modularity": round(update.modularity, 4),
@@ -208,8 +226,9 @@ class CommunityService:
             )
 
     def status(self) -> dict[str, Any]:
-        """The last run: when (epoch s), how long, mode and why, modularity (and the last
-        full run's), communities per level, feed rows consumed; runs and failures."""
+        """The last run: when (epoch s), how long (and its read, compute and write), mode
+        and why, modularity (and the last full run's), communities per level, feed rows
+        consumed; runs and failures."""
         return dict(self._status)
 
     def health(self) -> dict[str, Any]:

@@ -44,7 +44,7 @@ RERANK_SHARE = 0.1
 _Ranked = list[tuple[str, float]]
 
 
-class Summary(msgspec.Struct, frozen=True):
+class Summary(msgspec.Struct, frozen=True, gc=False):
     """What a community is, in numbers.
 
     Attributes:
