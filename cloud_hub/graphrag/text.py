@@ -38,7 +38,13 @@ MAX_NEIGHBOURS = 50
 #: bm25 weights of (entity_id, entity_type, body).
 _WEIGHTS = (4.0, 2.0, 1.0)
 
-_MARK = "INSERT OR IGNORE INTO graphrag_text_dirty VALUES ({})"
+# Not INSERT OR IGNORE: inside a trigger, the conflict clause of the statement that fired
+# it (the hub's upserts) overrides the trigger's own, and a second mark of an entity in one
+# transaction would fail the whole write.
+_MARK = (
+    "INSERT INTO graphrag_text_dirty SELECT {0}"
+    " WHERE NOT EXISTS (SELECT 1 FROM graphrag_text_dirty WHERE entity_id = {0})"
+)
 
 # Every write to what an entity's text is made of marks it (and, for a relationship,
 # its other end). The triggers run inside the writer's transaction: nothing is missed.
