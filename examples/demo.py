@@ -11,6 +11,10 @@ own health (``system_telemetry``); so that every status shows on the dashboard:
 - ``demo-edge-new`` (8084) asks to enrol without a claim token and waits (pending)
   until someone approves it on the dashboard's Enrolment page.
 
+The edges also write maintenance notes and incident reports; the hub indexes them for
+GraphRAG search with the shipped embedding service (``cloud-hub embed-server`` on
+8090: the seed's 8081 is an edge's here).
+
 Per-run device tokens are written to ``.demo-state/tokens`` (0600) and never printed.
 Everything binds to 127.0.0.1 (mDNS is off). Ctrl-C stops everything.
 """
@@ -32,6 +36,7 @@ from edge_agent.private_files import write_private
 
 STATE = Path(".demo-state")
 HUB_PORT = 8080
+EMBED_PORT = 8090
 #: Edge id: (API port, NATS port, first drone number, link cap).
 EDGES = {
     "demo-edge-1": (8081, 4223, 0, "32KB"),
@@ -50,6 +55,16 @@ def _hub_config(tokens: dict[str, str]) -> dict[str, Any]:
         "state_dir": str(STATE / "hub"),
         "platform": {"type": "cloud-hub", "region": "demo", "id": "demo-hub"},
         "nats": {"port": 4222},
+        "graph": {
+            "config": {
+                "indexer": {
+                    "embedding": {
+                        "enabled": True,
+                        "service_url": f"http://127.0.0.1:{EMBED_PORT}",
+                    }
+                }
+            }
+        },
         "provisioning": {"enabled": True, "advertise": False},
         "components": [
             {
@@ -133,6 +148,11 @@ def _start(program: str, config: dict[str, Any], name: str) -> subprocess.Popen[
     return subprocess.Popen([str(binary), "run", "--config", str(path)])
 
 
+def _start_embed_server() -> subprocess.Popen[bytes]:
+    binary = Path(sysconfig.get_path("scripts")) / "cloud-hub"
+    return subprocess.Popen([str(binary), "embed-server", "--port", str(EMBED_PORT)])
+
+
 def _wait_healthy(port: int, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -147,8 +167,10 @@ def _wait_healthy(port: int, timeout: float = 30.0) -> None:
 def main() -> int:
     """Start the hub and the edges, print where to look, stop all on Ctrl-C."""
     tokens = {edge: secrets.token_urlsafe(24) for edge in EDGES}
-    processes = {"hub": _start("cloud-hub", _hub_config(tokens), "hub")}
+    processes = {"embed-server": _start_embed_server()}
+    processes["hub"] = _start("cloud-hub", _hub_config(tokens), "hub")
     try:
+        _wait_healthy(EMBED_PORT, timeout=120)
         _wait_healthy(HUB_PORT)
         for edge, (api, nats, first, cap) in EDGES.items():
             write_private(STATE / "tokens" / edge, tokens[edge].encode())
@@ -164,6 +186,8 @@ def main() -> int:
             "demo-edge-new waits for approval (Enrolment page).\n"
             f"  Hub API: http://127.0.0.1:{HUB_PORT}/edges  /graph/stats  /graph/types"
             "  /graph/shared  /graph/entities/fleet-west?provenance=1  /metrics\n"
+            f"  Search:  curl -s http://127.0.0.1:{HUB_PORT}/graph/query/search"
+            ' -d \'{"query": "lithium pack puffed up"}\'\n'
             "  Edges:   http://127.0.0.1:8081/graph/stats (8082, 8083, 8084)\n"
             f"  State:   ./{STATE} (configs, JetStream stores, graph.db files)\n"
             "Ctrl-C stops everything.\n",

@@ -2,12 +2,13 @@
 dashboard and simulated edges that sync to it, one waiting for approval, and stops
 cleanly on SIGTERM.
 
-The demo listens on its fixed ports (8080-8084, 4222-4226, all on 127.0.0.1), below the
+The demo listens on its fixed ports (8080-8084, 8090, 4222-4226, all on 127.0.0.1), below the
 ephemeral range the other tests draw their ports from.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -47,6 +48,19 @@ def _synced() -> bool:
     )
 
 
+def _searched(query: str) -> bool:
+    try:
+        status, answer = http_json(
+            f"{HUB}/graph/query/search", json.dumps({"query": query}).encode(), timeout=5
+        )
+    except OSError:
+        return False
+    types = {hit["entity_type"] for hit in answer.get("results", [])} if status == 200 else set()
+    return not answer.get("degraded", True) and bool(
+        types & {"maintenance_note", "incident_report"}
+    )
+
+
 def test_the_demo_syncs_its_edges_shows_a_pending_one_and_stops_on_sigterm(tmp_path: Path) -> None:
     demo = subprocess.Popen(
         [sys.executable, str(DEMO)],
@@ -66,6 +80,11 @@ def test_the_demo_syncs_its_edges_shows_a_pending_one_and_stops_on_sigterm(tmp_p
         shared = {row["entity_id"]: row["edges"] for row in _hub("/graph/shared")}
         assert {"demo-edge-1", "demo-edge-2"} <= set(shared["fleet-west"])
         assert _hub("/graph/conflicts") == []
+        # The edges' notes and reports are searchable on the hub, by meaning too (the
+        # demo runs the shipped embedding service).
+        while not _searched("an inspection found something wrong with a drone"):
+            assert time.monotonic() < deadline + 60, "no GraphRAG search answer with vectors"
+            time.sleep(1)
         demo.send_signal(signal.SIGTERM)
         output = demo.communicate(timeout=60)[0].decode()
     finally:
