@@ -382,7 +382,7 @@ def incremental_hierarchy(
     _shift(hierarchy.links, shifted, new_of, 1)
     touched = [{c for c in (*was.values(), *labels.values()) if c is not None}]
     _drop_empty(hierarchy, touched[0])
-    for level in range(1, hierarchy.levels):
+    for level in range(1, len(hierarchy.parents) + 1):
         touched.append(_reoptimise_level(hierarchy, level, touched[-1], config))
     hierarchy.modularity = modularity(hierarchy.links, hierarchy.strengths)
     return Touched(was, touched)
@@ -448,6 +448,8 @@ def _reoptimise_level0(
     community standing for its fixed members; the free entities' new community ids
     (those left without any pair have none)."""
     free = sorted(e for e in was if graph.adjacency.get(e))
+    if not free:
+        return {}
     supers = sorted(c for c, n in hierarchy.sizes.items() if n > 0)
     index = {e: i for i, e in enumerate(free)}
     super_index = {c: len(free) + i for i, c in enumerate(supers)}
@@ -517,6 +519,9 @@ def _reoptimise_level(
     neighbours), the others fixed; the ids of ``level`` whose members changed."""
     parents = hierarchy.parents[level - 1]
     nodes = hierarchy.communities(level - 1)
+    if not nodes:  # the graph is empty: so is this level
+        hierarchy.parents[level - 1] = {}
+        return {parents[n] for n in touched_below if n in parents}
     links = hierarchy.level_links(level - 1)
     present = set(nodes)
     free = {n for n in touched_below if n in present}

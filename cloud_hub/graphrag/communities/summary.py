@@ -299,11 +299,11 @@ def update_summaries(
     for community in _update_level0(state, hierarchy, graph, touched, old_profiles):
         _rerank(state, community, graph)
     children = _children(hierarchy)
-    for level in range(1, hierarchy.levels):
+    for level in range(1, len(touched.communities)):
         _upper(state, children, level, touched.communities[level])
     written: list[Summary] = []
     removed: list[str] = []
-    for level in range(hierarchy.levels):
+    for level in range(len(touched.communities)):
         parents = hierarchy.parents[level] if level < len(hierarchy.parents) else {}
         was = old_parents[level] if level < len(old_parents) else {}
         moved = {c for c, p in parents.items() if was.get(c) != p}

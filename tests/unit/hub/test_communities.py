@@ -223,6 +223,21 @@ def test_incremental_update_keeps_ids_and_matches_a_full_run() -> None:
     assert state.summaries.summaries[membership["probe-1"]].size == sizes[membership["probe-1"]]
 
 
+def test_entities_leaving_and_coming_back_empty_and_refill_the_hierarchy() -> None:
+    graph = planted(groups=10)
+    state, first = full_update(graph.rows, CONFIG)
+    everyone = [(i, e.entity_id) for i, e in enumerate(graph.rows.entities, 1)]
+    gone = incremental_update(state, GraphRows([], [], everyone), CONFIG)
+    assert gone.communities == []
+    assert sorted(gone.removed) == sorted(s.id for s in first.summaries)
+    assert all(chain == [] for chain in gone.memberships.values())
+    back = incremental_update(
+        state, GraphRows(graph.rows.entities, graph.rows.edges, everyone), CONFIG
+    )
+    assert back.communities[0] >= 10
+    assert {e: c[0] for e, c in back.memberships.items()} == state.hierarchy.membership
+
+
 def test_a_full_run_after_a_restart_keeps_the_stored_ids() -> None:
     graph = planted()
     _state, update = full_update(graph.rows, CONFIG)
