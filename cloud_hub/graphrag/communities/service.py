@@ -23,7 +23,7 @@ import msgspec
 from cloud_hub.graphrag.communities import store
 from cloud_hub.graphrag.communities.config import CommunitiesConfig
 from cloud_hub.graphrag.communities.engine import State, Update, full_update, incremental_update
-from cloud_hub.graphrag.communities.leiden import seed_hierarchy
+from cloud_hub.graphrag.communities.leiden import Hierarchy, seed_hierarchy
 
 __all__ = ["FULL_SHARE", "CommunityMetrics", "CommunityService", "Plan", "plan"]
 
@@ -162,7 +162,9 @@ class CommunityService:
         # No state until the run and its write succeed: a failure leads to a full run.
         self._state = None
         if decision.mode == "full" or state is None:
-            state, update, read_s = await self._full(state)
+            previous = state.hierarchy if state else None
+            state = None  # the old graph and summaries go before the new ones are built
+            state, update, read_s = await self._full(previous)
         else:
             update, read_s = await self._incremental(state)
         computed = self._clock()
@@ -181,11 +183,11 @@ class CommunityService:
         self._record(decision, update, finished - started, phases)
         return decision
 
-    async def _full(self, state: State | None) -> tuple[State, Update, float]:
-        """Read everything and cluster it; the new state, the update, the read's seconds."""
+    async def _full(self, previous: Hierarchy | None) -> tuple[State, Update, float]:
+        """Read everything and cluster it, ids carried over from ``previous`` (else from
+        the stored memberships); the new state, the update, the read's seconds."""
         started = self._clock()
         rows = await asyncio.to_thread(self._read, store.read_all)
-        previous = state.hierarchy if state else None
         if previous is None:
             previous = seed_hierarchy(await asyncio.to_thread(self._read, store.stored_memberships))
         read_s = self._clock() - started

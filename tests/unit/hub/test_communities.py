@@ -7,15 +7,17 @@ through the hub's own write path (``apply_batch``).
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import igraph
+import msgspec
 import pytest
 from starlette.applications import Starlette
 
@@ -33,6 +35,7 @@ from edge_agent.config import IndexesConfig
 from edge_agent.graph import GraphStore
 from edge_agent.metrics import Metrics
 from edge_agent.sync.frames import EntityDelta
+from tests.helpers import wait_for
 
 CONFIG = CommunitiesConfig()
 TYPES = ("drone", "sensor", "zone", "vehicle")
@@ -498,6 +501,41 @@ async def test_the_service_runs_full_then_incremental_and_reports(hub: Hub) -> N
     assert metrics.registry.get_sample_value("semstreams_community_modularity") == pytest.approx(
         status["modularity"], abs=1e-3
     )
+
+
+async def test_a_failed_run_consumes_nothing_and_the_next_one_is_full(hub: Hub) -> None:
+    load(hub, planted(groups=10))
+    quick = msgspec.structs.replace(CONFIG, interval=0.01)
+    service = CommunityService(hub.store.database.read, hub.store.database.write_transaction, quick)
+    assert (await service.step()).reason == "start"
+    hub.send(entity("newcomer", "drone", [("vehicle-03-001", 1.0)]))
+    rename = "ALTER TABLE {} RENAME TO {}"
+    hub.store.database.transaction(lambda db: db.execute(rename.format(TABLE, "held")))
+    runner = asyncio.create_task(service.run())
+    try:
+        await wait_for(check(lambda: service.status()["failures"] >= 2), what="failed runs")
+        assert service.health()["status"] == "degraded"
+        assert "no such table" in service.status()["last_error"]
+        assert hub.read(store.dirty_count) == 2  # nothing consumed
+        hub.store.database.transaction(lambda db: db.execute(rename.format("held", TABLE)))
+        await wait_for(check(lambda: hub.read(store.dirty_count) == 0), what="the feed consumed")
+    finally:
+        runner.cancel()
+    status = service.health()
+    assert (status["status"], status["mode"], status["reason"]) == ("ok", "full", "start")
+    assert "newcomer" in hub.read(store.memberships, ["newcomer"])
+
+
+TABLE = "graphrag_communities"
+
+
+def check(predicate: Callable[[], bool]) -> Callable[[], Awaitable[bool]]:
+    """``predicate`` as the awaitable check ``wait_for`` polls."""
+
+    async def checked() -> bool:
+        return predicate()
+
+    return checked
 
 
 def test_plan_runs_full_at_start_on_schedule_on_drift_and_on_a_backlog() -> None:
