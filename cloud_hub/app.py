@@ -22,9 +22,15 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 from cloud_hub.api import views as hub_views
 from cloud_hub.api.openapi import HUB_PATHS
-from cloud_hub.config import WebsocketInputConfig, dashboard_settings, sync_inputs
+from cloud_hub.config import (
+    WebsocketInputConfig,
+    communities_settings,
+    dashboard_settings,
+    sync_inputs,
+)
 from cloud_hub.dashboard.routes import dashboard_routes
 from cloud_hub.dashboard.service import Dashboard
+from cloud_hub.graphrag.communities.api import community_routes
 from cloud_hub.graphrag.schema import GRAPH_MIGRATIONS
 from cloud_hub.graphrag.service import GraphRag
 from cloud_hub.metrics import HubMetrics
@@ -96,7 +102,10 @@ class Hub:
             title="SemStreams cloud hub",
         )
         self.graphrag = GraphRag(
-            self.graph, config.graph.config.indexer.embedding, self.hub_metrics
+            self.graph,
+            config.graph.config.indexer.embedding,
+            communities_settings(config),
+            self.hub_metrics,
         )
         self.materialiser: Materialiser
         self.dashboard: Dashboard
@@ -351,6 +360,7 @@ class Hub:
             routes += provisioning_routes()
         if self.dashboard.settings.enabled:
             routes += dashboard_routes()
+        routes += community_routes()
         if self.sync_input is not None and self._shares_api_port():
             routes.append(WebSocketRoute(self.sync_path, self.sync_input.endpoint))
         return routes

@@ -13,6 +13,7 @@ from typing import Annotated
 
 import msgspec
 
+from cloud_hub.graphrag.communities.config import CommunitiesConfig
 from edge_agent.config import Config, Duration, IndexesConfig, load_config
 from edge_agent.config.schema import COMPONENT_TYPES, Port, Section
 from edge_agent.config.units import ByteSize
@@ -21,10 +22,12 @@ from edge_agent.provision.messages import DEVICE_ID_PATTERN
 __all__ = [
     "HUB_COMPONENT_TYPES",
     "HUB_INDEXES",
+    "CommunitiesConfig",
     "DashboardConfig",
     "DashboardGroupConfig",
     "DeviceConfig",
     "WebsocketInputConfig",
+    "communities_settings",
     "dashboard_settings",
     "load_hub_config",
     "sync_inputs",
@@ -127,11 +130,13 @@ class DashboardConfig(Section, frozen=True):
         return found
 
 
-#: The component types a hub runs: the edge's, plus ``websocket_input`` and ``dashboard``.
+#: The component types a hub runs: the edge's, plus ``websocket_input``, ``dashboard``
+#: and ``communities`` (GraphRAG's community settings).
 HUB_COMPONENT_TYPES: Mapping[str, type[Section]] = {
     **COMPONENT_TYPES,
     "websocket_input": WebsocketInputConfig,
     "dashboard": DashboardConfig,
+    "communities": CommunitiesConfig,
 }
 
 
@@ -164,6 +169,12 @@ def dashboard_settings(config: Config) -> DashboardConfig:
     """The ``dashboard`` component's settings (the defaults when there is none)."""
     found = [c.config for c in config.components if isinstance(c.config, DashboardConfig)]
     return found[0] if found else DashboardConfig()
+
+
+def communities_settings(config: Config) -> CommunitiesConfig:
+    """The ``communities`` component's settings (the defaults when there is none)."""
+    found = [c.config for c in config.components if isinstance(c.config, CommunitiesConfig)]
+    return found[0] if found else CommunitiesConfig()
 
 
 def sync_inputs(config: Config) -> list[WebsocketInputConfig]:

@@ -76,6 +76,28 @@ HUB_PATHS: dict[str, Any] = {
         _LIMIT,
         {"name": "entity_id", "in": "query", "schema": {"type": "string"}},
     ),
+    "/graph/communities": _get(
+        "GraphRAG communities of a level, the largest first; with q, those matching its"
+        " words (bm25)",
+        _LIST,
+        {"name": "level", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+        {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1}},
+        {"name": "q", "in": "query", "schema": {"type": "string"}},
+    ),
+    "/graph/communities/{community_id}": {
+        "get": {
+            "summary": "One community: its summary, top entities and children",
+            "parameters": [
+                {
+                    "name": "community_id",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "string"},
+                }
+            ],
+            "responses": {"200": ok_response(OBJECT), "404": ERROR_RESPONSE},
+        }
+    },
     "/dashboard/fleet": _get("The dashboard's fleet: one row per edge, status counts", OBJECT),
     "/dashboard/edges/{edge_id}": _get(
         "One edge's row, last-hour history, conflicts and graph state",

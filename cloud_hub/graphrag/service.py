@@ -1,6 +1,6 @@
 """The hub's GraphRAG part: the text index follows the graph, the embedder follows the
-text, and the querier answers ``graph.query.search``, ``graph.query.local`` and
-``graph.query.global``.
+text, the community service follows the relationships, and the querier answers
+``graph.query.search``, ``graph.query.local`` and ``graph.query.global``.
 
 The text index is rebuilt by :meth:`GraphRag.after_apply` inside the materialiser's
 write transaction, and the entities whose text changed are queued for embedding in that
@@ -11,12 +11,17 @@ embedding service is away.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import sqlite3
 import time
 from collections.abc import Sequence
 from typing import Any
 
 from cloud_hub.graphrag import text, vectors
+from cloud_hub.graphrag.communities import store as communities
+from cloud_hub.graphrag.communities.config import CommunitiesConfig
+from cloud_hub.graphrag.communities.service import CommunityService
 from cloud_hub.graphrag.search import GlobalQuery, LocalQuery, Searcher, SearchQuery
 from cloud_hub.metrics import HubMetrics
 from edge_agent.config.schema import EmbeddingConfig
@@ -31,25 +36,47 @@ class GraphRag:
     Args:
         graph: the hub's graph service (its querier serves the queries).
         embedding: ``graph.config.indexer.embedding``.
+        settings: the ``communities`` component's settings.
         metrics: the hub's metrics.
     """
 
     name = "graphrag"
 
     def __init__(
-        self, graph: GraphService, embedding: EmbeddingConfig, metrics: HubMetrics
+        self,
+        graph: GraphService,
+        embedding: EmbeddingConfig,
+        settings: CommunitiesConfig,
+        metrics: HubMetrics,
     ) -> None:
         self._graph = graph
         self._embedding = embedding
+        self._settings = settings
         self._metrics = metrics
         self.embedder: Any = None  # an Embedder when embeddings are on (import on use)
+        self.communities: CommunityService | None = None
+        self._task: asyncio.Task[None] | None = None
         self.searcher = Searcher()
         self.refreshed = 0
 
     async def start(self) -> None:
-        """Start the embedder (when on) and serve the GraphRAG queries."""
+        """Start the embedder (when on) and the community service; serve the queries."""
+        database = self._graph.store.database
+        embed, nearest = None, None
         if self._embedding.enabled:
             await self._start_embedder()
+            embed, nearest = self.embedder.embed_query, self.embedder.index.search
+        self.searcher = Searcher(
+            embed=embed,
+            nearest=nearest,
+            memberships=communities.memberships,
+            rank_communities=communities.search_communities,
+            community=communities.community,
+        )
+        self.communities = CommunityService(
+            database.read, database.write_transaction, self._settings, self._metrics
+        )
+        self._task = asyncio.create_task(self.communities.run(), name="communities")
         querier = self._graph.querier
         querier.add_query("search", SearchQuery, self.searcher.search)
         querier.add_query("local", LocalQuery, self.searcher.local)
@@ -71,20 +98,26 @@ class GraphRag:
             client, index, read=database.read, write=database.write_transaction, metrics=metrics
         )
         await self.embedder.start()
-        self.searcher = Searcher(embed=self.embedder.embed_query, nearest=index.search)
 
     async def stop(self) -> None:
-        """Stop the embedder (what is queued stays queued)."""
+        """Stop the community service and the embedder (what is queued stays queued)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
         if self.embedder is not None:
             await self.embedder.stop()
 
     def health(self) -> dict[str, Any]:
-        """The text index's and the embedder's state."""
+        """The text index's, the embedder's and the communities' state."""
         report: dict[str, Any] = {"status": "ok", "text_refreshed": self.refreshed}
-        if self.embedder is not None:
-            embedder = self.embedder.health()
-            report["embedding"] = embedder
-            report["status"] = embedder["status"]
+        parts = {"embedding": self.embedder, "communities": self.communities}
+        for name, part in parts.items():
+            if part is None:
+                continue
+            report[name] = part.health()
+            if report[name]["status"] != "ok":
+                report["status"] = report[name]["status"]
         return report
 
     def after_apply(self, db: sqlite3.Connection) -> None:

@@ -16,7 +16,7 @@ import sqlite3
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +104,7 @@ def hub_process(
     port: int | None = None,
     state_dir: Path | None = None,
     sync_input: dict[str, Any] | None = None,
+    components: Sequence[dict[str, Any]] = (),
     **sections: Any,
 ) -> AgentProcess:
     """A ``cloud-hub run`` process, not started, whose ``websocket_input`` (``from-edges``)
@@ -114,6 +115,7 @@ def hub_process(
         port: the API's and the sync input's port (default: a free one).
         state_dir: its ``state_dir`` (default: ``<workdir>/state``).
         sync_input: more keys of the ``websocket_input``'s config (``devices``, ...).
+        components: more components after it (``communities``, ``dashboard``, ...).
         sections: more sections of the hub's config (``provisioning``, ...).
     """
     port = free_port() if port is None else port
@@ -126,7 +128,8 @@ def hub_process(
                 "id": "from-edges",
                 "type": "websocket_input",
                 "config": {"port": port, **(sync_input or {})},
-            }
+            },
+            *components,
         ],
         **sections,
     )

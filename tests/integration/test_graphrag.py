@@ -190,3 +190,62 @@ def test_the_embedding_service_killed_degrades_answers_and_its_backlog_drains_af
     _wait(lambda: _backlog(pair) == 0, "the backlog to drain")
     answer = _query(pair, "search", {"query": "imaging mount wobbling in wind", "mode": "vector"})
     assert answer["degraded"] is False and answer["results"][0]["entity_id"] == "note-8"
+
+
+def _cluster(name: str, topic: str, size: int) -> list[dict[str, Any]]:
+    """A fleet of drones around a depot, each with a note on the fleet's topic."""
+    events = []
+    for n in range(size):
+        drone = f"{name}-uav-{n}"
+        events.append(
+            {
+                "entity_id": drone,
+                "entity_type": "drone",
+                "properties": {"status": "flying"},
+                "relationships": [
+                    {"predicate": "based_at", "object": f"{name}-depot"},
+                    {"predicate": "flies_with", "object": f"{name}-uav-{(n + 1) % size}"},
+                ],
+            }
+        )
+        events.append(_note(f"{name}-note-{n}", f"{topic} reported by the crew", drone))
+    events.append({"entity_id": f"{name}-depot", "entity_type": "place", "properties": {}})
+    return events
+
+
+@pytest.fixture
+def clustered(tmp_path: Path) -> Iterator[SyncPair]:
+    communities = {"id": "communities", "type": "communities", "config": {"interval": "500ms"}}
+    made = SyncPair(tmp_path, hub_sections={"components": [communities]})
+    made.start()
+    events = _cluster("harbour", "salt corrosion on the motor housings", 6)
+    events += _cluster("quarry", "dust clogging the air filters", 6)
+    post_events(made.edge.api, events)
+    made.wait_synced(minimum=len(events))
+    yield made
+    made.stop()
+
+
+def test_communities_follow_the_graph_and_answer_global_and_local_search(
+    clustered: SyncPair,
+) -> None:
+    pair = clustered
+    deadline = time.monotonic() + 60
+    while True:
+        status, level0 = http_json(f"{pair.hub.api}/graph/communities?level=0")
+        if status == 200 and len(level0) >= 2:
+            break
+        assert time.monotonic() < deadline, f"no communities: {level0}"
+        time.sleep(0.5)
+    # The two fleets are two communities: each fleet's members together, apart from the other.
+    detail = http_json(f"{pair.hub.api}/graph/communities/{level0[0]['id']}")[1]
+    members = {e["entity_id"] for e in detail["top_entities"]}
+    assert len({m.split("-")[0] for m in members}) == 1, members
+    assert http_json(f"{pair.hub.api}/graph/communities/L0-nope")[0] == 404
+
+    answer = _query(pair, "global", {"query": "salt corrosion motors", "level": 0, "limit": 2})
+    best = answer["communities"][0]
+    assert best["members"] and all(m["entity_id"].startswith("harbour") for m in best["members"])
+    local = _query(pair, "local", {"query": "dust clogging air filters", "limit": 3})
+    hit = local["results"][0]
+    assert hit["entity_id"].startswith("quarry-note") and hit["communities"]

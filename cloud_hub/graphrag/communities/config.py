@@ -1,14 +1,21 @@
-"""Settings of the community service."""
+"""Settings of the community service: the hub's ``communities`` component's config."""
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import msgspec
+
+from edge_agent.config.schema import Section
+from edge_agent.config.units import Duration
 
 __all__ = ["CommunitiesConfig"]
 
+_Fraction = Annotated[float, msgspec.Meta(gt=0, lt=1)]
 
-class CommunitiesConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """How the hub keeps its communities.
+
+class CommunitiesConfig(Section, frozen=True):
+    """``components[].config`` of type ``communities``: how the hub keeps its communities.
 
     Attributes:
         interval: seconds between looks at the change feed; a run happens only when it
@@ -25,11 +32,11 @@ class CommunitiesConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True)
         full_iterations: Leiden iterations of a full level-0 run.
     """
 
-    interval: float = 5.0
-    full_every: float = 3600.0
-    drift: float = 0.02
-    max_levels: int = 3
-    resolution: float = 1.0
-    level_scale: float = 0.25
+    interval: Duration = Duration(5.0)
+    full_every: Duration = Duration(3600.0)
+    drift: _Fraction = 0.02
+    max_levels: Annotated[int, msgspec.Meta(ge=1, le=6)] = 3
+    resolution: Annotated[float, msgspec.Meta(gt=0)] = 1.0
+    level_scale: _Fraction = 0.25
     seed: int = 42
-    full_iterations: int = 5
+    full_iterations: Annotated[int, msgspec.Meta(ge=1, le=100)] = 5

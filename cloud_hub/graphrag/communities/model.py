@@ -18,6 +18,8 @@ from collections.abc import Iterable
 
 import msgspec
 
+from cloud_hub.graphrag.text import STOP_WORDS
+
 __all__ = [
     "EdgeRow",
     "EntityRow",
@@ -106,10 +108,11 @@ class Graph:
 
 
 def terms(*texts: str) -> dict[str, int]:
-    """The words of ``texts`` (lower case, at least two characters, at least one letter)
-    with their counts; ``UAV-007`` gives ``uav``."""
+    """The words of ``texts`` (lower case, at least two characters, at least one letter,
+    no stop word: keywords should say what a community is about) with their counts;
+    ``UAV-007`` gives ``uav``."""
     words = (w.lower() for text in texts for w in _WORD.findall(text))
-    return dict(Counter(w for w in words if len(w) > 1 and not w.isdigit()))
+    return dict(Counter(w for w in words if len(w) > 1 and not w.isdigit() and w not in STOP_WORDS))
 
 
 def _profile(row: EntityRow, predicates: Counter[str]) -> Profile:

@@ -17,7 +17,6 @@ in the caller's write transaction (``Database.transaction``).
 
 from __future__ import annotations
 
-import re
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
@@ -27,6 +26,7 @@ import msgspec
 from cloud_hub.graphrag.communities.engine import Update
 from cloud_hub.graphrag.communities.model import EdgeRow, EntityRow, GraphRows
 from cloud_hub.graphrag.communities.summary import Summary
+from cloud_hub.graphrag.text import fts_query
 from edge_agent.graph.migrations import Migration
 from edge_agent.graph.statements import RDF_TYPE
 
@@ -35,7 +35,6 @@ __all__ = [
     "communities",
     "community",
     "dirty_count",
-    "fts_query",
     "memberships",
     "read_all",
     "read_changed",
@@ -109,7 +108,6 @@ COMMUNITY_MIGRATIONS: list[Migration] = [("graphrag_community_001", _C001_COMMUN
 _CHUNK = 500
 _json = msgspec.json.Encoder()
 _summary = msgspec.json.Decoder(Summary)
-_TERM = re.compile(r"\S+")
 
 
 # ---- reads for the service --------------------------------------------------------------
@@ -352,17 +350,11 @@ def memberships(db: sqlite3.Connection, entity_ids: Sequence[str]) -> dict[str, 
     return out
 
 
-def fts_query(query: str) -> str:
-    """A user's words as an FTS5 query: each one quoted (FTS5 syntax is inert inside
-    quotes), any of them matching; empty when there are no words."""
-    return " OR ".join('"' + term.replace('"', '""') + '"' for term in _TERM.findall(query))
-
-
 def search_communities(
     db: sqlite3.Connection, query: str, level: int, limit: int
 ) -> list[tuple[str, float]]:
     """Communities of ``level`` ranked against ``query`` by bm25 (higher is better)."""
-    match = fts_query(query)
+    match = fts_query(query)  # the entities' text search's: words quoted, stop words out
     if not match:
         return []
     rows = db.execute(

