@@ -1,8 +1,9 @@
 """GraphRAG search on the hub: text, vector and hybrid search, and local and global search.
 
-Pure over a read connection and two callables (``embed``: the query's vector, or
-``None`` when the embedding service is down or behind; ``nearest``: the vector index),
-with the clock a parameter: the querier runs them on its read connections.
+Over a read connection and two callables (``embed``: the query's vector, or ``None``
+when the embedding service is down or behind; ``nearest``: the vector index), with the
+clock a parameter: the querier runs them on its read connections. The one concurrency:
+a query's embedding is asked for on a small thread pool while its text search runs.
 
 - **text**: FTS5 bm25 (:mod:`cloud_hub.graphrag.text`).
 - **vector**: cosine similarity of the query's embedding to the entities' embeddings.
@@ -20,6 +21,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -37,6 +39,8 @@ __all__ = [
 ]
 
 RRF_K = 60
+#: Threads that wait on the embedding service while a query's text search runs.
+_EMBEDDING = ThreadPoolExecutor(max_workers=4, thread_name_prefix="graphrag-embed")
 #: How many hits of each list hybrid ranking fuses, per result asked for. One: fusing
 #: deeper lets hits both lists only mildly like overtake one list's confident best (on the
 #: planted-answer corpus of tests/integration/test_search_quality.py, top-3 hybrid: 0.90
@@ -153,12 +157,14 @@ class Searcher:
         """(entity id, score) best first, and whether a wanted vector was missing; the
         text hits' snippets go into ``snippets``."""
         depth = query.limit * _DEPTH
+        # The query's embedding (a call to the service) is made while text search runs.
+        embedding = self._embedding(query.query) if query.mode != "text" else None
         text: list[tuple[str, float]] = []
         if query.mode != "vector":
             text = self._text(db, query, depth, timings, snippets)
         vector = None
-        if query.mode != "text":
-            vector = self._vector(db, query, depth, timings)
+        if embedding is not None:
+            vector = self._vector(db, query, depth, timings, embedding)
         degraded = query.mode != "text" and vector is None
         if vector is None:
             if query.mode == "vector":  # answered from text alone, and says so
@@ -184,14 +190,30 @@ class Searcher:
         timings["text"] = _ms(self._clock() - started)
         return [(hit.entity_id, hit.score) for hit in hits if hit.entity_id in kept][:depth]
 
-    def _vector(
-        self, db: sqlite3.Connection, query: SearchQuery, depth: int, timings: dict[str, float]
-    ) -> list[tuple[str, float]] | None:
+    def _embedding(self, words: str) -> Future[tuple[Sequence[float] | None, float]] | None:
+        """The embedding of ``words`` on its way (with the seconds it took), or ``None``
+        when there are no vectors to search."""
         if self._embed is None or self._nearest is None:
             return None
-        started = self._clock()
-        vector = self._embed(query.query)
-        timings["embed"] = _ms(self._clock() - started)
+        embed, clock = self._embed, self._clock
+
+        def timed() -> tuple[Sequence[float] | None, float]:
+            started = clock()
+            return embed(words), clock() - started
+
+        return _EMBEDDING.submit(timed)
+
+    def _vector(
+        self,
+        db: sqlite3.Connection,
+        query: SearchQuery,
+        depth: int,
+        timings: dict[str, float],
+        embedding: Future[tuple[Sequence[float] | None, float]],
+    ) -> list[tuple[str, float]] | None:
+        assert self._nearest is not None
+        vector, took = embedding.result()
+        timings["embed"] = _ms(took)
         if vector is None:
             return None
         started = self._clock()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import re
 import sqlite3
+import threading
 from collections.abc import Callable, Iterable, Sequence
 
 import msgspec
@@ -24,11 +25,14 @@ import msgspec
 from edge_agent.graph.migrations import Migration
 
 __all__ = [
+    "FREQUENT_MIN",
+    "FREQUENT_SHARE",
     "MAX_NEIGHBOURS",
     "STOP_WORDS",
     "TEXT_MIGRATIONS",
     "TextHit",
     "fts_query",
+    "rare_words",
     "refresh",
     "search_text",
 ]
@@ -286,22 +290,75 @@ def search_text(
     """The best ``limit`` entities for ``query`` by bm25, optionally of some types only.
 
     Entities holding every word are looked for first; only when they are fewer than
-    ``limit`` do entities holding any of the words count (bm25 ranks them all): the
-    first is fast and usually what was meant, the second keeps recall.
+    ``limit`` do entities holding any of the words count, and then without the words in
+    more than a tenth of the index (:func:`rare_words`): FTS5 ranks every match of an OR
+    query, so one such word made most of the time (a query with "near", a relationship
+    of most entities, took 50 ms on 100k entities; 4 ms without it).
     """
     types = list(entity_types)
-    hits: list[TextHit] = []
-    for joiner in (" AND ", " OR "):
-        match = fts_query(query, joiner)
-        if not match:
-            return []
-        hits = _matching(db, match, limit, types)
-        if len(hits) >= limit:
-            break
-    return hits
+    hits = _matching(db, fts_query(query, " AND "), limit, types)
+    if len(hits) >= limit:
+        return hits
+    return _matching(db, fts_query(" ".join(rare_words(db, query)), " OR "), limit, types)
+
+
+#: Words in more than this share of the indexed entities (and in more than
+#: :data:`FREQUENT_MIN` of them: a small graph is fast anyway) are left out of an OR query.
+FREQUENT_SHARE = 0.1
+FREQUENT_MIN = 1000
+
+
+def rare_words(db: sqlite3.Connection, query: str) -> list[str]:
+    """The query's words (stop words out) that are not frequent (:data:`FREQUENT_SHARE`,
+    :data:`FREQUENT_MIN`); the rarest one when all are.
+
+    Each word is stemmed by FTS5's own tokenizer (in a private in-memory database, so
+    the caller's connection is never written to and its snapshot never held) and looked
+    up in the index's vocabulary (``fts5vocab``): no stemmer of our own can disagree.
+    """
+    words = [word for word in _WORD.findall(query)[:64] if word.lower() not in STOP_WORDS]
+    if not words:
+        return _WORD.findall(query)[:64]
+    stems = _stems(words)
+    terms = sorted(set(stems.values()))
+    if not db.execute("SELECT 1 FROM sqlite_temp_master WHERE name = 'graphrag_vocab'").fetchone():
+        # DDL: opens no transaction on the caller's connection.
+        db.execute(
+            "CREATE VIRTUAL TABLE temp.graphrag_vocab USING fts5vocab(main, graphrag_fts, row)"
+        )
+    marks = ",".join("?" * len(terms))
+    counts = dict(
+        db.execute(f"SELECT term, doc FROM temp.graphrag_vocab WHERE term IN ({marks})", terms)
+    )
+    (indexed,) = db.execute("SELECT coalesce(max(rowid), 0) FROM graphrag_text").fetchone()
+    frequency = [counts.get(stems.get(n, ""), 0) for n in range(len(words))]
+    kept = [
+        word
+        for word, count in zip(words, frequency, strict=True)
+        if count <= max(indexed * FREQUENT_SHARE, FREQUENT_MIN)
+    ]
+    return kept or [min(zip(frequency, words, strict=True))[1]]
+
+
+_local = threading.local()
+
+
+def _stems(words: list[str]) -> dict[int, str]:
+    """Each word's stem (by its position) as the index's tokenizer makes it."""
+    stemmer = getattr(_local, "stemmer", None)
+    if stemmer is None:
+        stemmer = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+        stemmer.execute("CREATE VIRTUAL TABLE words USING fts5(word, tokenize='porter unicode61')")
+        stemmer.execute("CREATE VIRTUAL TABLE stems USING fts5vocab(words, instance)")
+        _local.stemmer = stemmer
+    stemmer.execute("DELETE FROM words")
+    stemmer.executemany("INSERT INTO words (rowid, word) VALUES (?, ?)", enumerate(words))
+    return dict(stemmer.execute("SELECT doc, term FROM stems"))
 
 
 def _matching(db: sqlite3.Connection, match: str, limit: int, types: list[str]) -> list[TextHit]:
+    if not match:
+        return []
     type_filter = f"AND entity_type IN ({','.join('?' * len(types))})" if types else ""
     rows = db.execute(
         f"""SELECT entity_id, entity_type, bm25(graphrag_fts, ?, ?, ?) AS rank,

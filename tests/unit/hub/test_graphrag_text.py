@@ -86,3 +86,17 @@ def test_user_words_never_reach_fts5_as_syntax() -> None:
     assert text.fts_query('battery" OR NEAR(x y) *') == '"battery" OR "NEAR" OR "x" OR "y"'
     assert text.fts_query("the at of") == '"the" OR "at" OR "of"'  # only stop words: kept
     assert text.fts_query("¡¿!") == ""
+
+
+def test_or_queries_leave_out_words_most_entities_hold(
+    store: GraphStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(text, "FREQUENT_MIN", 5)  # a small graph, as if it were a large one
+    notes = [_note(f"note-{n}", f"drone inspected near depot {n}", n + 1, NOW) for n in range(20)]
+    notes.append(_note("note-x", "drone gearbox leaking oil", 1, NOW))
+    _apply(store, "edge-a", 1, *notes)
+    rare = store.database.read(lambda db: text.rare_words(db, "leaking drones near the depot"))
+    assert rare == ["leaking"]  # 'drones' (stemmed: drone), 'near', 'depot' are everywhere
+    everywhere = store.database.read(lambda db: text.rare_words(db, "drones near depots"))
+    assert len(everywhere) == 1  # the rarest of the common ones, not nothing
+    assert _search(store, "leaking drones near the depot")[0] == "note-x"
