@@ -51,7 +51,8 @@ _MARK = (
 )
 
 # Every write to what an entity's text is made of marks it (and, for a relationship,
-# its other end). The triggers run inside the writer's transaction: nothing is missed.
+# its other end); a number changing (telemetry, most writes) is not part of it and marks
+# nothing. The triggers run inside the writer's transaction: nothing is missed.
 _T001_TEXT = f"""
         CREATE TABLE graphrag_text (
             entity_id TEXT PRIMARY KEY,
@@ -81,19 +82,24 @@ _T001_TEXT = f"""
         CREATE TRIGGER graphrag_dirty_entity_ai AFTER INSERT ON entities BEGIN
             {_MARK.format("new.id")};
         END;
-        CREATE TRIGGER graphrag_dirty_entity_au AFTER UPDATE OF type ON entities BEGIN
+        CREATE TRIGGER graphrag_dirty_entity_au AFTER UPDATE OF type ON entities
+        WHEN new.type IS NOT old.type BEGIN
             {_MARK.format("new.id")};
         END;
         CREATE TRIGGER graphrag_dirty_entity_ad AFTER DELETE ON entities BEGIN
             {_MARK.format("old.id")};
         END;
-        CREATE TRIGGER graphrag_dirty_triple_ai AFTER INSERT ON triples BEGIN
+        CREATE TRIGGER graphrag_dirty_triple_ai AFTER INSERT ON triples
+        WHEN json_type(new.object) = 'text' BEGIN
             {_MARK.format("new.subject")};
         END;
-        CREATE TRIGGER graphrag_dirty_triple_au AFTER UPDATE OF object ON triples BEGIN
+        CREATE TRIGGER graphrag_dirty_triple_au AFTER UPDATE OF object ON triples
+        WHEN new.object IS NOT old.object
+         AND (json_type(new.object) = 'text' OR json_type(old.object) = 'text') BEGIN
             {_MARK.format("new.subject")};
         END;
-        CREATE TRIGGER graphrag_dirty_triple_ad AFTER DELETE ON triples BEGIN
+        CREATE TRIGGER graphrag_dirty_triple_ad AFTER DELETE ON triples
+        WHEN json_type(old.object) = 'text' BEGIN
             {_MARK.format("old.subject")};
         END;
         CREATE TRIGGER graphrag_dirty_edge_ai AFTER INSERT ON edges BEGIN

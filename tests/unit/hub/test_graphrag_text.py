@@ -100,3 +100,21 @@ def test_or_queries_leave_out_words_most_entities_hold(
     everywhere = store.database.read(lambda db: text.rare_words(db, "drones near depots"))
     assert len(everywhere) == 1  # the rarest of the common ones, not nothing
     assert _search(store, "leaking drones near the depot")[0] == "note-x"
+
+
+def test_numbers_changing_leave_the_text_alone(store: GraphStore) -> None:
+    _apply(store, "edge-a", 1, _note("note-1", "battery swelling", 1, NOW))
+    reading = EntityDelta(
+        "note-1", "maintenance_note", 2, NOW + 1, 3, [("severity", 9, NOW + 1, "sim")]
+    )
+
+    def write(db: sqlite3.Connection) -> int:
+        apply_batch(db, BatchStamp("edge-a", 2, 2, NOW, NOW + 1000), [reading], indexes=ALL)
+        (marked,) = db.execute("SELECT count(*) FROM graphrag_text_dirty").fetchone()
+        text.refresh(db)
+        return int(marked)
+
+    # Telemetry is most of what a hub writes: it marks nothing to rebuild.
+    assert store.database.transaction(write) == 0
+    assert store.entity("note-1")["properties"]["severity"] == 9  # type: ignore[index]
+    assert _search(store, "swelling") == ["note-1"]
