@@ -1,11 +1,14 @@
-"""Certificates for TLS tests, made on the spot (nothing private is kept in the repo)."""
+"""Certificates and NKey seeds for TLS and auth tests, made on the spot (nothing private
+is kept in the repo)."""
 
 from __future__ import annotations
 
 import datetime
 import ipaddress
+import os
 from pathlib import Path
 
+import nkeys
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -46,3 +49,12 @@ def self_signed(directory: Path) -> tuple[Path, Path]:
     )
     key_path.chmod(0o600)  # the agent refuses a key others may read
     return cert_path, key_path
+
+
+def user_seed(directory: Path, name: str) -> tuple[Path, str]:
+    """A new NKey user: its seed file (0600) and its public key."""
+    seed = nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER)
+    path = directory / f"{name}.seed"
+    path.write_bytes(seed)
+    path.chmod(0o600)
+    return path, nkeys.from_seed(seed).public_key.decode()

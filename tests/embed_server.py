@@ -7,10 +7,9 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-from tests.helpers import free_port, http_json
+from tests.helpers import free_port, http_json, wait_until
 
 __all__ = ["EmbedServer"]
 
@@ -33,15 +32,14 @@ class EmbedServer:
                 stderr=subprocess.STDOUT,
                 env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"},
             )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.log_path.read_text()[-2000:]
-            try:
-                if http_json(f"{self.url}/health", timeout=1)[0] == 200:
-                    return
-            except OSError:
-                time.sleep(0.1)
-        raise AssertionError(f"embed-server not up: {self.log_path.read_text()[-2000:]}")
+        wait_until(self._up, f"embed-server on {self.url}", timeout)
+
+    def _up(self) -> bool:
+        assert self.proc is not None and self.proc.poll() is None, self.log_path.read_text()[-2000:]
+        try:
+            return http_json(f"{self.url}/health", timeout=1)[0] == 200
+        except OSError:
+            return False
 
     def kill(self) -> None:
         """``kill -9`` and reap it."""

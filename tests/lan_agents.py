@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 import sys
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from tests.netns import Node
+import pytest
+
+from tests import helpers
+from tests.netns import Lan, Node, cleanup_stale, netns_available
 
 API_PORT = 8080
 _HTTP = """
@@ -38,10 +40,21 @@ def http(node: Node, url: str, body: Any = None) -> tuple[int, Any]:
 
 
 def wait_until(check: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
-        time.sleep(0.5)
+    """:func:`tests.helpers.wait_until` at the LAN's pace: a look often runs a process in
+    a namespace."""
+    helpers.wait_until(check, what, timeout, interval=0.5)
+
+
+@pytest.fixture
+def lan() -> Iterator[Lan]:
+    """A private LAN of network namespaces (the test is skipped where they are not
+    permitted). A test module uses it with ``pytest_plugins = ["tests.lan_agents"]``."""
+    reason = netns_available()
+    if reason is not None:
+        pytest.skip(f"network namespaces not permitted here: {reason}")
+    cleanup_stale()
+    with Lan() as network:
+        yield network
 
 
 def start(node: Node, program: str, config: dict[str, Any], workdir: Path) -> None:
@@ -100,12 +113,11 @@ def edge_config(node: Node, workdir: Path, first: int, boot: dict[str, str]) -> 
 
 
 def hub_fingerprint(log: Path) -> str:
-    deadline = time.monotonic() + 10
-    while "provisioning: hub key " not in log.read_text():
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    """The hub key's fingerprint (``sha256:…``), as the hub logs it at start."""
+    marker = "provisioning: hub key "
+    helpers.wait_until(lambda: marker in log.read_text(), "the hub key in the hub's log", 10)
     text = log.read_text()
-    start_at = text.index("provisioning: hub key ") + len("provisioning: hub key ")
+    start_at = text.index(marker) + len(marker)
     return text[start_at : start_at + 71]
 
 

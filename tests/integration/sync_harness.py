@@ -66,6 +66,26 @@ def _viewed(
     return {key: entity for key, entity in seen.items() if entity is not None}
 
 
+def graph_query(hub: AgentProcess, name: str, request: dict[str, Any]) -> dict[str, Any]:
+    """``POST /graph/query/<name>`` on ``hub``; the answer, which must be a 200."""
+    status, answer = http_json(f"{hub.api}/graph/query/{name}", json.dumps(request).encode())
+    assert status == 200, answer
+    result: dict[str, Any] = answer
+    return result
+
+
+async def graph_query_over_nats(url: str, name: str, request: dict[str, Any]) -> dict[str, Any]:
+    """The same query as NATS request/reply ``graph.query.<name>``; its 200 answer."""
+    client = await nats.connect(url)
+    try:
+        reply = await client.request(f"graph.query.{name}", json.dumps(request).encode(), 5)
+    finally:
+        await client.close()
+    assert reply.headers is not None and reply.headers["Status"] == "200", reply.data
+    answer: dict[str, Any] = json.loads(reply.data)
+    return answer
+
+
 def post_events(api: str, events: list[dict[str, Any]], timeout: float = 60.0) -> None:
     """POST events to an edge's ``/ingest``, retrying while it is down; all must be taken."""
     body = ndjson(events)
@@ -105,6 +125,7 @@ def hub_process(
     state_dir: Path | None = None,
     sync_input: dict[str, Any] | None = None,
     components: Sequence[dict[str, Any]] = (),
+    tls: tuple[Path, Path] | None = None,
     **sections: Any,
 ) -> AgentProcess:
     """A ``cloud-hub run`` process, not started, whose ``websocket_input`` (``from-edges``)
@@ -116,13 +137,14 @@ def hub_process(
         state_dir: its ``state_dir`` (default: ``<workdir>/state``).
         sync_input: more keys of the ``websocket_input``'s config (``devices``, ...).
         components: more components after it (``communities``, ``dashboard``, ...).
+        tls: the API's (cert, key): https, and wss for the sync path.
         sections: more sections of the hub's config (``provisioning``, ...).
     """
     port = free_port() if port is None else port
     config = config_dict(
         state_dir or workdir / "state",
         platform={"id": "hub", "type": "cloud-hub"},
-        services={"service-manager": {"config": {"http_port": port}}},
+        services={"service-manager": {"config": {"http_port": port, **_tls(tls)}}},
         components=[
             {
                 "id": "from-edges",
@@ -134,6 +156,12 @@ def hub_process(
         **sections,
     )
     return AgentProcess(config, workdir, program="cloud_hub.cli", name="hub")
+
+
+def _tls(files: tuple[Path, Path] | None) -> dict[str, Any]:
+    if files is None:
+        return {}
+    return {"tls": {"cert_file": str(files[0]), "key_file": str(files[1])}}
 
 
 class SyncPair:

@@ -11,33 +11,22 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import ssl
 from pathlib import Path
 
 import httpx
 import nats
-import nkeys
 import pytest
 
 from edge_agent.app import Agent
 from edge_agent.errors import ConfigError
-from tests.certs import self_signed
+from tests.certs import self_signed, user_seed
 from tests.conftest import StartAgent
 from tests.helpers import event, ndjson, wait_for
 
 pytestmark = pytest.mark.slow
 
 Pair = tuple[Path, Path]
-
-
-def user_seed(directory: Path, name: str) -> tuple[Path, str]:
-    """A new NKey user: its seed file (0600) and its public key."""
-    seed = nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER)
-    path = directory / f"{name}.seed"
-    path.write_bytes(seed)
-    path.chmod(0o600)
-    return path, nkeys.from_seed(seed).public_key.decode()
 
 
 def certificate(directory: Path, name: str) -> Pair:

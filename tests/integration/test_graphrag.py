@@ -14,12 +14,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import nats
 import pytest
 
 from tests.embed_server import EmbedServer
-from tests.helpers import http_json
-from tests.integration.sync_harness import SyncPair, metric, post_events
+from tests.helpers import http_json, wait_until
+from tests.integration.sync_harness import (
+    SyncPair,
+    graph_query,
+    graph_query_over_nats,
+    metric,
+    post_events,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -60,52 +65,38 @@ def pair(tmp_path: Path) -> Iterator[SyncPair]:
     made.stop()
 
 
-def _query(pair: SyncPair, name: str, request: dict[str, Any]) -> dict[str, Any]:
-    status, answer = http_json(f"{pair.hub.api}/graph/query/{name}", json.dumps(request).encode())
-    assert status == 200, answer
-    result: dict[str, Any] = answer
-    return result
-
-
-async def _over_nats(url: str, name: str, request: dict[str, Any]) -> dict[str, Any]:
-    client = await nats.connect(url)
-    try:
-        reply = await client.request(f"graph.query.{name}", json.dumps(request).encode(), 5)
-    finally:
-        await client.close()
-    assert reply.headers is not None and reply.headers["Status"] == "200", reply.data
-    answer: dict[str, Any] = json.loads(reply.data)
-    return answer
-
-
 def test_text_search_finds_synced_entities_over_http_and_nats(pair: SyncPair) -> None:
     request = {"query": "swollen battery after landing", "mode": "text", "limit": 3}
-    answer = _query(pair, "search", request)
+    answer = graph_query(pair.hub, "search", request)
     assert answer["mode"] == "text" and answer["degraded"] is False
     assert answer["results"][0]["entity_id"] == "note-1"
     assert answer["results"][0]["entity_type"] == "maintenance_note"
     assert "[Battery]" in answer["results"][0]["snippet"]  # the matched words marked
     assert set(answer["timings_ms"]) >= {"text"}
-    over_nats = asyncio.run(_over_nats(pair.hub.nats_url, "search", request))
+    over_nats = asyncio.run(graph_query_over_nats(pair.hub.nats_url, "search", request))
     assert over_nats["results"] == answer["results"]
     # Filters: by type, and by the edge that reports the entity.
-    drones = _query(pair, "search", {"query": "UAV 001", "mode": "text", "entity_types": ["drone"]})
+    drones = graph_query(
+        pair.hub, "search", {"query": "UAV 001", "mode": "text", "entity_types": ["drone"]}
+    )
     assert drones["results"][0]["entity_id"] == "UAV-001"
     assert {hit["entity_type"] for hit in drones["results"]} == {"drone"}
-    nobody = _query(pair, "search", {"query": "battery", "mode": "text", "edges": ["other-edge"]})
+    nobody = graph_query(
+        pair.hub, "search", {"query": "battery", "mode": "text", "edges": ["other-edge"]}
+    )
     assert nobody["results"] == []
 
 
 def test_without_vectors_a_hybrid_query_is_answered_from_text_and_says_so(
     pair: SyncPair,
 ) -> None:
-    answer = _query(pair, "search", {"query": "rotor blade crack", "mode": "hybrid"})
+    answer = graph_query(pair.hub, "search", {"query": "rotor blade crack", "mode": "hybrid"})
     assert answer["degraded"] is True
     assert answer["results"][0]["entity_id"] == "note-2"
 
 
 def test_local_search_gives_neighbourhoods_and_paths_between_hits(pair: SyncPair) -> None:
-    answer = _query(pair, "local", {"query": "north depot battery UAV-001", "limit": 5})
+    answer = graph_query(pair.hub, "local", {"query": "north depot battery UAV-001", "limit": 5})
     hits = {hit["entity_id"]: hit for hit in answer["results"]}
     assert {"note-1", "UAV-001"} <= hits.keys()
     about = {(n["predicate"], n["entity_id"]) for n in hits["note-1"]["neighbours"]}
@@ -129,7 +120,7 @@ def test_a_new_entity_is_findable_by_text_within_seconds(pair: SyncPair) -> None
     post_events(pair.edge.api, [_note("note-9", "Propeller guard missing on UAV-002", "UAV-002")])
     started = time.monotonic()
     while True:
-        answer = _query(pair, "search", {"query": "propeller guard", "mode": "text"})
+        answer = graph_query(pair.hub, "search", {"query": "propeller guard", "mode": "text"})
         if answer["results"] and answer["results"][0]["entity_id"] == "note-9":
             break
         assert time.monotonic() - started < 10, "not findable after 10 s"
@@ -159,36 +150,31 @@ def _embedding(pair: SyncPair) -> dict[str, Any]:
     return dict(health["components"]["graphrag"]["embedding"])
 
 
-def _wait(check: Any, what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
-
-
 def test_the_embedding_service_killed_degrades_answers_and_its_backlog_drains_after(
     embedding_pair: tuple[SyncPair, EmbedServer],
 ) -> None:
     pair, server = embedding_pair
     post_events(pair.edge.api, [_note(key, words, "UAV-001") for key, words in NOTES.items()])
     pair.wait_synced(minimum=len(NOTES))
-    _wait(lambda: _embedding(pair)["vectors"] >= len(NOTES), "the notes to be embedded")
+    wait_until(lambda: _embedding(pair)["vectors"] >= len(NOTES), "the notes to be embedded", 60)
     # By meaning alone: no word of the query is in the note.
-    answer = _query(pair, "search", {"query": "propeller fracture", "mode": "vector"})
+    answer = graph_query(pair.hub, "search", {"query": "propeller fracture", "mode": "vector"})
     assert answer["degraded"] is False and answer["results"][0]["entity_id"] == "note-2"
 
     server.kill()
     post_events(pair.edge.api, [_note("note-8", "Camera gimbal shaking in gusts", "UAV-003")])
     pair.wait_synced(minimum=len(NOTES) + 1)
-    answer = _query(pair, "search", {"query": "rotor blade crack", "mode": "hybrid"})
+    answer = graph_query(pair.hub, "search", {"query": "rotor blade crack", "mode": "hybrid"})
     assert answer["degraded"] is True and answer["results"][0]["entity_id"] == "note-2"
-    _wait(lambda: _backlog(pair) >= 1, "the new note to wait in the queue")
+    wait_until(lambda: _backlog(pair) >= 1, "the new note to wait in the queue", 60)
     assert _embedding(pair)["status"] == "degraded" and _embedding(pair)["backlog"] >= 1
 
     server.start(timeout=60)
-    _wait(lambda: _embedding(pair)["vectors"] > len(NOTES), "the new note's vector", 90)
-    _wait(lambda: _backlog(pair) == 0, "the backlog to drain")
-    answer = _query(pair, "search", {"query": "imaging mount wobbling in wind", "mode": "vector"})
+    wait_until(lambda: _embedding(pair)["vectors"] > len(NOTES), "the new note's vector", 90)
+    wait_until(lambda: _backlog(pair) == 0, "the backlog to drain", 60)
+    answer = graph_query(
+        pair.hub, "search", {"query": "imaging mount wobbling in wind", "mode": "vector"}
+    )
     assert answer["degraded"] is False and answer["results"][0]["entity_id"] == "note-8"
 
 
@@ -243,9 +229,11 @@ def test_communities_follow_the_graph_and_answer_global_and_local_search(
     assert len({m.split("-")[0] for m in members}) == 1, members
     assert http_json(f"{pair.hub.api}/graph/communities/L0-nope")[0] == 404
 
-    answer = _query(pair, "global", {"query": "salt corrosion motors", "level": 0, "limit": 2})
+    answer = graph_query(
+        pair.hub, "global", {"query": "salt corrosion motors", "level": 0, "limit": 2}
+    )
     best = answer["communities"][0]
     assert best["members"] and all(m["entity_id"].startswith("harbour") for m in best["members"])
-    local = _query(pair, "local", {"query": "dust clogging air filters", "limit": 3})
+    local = graph_query(pair.hub, "local", {"query": "dust clogging air filters", "limit": 3})
     hit = local["results"][0]
     assert hit["entity_id"].startswith("quarry-note") and hit["communities"]

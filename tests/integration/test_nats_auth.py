@@ -10,7 +10,6 @@ another CA is refused; an agent with the right ones runs and ingests.
 from __future__ import annotations
 
 import asyncio
-import os
 import ssl
 import subprocess
 from collections.abc import Iterator
@@ -19,27 +18,17 @@ from pathlib import Path
 import httpx
 import nats
 import nats.errors
-import nkeys
 import pytest
 
 from edge_agent.config import NatsConfig, TlsConfig
 from edge_agent.errors import ConfigError, NatsServerError
 from edge_agent.nats.client import connect
 from edge_agent.nats.server import nats_server_binary
-from tests.certs import self_signed
+from tests.certs import self_signed, user_seed
 from tests.conftest import StartAgent
 from tests.helpers import event, free_port, ndjson, wait_for
 
 pytestmark = pytest.mark.slow
-
-
-def user_seed(directory: Path, name: str) -> tuple[Path, str]:
-    """A new NKey user: its seed file (0600) and its public key."""
-    seed = nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER)
-    path = directory / f"{name}.seed"
-    path.write_bytes(seed)
-    path.chmod(0o600)
-    return path, nkeys.from_seed(seed).public_key.decode()
 
 
 class Server:

@@ -362,21 +362,14 @@ def test_over_https_a_device_enrols_and_gets_a_wss_link_on_the_hubs_own_sync_por
 ) -> None:
     cert, key = self_signed(tmp_path)
     api_port, sync_port = free_port(), free_port()
-    hub_config = config_dict(
-        tmp_path / "tls-hub-state",
-        platform={"id": "hub", "type": "cloud-hub"},
-        services={
-            "service-manager": {
-                "config": {
-                    "http_port": api_port,
-                    "tls": {"cert_file": str(cert), "key_file": str(key)},
-                }
-            }
-        },
-        components=[{"id": "in", "type": "websocket_input", "config": {"port": sync_port}}],
+    hub = hub_process(
+        tmp_path,
+        port=api_port,
+        state_dir=tmp_path / "tls-hub-state",
+        sync_input={"port": sync_port},
+        tls=(cert, key),
         provisioning={"enabled": True, "advertise": False},
     )
-    hub = AgentProcess(hub_config, tmp_path, program="cloud_hub.cli", name="tls-hub")
     hub.start()
     trusting = untrusting = None
     try:

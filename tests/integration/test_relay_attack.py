@@ -11,31 +11,17 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.lan_agents import API_PORT, edge_config, http, hub_config, start, synced, wait_until
-from tests.netns import Lan, Node, cleanup_stale, netns_available
+from tests.netns import Lan, Node
 
+pytest_plugins = ["tests.lan_agents"]
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 RELAY_PORT = 9000
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _namespaces() -> None:
-    reason = netns_available()
-    if reason is not None:
-        pytest.skip(f"network namespaces not permitted here: {reason}")
-    cleanup_stale()
-
-
-@pytest.fixture
-def lan() -> Iterator[Lan]:
-    with Lan() as network:
-        yield network
 
 
 def relay(node: Node, hub: Node, records: Path, *swap: str) -> Any:

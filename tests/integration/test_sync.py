@@ -10,7 +10,6 @@ each batch once.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import random
 import signal
@@ -19,7 +18,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import nats
 import pytest
 
 from tests.certs import self_signed
@@ -28,6 +26,9 @@ from tests.integration.sync_harness import (
     EDGE_ID,
     SyncPair,
     drone_round,
+    graph_query,
+    graph_query_over_nats,
+    hub_process,
     metric,
     post_events,
 )
@@ -80,24 +81,6 @@ def _located(i: int) -> dict[str, Any]:
     }
 
 
-def _query(hub: AgentProcess, name: str, request: dict[str, Any]) -> dict[str, Any]:
-    status, answer = http_json(f"{hub.api}/graph/query/{name}", json.dumps(request).encode())
-    assert status == 200, answer
-    result: dict[str, Any] = answer
-    return result
-
-
-async def _over_nats(url: str, name: str, request: dict[str, Any]) -> dict[str, Any]:
-    client = await nats.connect(url)
-    try:
-        reply = await client.request(f"graph.query.{name}", json.dumps(request).encode(), 5)
-    finally:
-        await client.close()
-    assert reply.headers is not None and reply.headers["Status"] == "200", reply.data
-    answer: dict[str, Any] = json.loads(reply.data)
-    return answer
-
-
 def test_the_hub_answers_spatial_temporal_and_cross_edge_queries(pair: SyncPair) -> None:
     before_ms = int(time.time() * 1000) - 1000
     post_events(pair.edge.api, [_located(i) for i in range(5)])
@@ -110,17 +93,17 @@ def test_the_hub_answers_spatial_temporal_and_cross_edge_queries(pair: SyncPair)
         },
     }
     for name, request in queries.items():
-        over_http = _query(pair.hub, name, request)
-        assert asyncio.run(_over_nats(pair.hub.nats_url, name, request)) == over_http
-    box = _query(pair.hub, "spatial", queries["spatial"])
+        over_http = graph_query(pair.hub, name, request)
+        assert asyncio.run(graph_query_over_nats(pair.hub.nats_url, name, request)) == over_http
+    box = graph_query(pair.hub, "spatial", queries["spatial"])
     assert [e["entity_id"] for e in box["entities"]] == ["geo-2", "geo-3"]
     near = {"lat": 52.0, "lon": 4.0, "radius_m": 1500}
-    circle = _query(pair.hub, "spatial", near)
+    circle = graph_query(pair.hub, "spatial", near)
     assert [(e["entity_id"], e["distance_m"] < 1500) for e in circle["entities"]] == [
         ("geo-0", True),
         ("geo-1", True),
     ]
-    recent = _query(pair.hub, "temporal", queries["temporal"])
+    recent = graph_query(pair.hub, "temporal", queries["temporal"])
     assert {f"geo-{i}" for i in range(5)} <= {e["entity_id"] for e in recent["entities"]}
 
     status, types = http_json(f"{pair.hub.api}/graph/types")
@@ -289,29 +272,12 @@ def test_under_a_saturated_cap_a_priority_9_change_arrives_within_2_s(tmp_path: 
 def test_the_link_runs_over_wss_on_a_listener_of_its_own(tmp_path: Path) -> None:
     cert, key = self_signed(tmp_path)
     api_port, sync_port, token = free_port(), free_port(), "wss-token-0123456789"
-    hub = AgentProcess(
-        config_dict(
-            tmp_path / "hub-state",
-            platform={"id": "hub", "type": "cloud-hub"},
-            services={
-                "service-manager": {
-                    "config": {
-                        "http_port": api_port,
-                        "tls": {"cert_file": str(cert), "key_file": str(key)},
-                    }
-                }
-            },
-            components=[
-                {
-                    "id": "from-edges",
-                    "type": "websocket_input",
-                    "config": {"port": sync_port, "devices": {EDGE_ID: {"token": token}}},
-                }
-            ],
-        ),
+    hub = hub_process(
         tmp_path,
-        program="cloud_hub.cli",
-        name="hub",
+        port=api_port,
+        state_dir=tmp_path / "hub-state",
+        sync_input={"port": sync_port, "devices": {EDGE_ID: {"token": token}}},
+        tls=(cert, key),
     )
     output = {"url": f"wss://127.0.0.1:{sync_port}/edge-sync", "token": token}
     edge = AgentProcess(

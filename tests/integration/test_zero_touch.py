@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,23 +25,10 @@ from tests.lan_agents import (
     synced,
     wait_until,
 )
-from tests.netns import Lan, Node, cleanup_stale, netns_available
+from tests.netns import Lan, Node
 
+pytest_plugins = ["tests.lan_agents"]
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _namespaces() -> None:
-    reason = netns_available()
-    if reason is not None:
-        pytest.skip(f"network namespaces not permitted here: {reason}")
-    cleanup_stale()
-
-
-@pytest.fixture
-def lan() -> Iterator[Lan]:
-    with Lan() as network:
-        yield network
 
 
 def test_edges_discover_enrol_and_sync_with_no_keystroke_and_the_rogue_gets_nothing(
