@@ -263,6 +263,7 @@ class Agent:
             graph,
             dead_letters,
             self.metrics,
+            open_delivery=self.nats.open_delivery,
             instance=self.config.platform.id,
             owns_stream=self.nats_server is not None,
             on_commit=self._committed,

@@ -8,7 +8,7 @@ import logging
 import re
 import socket
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -17,8 +17,6 @@ import nats
 import nats.errors
 import nkeys  # type: ignore[import-untyped]
 from nats.aio.client import Client
-from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.api import (
     AckPolicy,
@@ -32,6 +30,7 @@ from nats.js.errors import NotFoundError
 
 from edge_agent.config import JetStreamConfig, NatsConfig
 from edge_agent.errors import ConfigError, NatsServerError
+from edge_agent.nats.delivery import DeliveryConnection, open_delivery
 from edge_agent.nats.subjects import (
     DEAD_LETTER_STREAM,
     DEAD_LETTER_SUBJECTS,
@@ -47,6 +46,7 @@ __all__ = [
     "ensure_streams",
     "is_local_url",
     "nkey_public_key",
+    "open_delivery_connection",
     "port_answers",
     "recreate_consumer",
     "remove_stale_consumers",
@@ -317,47 +317,61 @@ async def ensure_streams(js: JetStreamContext, limits: JetStreamConfig) -> None:
 
 
 async def recreate_consumer(
-    nc: Client,
+    js: JetStreamContext,
     *,
     durable: str,
     subject: str,
     max_ack_pending: int,
-    max_event_bytes: int,
-    on_message: Callable[[Msg], Awaitable[None]],
-) -> Subscription:
-    """(Re)create the durable push consumer and subscribe ``on_message`` to it.
+    deliver_subject: str,
+) -> None:
+    """(Re)create the durable push consumer delivering to ``deliver_subject``.
 
     Recreating matters: on a work-queue stream the unacked messages stay when the
     consumer goes, and a new consumer delivers them first, in stream order. Messages
     left unacked by a crash or an outage are therefore never redelivered *after*
-    newer ones, which keeps the processor's stream position exact.
+    newer ones, which keeps the processor's stream position exact. Subscribe to
+    ``deliver_subject`` before calling this, so nothing is pushed to nobody.
 
-    Push, not pull: nats-py hands pushed messages to a callback about three times
-    faster than it fetches them. ``max_ack_pending`` bounds what is in flight, and the
-    subscription's buffer is sized to hold all of it, so the client never drops.
-    Acks are explicit, per message (a work-queue stream requires it).
+    Push, not pull: ``max_ack_pending`` bounds what is in flight, so the subscriber
+    never holds more than that. Acks are explicit, per message: a work-queue stream
+    refuses ``AckAll`` (``workqueue stream requires explicit ack``, err 10098).
     """
-    js = nc.jetstream()
     with contextlib.suppress(NotFoundError):
         await js.delete_consumer(ENTITY_STREAM, durable)
-    inbox = nc.new_inbox()
     await js.add_consumer(
         ENTITY_STREAM,
         ConsumerConfig(
             durable_name=durable,
             name=durable,
             filter_subject=subject,
-            deliver_subject=inbox,
+            deliver_subject=deliver_subject,
             ack_policy=AckPolicy.EXPLICIT,
             ack_wait=300.0,
             max_ack_pending=max_ack_pending,
         ),
     )
-    return await nc.subscribe(
-        inbox,
-        cb=on_message,
-        pending_msgs_limit=2 * max_ack_pending + 1024,
-        pending_bytes_limit=(max_ack_pending + 1024) * (max_event_bytes + 1024),
+
+
+async def open_delivery_connection(
+    config: NatsConfig, url: str, *, name: str
+) -> DeliveryConnection:
+    """A :class:`DeliveryConnection` to ``url`` with the client's TLS and NKey seed.
+
+    ``url`` is the server the main client is connected to (``Client.connected_url``),
+    so both connections see the same server of a cluster.
+
+    Raises:
+        ConnectionError: the connection or its handshake failed.
+    """
+    nkey = ""
+    sign = None
+    if config.nkey_seed:
+        check_private(config.nkey_seed, "nats.nkey_seed")
+        pair = nkeys.from_seed(Path(config.nkey_seed).read_bytes().strip())
+        nkey = str(pair.public_key.decode())
+        sign = pair.sign
+    return await open_delivery(
+        url, name=name, tls=_tls_context(config, [url]), nkey=nkey, sign=sign
     )
 
 

@@ -22,7 +22,13 @@ from nats.js import JetStreamContext
 from edge_agent.config import NatsConfig
 from edge_agent.config.schema import ServerTlsConfig
 from edge_agent.errors import ConfigError
-from edge_agent.nats.client import connect, embedded_port, nkey_public_key
+from edge_agent.nats.client import (
+    connect,
+    embedded_port,
+    nkey_public_key,
+    open_delivery_connection,
+)
+from edge_agent.nats.delivery import DeliveryConnection
 from edge_agent.nats.server import EmbeddedNatsServer
 from edge_agent.private_files import check_private
 
@@ -112,6 +118,20 @@ class NatsConnection:
             self.config, self.urls, name=self._client_name, on_resync=self._resynced
         )
         self.js = self.nc.jetstream()
+
+    async def open_delivery(self, name: str) -> DeliveryConnection:
+        """A delivery-only connection to the server the client is connected to.
+
+        For the graph processor, which receives and acks in bulk on it
+        (:mod:`edge_agent.nats.delivery`).
+
+        Raises:
+            ConnectionError: the client is not connected, or the handshake failed.
+        """
+        url = self.nc.connected_url if self.nc is not None else None
+        if url is None:
+            raise ConnectionError("NATS is not connected")
+        return await open_delivery_connection(self.config, url.geturl(), name=name)
 
     def _server_nkeys(self) -> list[str]:
         """The users the embedded server lets in: the agent's own first; none (open to
