@@ -34,6 +34,18 @@ __all__ = [
 
 _EARTH_RADIUS_M = 6_371_000.0
 _CHUNK = 900
+# One statement and one JSON document for any number of entities: SQLite builds each
+# summary, so Python decodes one string instead of a row per property (a PathRAG answer
+# summarises up to max_nodes entities; this halves what that costs).
+_SUMMARIES = """
+    SELECT json_group_array(json_object(
+        'entity_id', e.id, 'entity_type', e.type, 'version', e.version,
+        'properties', (SELECT json_group_object(t.predicate, json(t.object)) FROM triples AS t
+                       WHERE t.subject = e.id AND t.predicate != 'rdf:type')))
+    FROM json_each(?) AS wanted JOIN entities AS e ON e.id = wanted.value
+"""
+_encoder = msgspec.json.Encoder()
+_summaries_decoder = msgspec.json.Decoder(list[dict[str, Any]])
 Limit = Annotated[int, msgspec.Meta(ge=1, le=10_000)]
 EntityId = Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
 
@@ -99,24 +111,10 @@ def chunks(items: Sequence[str], size: int = _CHUNK) -> Iterable[Sequence[str]]:
 
 def summaries(db: sqlite3.Connection, ids: Sequence[str]) -> list[dict[str, Any]]:
     """id, type, version and properties of each entity in ``ids`` that exists, in order."""
-    rows: dict[str, dict[str, Any]] = {}
-    for chunk in chunks(ids):
-        marks = ",".join("?" * len(chunk))
-        for entity_id, kind, version in db.execute(
-            f"SELECT id, type, version FROM entities WHERE id IN ({marks})", chunk
-        ):
-            rows[entity_id] = {
-                "entity_id": entity_id,
-                "entity_type": kind,
-                "version": version,
-                "properties": {},
-            }
-        for subject, predicate, value in db.execute(
-            f"SELECT subject, predicate, object FROM triples WHERE subject IN ({marks})"
-            " AND predicate != 'rdf:type'",
-            chunk,
-        ):
-            rows[subject]["properties"][predicate] = msgspec.json.decode(value)
+    if not ids:
+        return []
+    (found,) = db.execute(_SUMMARIES, (_encoder.encode(ids),)).fetchone()
+    rows = {row["entity_id"]: row for row in _summaries_decoder.decode(found)}
     return [rows[i] for i in ids if i in rows]
 
 
