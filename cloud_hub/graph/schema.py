@@ -217,9 +217,40 @@ _H002_EDGE_HISTORY = """
         CREATE INDEX hub_edge_history_by_time ON hub_edge_history (at_ms);
 """
 
+# The merged edge's weight is in two indexes (PathRAG reads a node's edges strongest
+# first). SQLite rewrites the entries of every indexed column an UPDATE sets, changed or
+# not, so a contribution restating its weight (every reading does) must not set it: the
+# UPDATE takes the restatement, the upsert only new edges and changed weights.
+_MERGED_EDGE_WRITE = """
+            UPDATE edges SET ts = NEW.ts, source = NEW.source, edge_id = NEW.edge_id
+            WHERE subject = NEW.subject AND predicate = NEW.predicate AND object = NEW.object
+              AND weight IS NEW.weight
+              AND (edge_id = NEW.edge_id OR (NEW.ts, NEW.edge_id) > (ts, edge_id));
+            INSERT INTO edges (subject, predicate, object, weight, ts, source, cseq, edge_id)
+            VALUES (NEW.subject, NEW.predicate, NEW.object, NEW.weight, NEW.ts, NEW.source,
+                    0, NEW.edge_id)
+            ON CONFLICT (subject, predicate, object) DO UPDATE SET
+                weight = excluded.weight, ts = excluded.ts, source = excluded.source,
+                edge_id = excluded.edge_id
+            WHERE excluded.weight IS NOT edges.weight
+              AND (edges.edge_id = excluded.edge_id
+                   OR (excluded.ts, excluded.edge_id) > (edges.ts, edges.edge_id));
+"""
+_H003_EDGE_WEIGHT_KEPT = f"""
+        DROP TRIGGER hub_edges_insert;
+        DROP TRIGGER hub_edges_update;
+        CREATE TRIGGER hub_edges_insert AFTER INSERT ON hub_edges BEGIN
+            {_MERGED_EDGE_WRITE}
+        END;
+        CREATE TRIGGER hub_edges_update AFTER UPDATE ON hub_edges BEGIN
+            {_MERGED_EDGE_WRITE}
+        END;
+"""
+
 #: The hub graph's migrations: the edge's graph schema, then the hub's own.
 HUB_MIGRATIONS: list[Migration] = [
     *MIGRATIONS,
     ("hub_001_provenance", _H001_PROVENANCE),
     ("hub_002_edge_history", _H002_EDGE_HISTORY),
+    ("hub_003_edge_weight_kept", _H003_EDGE_WEIGHT_KEPT),
 ]

@@ -19,20 +19,24 @@ LATITUDE = "geo.location.latitude"
 LONGITUDE = "geo.location.longitude"
 TEMPORAL_BUCKET_MS = 3_600_000
 
-# No index holds a value that updates rewrite (a triple's object, an edge's weight):
-# each such column would cost an index delete and insert on every reading, which
-# measured as 3x fewer applied events/s (docs/benchmarks.md).
+# No index holds a triple's object: every reading rewrites it, and each such column
+# costs an index delete and insert, which measured as 3x fewer applied events/s
+# (docs/benchmarks.md). An edge's weight is indexed (PathRAG reads each node's edges
+# strongest first) because readings restate it rather than change it, and a restated
+# edge is written without touching its weight (statements.RESTATE_EDGE).
 _BTREE = {
     "predicate": [
         "CREATE INDEX IF NOT EXISTS triples_predicate ON triples(predicate, subject)",
         "CREATE INDEX IF NOT EXISTS edges_by_predicate ON edges(predicate, subject)",
     ],
-    "incoming": ["CREATE INDEX IF NOT EXISTS edges_to ON edges(object, predicate, subject)"],
+    "incoming": [
+        "CREATE INDEX IF NOT EXISTS edges_to_by_weight ON edges(object, weight DESC, subject)"
+    ],
     "alias": ["CREATE INDEX IF NOT EXISTS aliases_by_alias ON aliases(alias)"],
 }
 _BTREE_NAMES = {
     "predicate": ["triples_predicate", "edges_by_predicate"],
-    "incoming": ["edges_to"],
+    "incoming": ["edges_to_by_weight"],
     "alias": ["aliases_by_alias"],
 }
 _REBUILD = {
@@ -57,6 +61,7 @@ _REBUILD = {
 _RETIRED = {
     "edges_by_object": "incoming",
     "edges_incoming": "incoming",
+    "edges_to": "incoming",
     "triples_by_predicate": "predicate",
 }
 _EMPTY = {"spatial": ["DELETE FROM spatial"], "temporal": ["DELETE FROM temporal"]}

@@ -135,12 +135,22 @@ _M004_HUB_TABLES_LEAVE = """
         DROP TABLE IF EXISTS sync_conflicts;
 """
 
+# PathRAG reads a node's outgoing edges strongest first and stops when the answer is
+# full: a hub entity costs the few rows the answer needs, not all of its edges. (The
+# incoming side is the switchable ``incoming`` index, also by weight: indexes.py.) On a
+# WITHOUT ROWID table the index carries the key's predicate too, so it also covers a
+# predicate-filtered walk.
+_M005_EDGES_FROM_BY_WEIGHT = """
+        CREATE INDEX edges_from_by_weight ON edges(subject, weight DESC, object);
+"""
+
 #: The graph's migrations, in order; each runs once, inside its own transaction.
 MIGRATIONS: list[Migration] = [
     ("001_initial", _M001_INITIAL),
     ("002_temporal_latest", _M002_TEMPORAL_LATEST),
     ("003_sync", _M003_SYNC),
     ("004_hub_tables_leave", _M004_HUB_TABLES_LEAVE),
+    ("005_edges_from_by_weight", _M005_EDGES_FROM_BY_WEIGHT),
 ]
 
 

@@ -17,6 +17,7 @@ __all__ = [
     "DELETE_ENTITY",
     "NEIGHBOURS",
     "RDF_TYPE",
+    "RESTATE_EDGE",
     "ROWS_PER_STATEMENT",
     "UPDATE_SPATIAL",
     "UPSERT_EDGE",
@@ -64,14 +65,28 @@ UPSERT_TRIPLE = Upsert(
                     ELSE excluded.cseq END
     WHERE excluded.ts >= triples.ts""",
 )
+# An edge whose weight changed, or a new one. A restated weight is left to RESTATE_EDGE:
+# the weight is in two indexes (PathRAG reads each node's edges strongest first), and
+# SQLite rewrites the entries of every indexed column an UPDATE sets, changed or not,
+# which halved upserts/s when every reading restated its relationships.
 UPSERT_EDGE = Upsert(
     "INSERT INTO edges (subject, predicate, object, weight, ts, source, cseq) VALUES",
     "(?, ?, ?, ?, ?, ?, ?)",
     """ON CONFLICT (subject, predicate, object) DO UPDATE SET
         weight = excluded.weight, ts = excluded.ts, source = excluded.source,
-        cseq = CASE WHEN excluded.weight IS edges.weight THEN edges.cseq
-                    ELSE excluded.cseq END
-    WHERE excluded.ts >= edges.ts""",
+        cseq = excluded.cseq
+    WHERE excluded.ts >= edges.ts AND excluded.weight IS NOT edges.weight""",
+)
+#: The same rows as UPSERT_EDGE, run before it: an edge restated with its weight takes
+#: the newer timestamp and source and keeps its ``cseq`` (nothing for the link to send).
+#: Each (subject, predicate, object) may appear once per statement (see store.py).
+RESTATE_EDGE = Upsert(
+    "WITH restated (subject, predicate, object, weight, ts, source, cseq) AS (VALUES",
+    "(?, ?, ?, ?, ?, ?, ?)",
+    """) UPDATE edges SET ts = restated.ts, source = restated.source FROM restated
+    WHERE edges.subject = restated.subject AND edges.predicate = restated.predicate
+      AND edges.object = restated.object AND edges.weight IS restated.weight
+      AND restated.ts >= edges.ts""",
 )
 
 

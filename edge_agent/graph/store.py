@@ -31,6 +31,7 @@ from edge_agent.graph.sql import write_transaction
 from edge_agent.graph.statements import (
     DELETE_ENTITY,
     RDF_TYPE,
+    RESTATE_EDGE,
     ROWS_PER_STATEMENT,
     UPDATE_SPATIAL,
     UPSERT_EDGE,
@@ -49,6 +50,8 @@ __all__ = ["ApplyResult", "GraphStore", "ImportResult", "iso_ms"]
 _json = msgspec.json.Encoder()
 _T = TypeVar("_T")
 _P = ParamSpec("_P")
+#: (subject, predicate, object, weight, ts, source, cseq), as the edge statements take it.
+_EdgeRow = tuple[str, str, str, float, int, str, int]
 
 
 class ImportResult(msgspec.Struct, frozen=True):
@@ -237,7 +240,7 @@ class GraphStore:
             return
         entities: list[tuple[str, str, int, int, int, str]] = []
         triples: list[tuple[str, str, str, int, str, int]] = []
-        edges: list[tuple[str, str, str, float, int, str, int]] = []
+        edges: list[_EdgeRow] = []
         aliases: list[tuple[str, str]] = []
         temporal: list[tuple[str, int]] = []
         located: list[dict[str, str]] = []
@@ -261,6 +264,8 @@ class GraphStore:
         db = self._db
         upsert_rows(db, UPSERT_ENTITY, entities, ROWS_PER_STATEMENT)
         upsert_rows(db, UPSERT_TRIPLE, triples, ROWS_PER_STATEMENT)
+        edges = _last_word(edges)
+        upsert_rows(db, RESTATE_EDGE, edges, self.edge_batch_size)
         upsert_rows(db, UPSERT_EDGE, edges, self.edge_batch_size)
         db.executemany("INSERT OR IGNORE INTO aliases VALUES (?, ?)", aliases)
         if self.indexes.temporal:
@@ -453,3 +458,18 @@ class GraphStore:
             "relationships": [{"predicate": p, "object": o, "weight": w} for p, o, w in edges],
             "aliases": aliases,
         }
+
+
+def _last_word(edges: list[_EdgeRow]) -> list[_EdgeRow]:
+    """Each edge once: the row applying them in order would leave, the last of the newest.
+
+    RESTATE_EDGE and UPSERT_EDGE each see every row in one statement, so an edge written
+    twice in a batch would be judged against its old weight twice.
+    """
+    last: dict[tuple[str, str, str], _EdgeRow] = {}
+    for row in edges:
+        key = row[:3]
+        kept = last.get(key)
+        if kept is None or row[4] >= kept[4]:
+            last[key] = row
+    return list(last.values()) if len(last) < len(edges) else edges

@@ -176,7 +176,7 @@ def test_indexes_follow_config_across_restarts(tmp_path: Path) -> None:
     assert count(store, "SELECT count(*) FROM spatial") == 1  # rebuilt from the triples
     names = {n for (n,) in sqlite3.connect(path).execute("SELECT name FROM sqlite_master")}
     assert "triples_predicate" not in names
-    assert "edges_to" in names
+    assert "edges_to_by_weight" in names
     store.close()
     assert (
         GraphStore(
@@ -226,7 +226,12 @@ def test_migration_002_turns_bucket_history_into_latest_only(tmp_path: Path) -> 
         db.execute("INSERT INTO entities VALUES ('A', 't', 2, 1, 0, 7200000, 'e')")
         db.executemany("INSERT INTO temporal VALUES (?, 'A')", [(0,), (1,), (2,)])
     store = GraphStore(path, origin="e", indexes=ALL_INDEXES)
-    assert store.migrations_applied == ["002_temporal_latest", "003_sync", "004_hub_tables_leave"]
+    assert store.migrations_applied == [
+        "002_temporal_latest",
+        "003_sync",
+        "004_hub_tables_leave",
+        "005_edges_from_by_weight",
+    ]
     assert sqlite3.connect(path).execute("SELECT * FROM temporal").fetchall() == [("A", 2)]
 
 

@@ -201,3 +201,27 @@ def test_many_readings_of_an_entity_in_one_batch_leave_what_one_batch_each_would
         assert together.rows(table) == apart.rows(table), table
     together.store.close()
     apart.store.close()
+
+
+def test_the_merged_edge_follows_the_newest_contribution_restated_or_changed(hub: Hub) -> None:
+    def member_of(edge: str, weight: float, at: int) -> None:
+        delta = EntityDelta(
+            "X", "drone", 1, at, 3, [], [("member_of", "fleet-1", weight, at, edge)]
+        )
+        hub.send(edge, delta, at=at)
+
+    def merged() -> tuple[Any, ...]:
+        (row,) = hub.rows("edges")
+        return row[3], row[4], row[7]  # weight, ts, edge_id
+
+    member_of("edge-a", 0.5, NOW - 300)
+    member_of("edge-b", 0.5, NOW - 200)  # the same weight, newer: restated by edge-b
+    assert merged() == (0.5, NOW - 200, "edge-b")
+    member_of("edge-a", 0.5, NOW - 250)  # restated, but older than edge-b's
+    assert merged() == (0.5, NOW - 200, "edge-b")
+    member_of("edge-a", 0.9, NOW - 100)  # changed, newest
+    assert merged() == (0.9, NOW - 100, "edge-a")
+    member_of("edge-b", 0.9, NOW - 150)  # restated and older: edge-a keeps it
+    assert merged() == (0.9, NOW - 100, "edge-a")
+    member_of("edge-a", 0.2, NOW - 50)  # its own newer reading changes the weight
+    assert merged() == (0.2, NOW - 50, "edge-a")
