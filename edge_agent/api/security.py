@@ -23,9 +23,8 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jwt
 from starlette.datastructures import Headers
 from starlette.middleware import Middleware
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
@@ -36,6 +35,9 @@ from edge_agent.config import AuthConfig, HttpTlsConfig, RateLimitConfig
 from edge_agent.errors import AuthError, ConfigError
 from edge_agent.metrics import Metrics
 from edge_agent.private_files import check_private
+
+if TYPE_CHECKING:
+    import jwt
 
 __all__ = [
     "ADMIN_PATHS",
@@ -65,16 +67,20 @@ MAX_CLIENTS = 10_000
 
 _MISSING = "missing bearer token"
 _ALGORITHMS = ["HS256"]
-# Checked in order, first match wins: InvalidSignatureError is a kind of DecodeError.
-_REASONS: tuple[tuple[type[jwt.PyJWTError], str], ...] = (
-    (jwt.ExpiredSignatureError, "token expired"),
-    (jwt.InvalidSignatureError, "bad signature"),
-    (jwt.InvalidIssuerError, "wrong issuer"),
-    (jwt.InvalidAudienceError, "wrong audience"),
-    (jwt.ImmatureSignatureError, "token not yet valid"),
-    (jwt.InvalidAlgorithmError, "algorithm not allowed (HS256 only)"),
-    (jwt.DecodeError, "malformed token"),
-)
+
+
+def _reasons(jwt: Any) -> tuple[tuple[type[jwt.PyJWTError], str], ...]:
+    """Why a token was refused, by error class: checked in order, first match wins
+    (InvalidSignatureError is a kind of DecodeError)."""
+    return (
+        (jwt.ExpiredSignatureError, "token expired"),
+        (jwt.InvalidSignatureError, "bad signature"),
+        (jwt.InvalidIssuerError, "wrong issuer"),
+        (jwt.InvalidAudienceError, "wrong audience"),
+        (jwt.ImmatureSignatureError, "token not yet valid"),
+        (jwt.InvalidAlgorithmError, "algorithm not allowed (HS256 only)"),
+        (jwt.DecodeError, "malformed token"),
+    )
 
 
 def bearer_token(authorization: str | None) -> str:
@@ -112,6 +118,12 @@ class JwtVerifier:
         self._audience = audience
         self._leeway = leeway
         self._require = ["exp", *(["iss"] if issuer else []), *(["aud"] if audience else [])]
+        # Imported on use: PyJWT pulls in cryptography (~10 MB resident), which an agent
+        # without ``auth.type: jwt`` never needs.
+        import jwt
+
+        self._jwt = jwt
+        self._reasons = _reasons(jwt)
 
     def __repr__(self) -> str:
         return f"JwtVerifier(issuer={self._issuer!r})"
@@ -124,6 +136,7 @@ class JwtVerifier:
                 badly signed, of another algorithm, or from the wrong issuer.
         """
         token = bearer_token(authorization)
+        jwt = self._jwt
         try:
             claims: dict[str, Any] = jwt.decode(
                 token,
@@ -137,7 +150,9 @@ class JwtVerifier:
         except jwt.MissingRequiredClaimError as exc:
             raise AuthError(f"token has no {exc.claim} claim") from exc
         except jwt.PyJWTError as exc:
-            reason = next((r for kind, r in _REASONS if isinstance(exc, kind)), "invalid token")
+            reason = next(
+                (r for kind, r in self._reasons if isinstance(exc, kind)), "invalid token"
+            )
             raise AuthError(reason) from exc
         return claims
 

@@ -52,6 +52,7 @@ class Database:
         self._local = threading.local()
         self._lock = threading.Lock()
         self._snapshot_lock = threading.Lock()
+        self._cache_kib = 0  # 0: SQLite's default, see set_cache_size
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{what}-writer")
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         try:
@@ -64,6 +65,12 @@ class Database:
             self.migrations_applied = migrate(self.connection, migrations)
         except sqlite3.Error as exc:
             raise GraphError(f"cannot open {what} {path}: {exc}") from exc
+
+    def set_cache_size(self, size: int) -> None:
+        """SQLite's page cache for the write connection and every reader opened later,
+        in bytes (rounded down to KiB). Call it before the store is used."""
+        self._cache_kib = max(1, size // 1024)
+        self.connection.execute(f"PRAGMA cache_size = -{self._cache_kib}")
 
     def close(self) -> None:
         """Finish queued writes, then close the write connection."""
@@ -106,6 +113,8 @@ class Database:
         if db is None:
             db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
             db.execute("PRAGMA busy_timeout = 5000")
+            if self._cache_kib:
+                db.execute(f"PRAGMA cache_size = -{self._cache_kib}")
             self._local.db = db
         try:
             yield db

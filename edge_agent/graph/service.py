@@ -67,6 +67,7 @@ class GraphService:
             outbox=self._outbox,
             migrations=self._migrations,
         )
+        await self.store.write(self.store.database.set_cache_size, settings.sqlite_cache_size)
         self.querier = Querier(
             self.store,
             indexes=settings.indexer.indexes,

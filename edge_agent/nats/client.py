@@ -15,7 +15,6 @@ from urllib.parse import urlsplit
 
 import nats
 import nats.errors
-import nkeys  # type: ignore[import-untyped]
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import (
@@ -141,6 +140,14 @@ def _first_certificate(path: str) -> str:
     return found[0]
 
 
+def _nkeys() -> Any:
+    """The nkeys module, imported on use: it loads libsodium (PyNaCl, ~2 MB resident),
+    which only an agent with ``nats.nkey_seed`` needs."""
+    import nkeys  # type: ignore[import-untyped]
+
+    return nkeys
+
+
 def nkey_public_key(seed_path: str) -> str:
     """The NKey user public key (``U...``) of the seed in ``seed_path``.
 
@@ -154,6 +161,7 @@ def nkey_public_key(seed_path: str) -> str:
         seed = Path(seed_path).read_bytes().strip()
     except OSError as exc:
         raise ConfigError([f"{where}: cannot read {seed_path}: {exc.strerror}"]) from exc
+    nkeys = _nkeys()
     try:
         pair = nkeys.from_seed(seed)
         public = str(pair.public_key.decode())
@@ -367,7 +375,7 @@ async def open_delivery_connection(
     sign = None
     if config.nkey_seed:
         check_private(config.nkey_seed, "nats.nkey_seed")
-        pair = nkeys.from_seed(Path(config.nkey_seed).read_bytes().strip())
+        pair = _nkeys().from_seed(Path(config.nkey_seed).read_bytes().strip())
         nkey = str(pair.public_key.decode())
         sign = pair.sign
     return await open_delivery(

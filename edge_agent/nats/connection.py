@@ -111,6 +111,7 @@ class NatsConnection:
                 on_restart=self._on_restart,
                 nkeys=self._server_nkeys(),
                 tls=self._server_tls(),
+                memory_limit=self.config.server_memory_limit,
             )
             await self.server.start()
             self.urls = [self.server.url]

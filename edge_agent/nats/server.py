@@ -86,6 +86,7 @@ class EmbeddedNatsServer:
             loaded); anyone on ``host`` may connect when empty.
         tls: its listener's certificate and key, and the CA client certificates must
             be signed by; plain connections when ``None``.
+        memory_limit: the server's ``GOMEMLIMIT`` in bytes; 0 for none (Go's default).
 
     Raises:
         ConfigError: ``host`` is beyond loopback and no NKey user is required.
@@ -102,6 +103,7 @@ class EmbeddedNatsServer:
         on_restart: Callable[[], None] | None = None,
         nkeys: Sequence[str] = (),
         tls: ServerTlsConfig | None = None,
+        memory_limit: int = 0,
     ) -> None:
         if not nkeys and not _is_loopback(host):
             raise ConfigError(
@@ -117,6 +119,7 @@ class EmbeddedNatsServer:
         self.host = host
         self.max_file_store = max_file_store
         self.name = name
+        self.memory_limit = memory_limit
         self.restarts = 0
         self._on_restart = on_restart
         self._process: asyncio.subprocess.Process | None = None
@@ -195,12 +198,19 @@ class EmbeddedNatsServer:
         write_private(path, self.config_text().encode())  # 0600: it names the key files
         return path
 
+    def command(self, config: Path) -> list[str]:
+        """The server's command line; with a memory limit, through ``env`` so that the
+        server (``env`` execs it, same pid) gets ``GOMEMLIMIT`` on top of the agent's
+        environment, which only the config package reads."""
+        argv = [str(nats_server_binary()), "-c", str(config)]
+        if self.memory_limit:
+            argv = ["env", f"GOMEMLIMIT={self.memory_limit}", *argv]
+        return argv
+
     async def _spawn(self) -> None:
         config = self._write_config()
         self._process = await asyncio.create_subprocess_exec(
-            str(nats_server_binary()),
-            "-c",
-            str(config),
+            *self.command(config),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL,
