@@ -1,14 +1,15 @@
 """Ingest benchmark: events through JetStream into the SQLite graph of a real edge agent.
 
 Run it with ``make bench`` or ``.venv/bin/python bench/ingest.py`` (``--help`` lists the
-knobs; the defaults are the benchmark's contract: 200,000 events over 50,000 entities,
-the agent's default graph settings). It binds only to 127.0.0.1, keeps its state in a
+knobs; the defaults are the benchmark's contract: 200,000 events over 100,000 entities,
+the agent's default settings, then the same load again into an agent with the "small"
+profile of ``examples/edge-small.json``). It binds only to 127.0.0.1, keeps its state in a
 temp directory, stops every process it started (also on SIGTERM or Ctrl-C; children
 die with it even on SIGKILL), and stops waiting after a 4-minute budget so it always
 ends within 5 minutes. The last line it prints is one JSON object with flat keys; the
 exit code is 1 when the load was not fully applied within the budget.
 
-One run has three phases:
+One run has four phases:
 
 1. **SQLite ceiling**: ``GraphStore.apply`` (the agent's own write path, with the
    agent's indexes and ``synchronous = FULL``) on the benchmark's events, decoded
@@ -22,6 +23,9 @@ One run has three phases:
    process publishes a low-rate latency probe, samples the RSS of the agent and of its
    nats-server child, and polls ``/metrics`` until every event is applied. Then it
    times single events sent to the idle agent.
+4. **The small profile**: phase 3 again, with the ``nats`` and ``graph`` sections of
+   ``examples/edge-small.json`` (the settings for a 512 MB Pi) in the agent's config;
+   its figures are the ``small_profile_*`` keys (``--no-small-profile`` skips it).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import contextlib
 import json
 import os
 import platform
+import resource
 import signal
 import subprocess
 import sys
@@ -79,6 +84,13 @@ START_TIMEOUT_S = 30.0
 #: Seconds from start after which the benchmark stops waiting and reports what it has;
 #: stopping the processes afterwards takes well under the minute that remains.
 BUDGET_S = 240.0
+#: Seconds from start by which the default-settings run must be done, leaving the rest
+#: of the budget to the small profile's run.
+MAIN_BUDGET_S = 150.0
+SMALL_PROFILE = Path(__file__).resolve().parent.parent / "examples" / "edge-small.json"
+#: The small profile's sections the benchmark takes (the rest of the file names places
+#: and ports of a real device).
+PROFILE_SECTIONS = ("nats", "graph")
 MB = 1 << 20
 #: A new connection per request. On a reused (keep-alive) connection every request to
 #: the agent takes 40+ ms more: its API socket lacks TCP_NODELAY, so the response body
@@ -99,6 +111,7 @@ class Settings:
     queue_size: int | None = None
     workers: int | None = None
     no_predicate_index: bool = False
+    small_profile: bool = True
 
     def graph_overrides(self) -> dict[str, Any]:
         """The ``graph.config`` keys given on the command line, as config JSON."""
@@ -199,7 +212,14 @@ async def publish_load(url: str, prefix: str, count: int, entities: int) -> dict
     await js.publish_async_completed()
     acked = time.time()
     await nc.close()
-    return {"published": count, "failed": failed, "t_first": first, "t_acked": acked}
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return {
+        "published": count,
+        "failed": failed,
+        "t_first": first,
+        "t_acked": acked,
+        "cpu_s": usage.ru_utime + usage.ru_stime,
+    }
 
 
 async def run_publisher(
@@ -293,6 +313,8 @@ class AgentProcess:
 
     workdir: Path
     graph: dict[str, Any]
+    #: Config sections merged over the benchmark's own (the small profile's).
+    overrides: dict[str, Any] = field(default_factory=dict)
     nats_port: int = field(default_factory=free_port)
     http_port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
@@ -313,12 +335,14 @@ class AgentProcess:
         return self.workdir / "agent.log"
 
     def config(self) -> dict[str, Any]:
-        """The agent's config: its defaults but for state, ports, log level and ``graph``."""
+        """The agent's config: its defaults but for state, ports, log level and ``graph``,
+        with :attr:`overrides` merged in (the benchmark's places and ports win)."""
+        own = {"urls": [self.nats_url], "port": self.nats_port, "embedded": True}
         return {
             "state_dir": str(self.workdir / "state"),
             "platform": {"id": "bench-edge"},
-            "nats": {"urls": [self.nats_url], "port": self.nats_port, "embedded": True},
-            "graph": {"config": self.graph},
+            "nats": merged(self.overrides.get("nats", {}), own),
+            "graph": merged(self.overrides.get("graph", {}), {"config": self.graph}),
             "services": {
                 "service-manager": {
                     "config": {"http_host": "127.0.0.1", "http_port": self.http_port}
@@ -380,13 +404,32 @@ class AgentProcess:
         return ""
 
 
+def merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``over`` merged in, section by section (``over`` wins)."""
+    out = dict(base)
+    for key, value in over.items():
+        inner = out.get(key)
+        both = isinstance(inner, dict) and isinstance(value, dict)
+        out[key] = merged(inner, value) if both else value  # type: ignore[arg-type]
+    return out
+
+
+def small_profile() -> dict[str, Any]:
+    """The sections of ``examples/edge-small.json`` the benchmark runs the agent with."""
+    config = json.loads(SMALL_PROFILE.read_text())
+    return {key: config[key] for key in PROFILE_SECTIONS if key in config}
+
+
 @contextlib.asynccontextmanager
 async def running_agent(
-    workdir: Path, graph: dict[str, Any], http: httpx.AsyncClient
+    workdir: Path,
+    graph: dict[str, Any],
+    http: httpx.AsyncClient,
+    overrides: dict[str, Any] | None = None,
 ) -> AsyncIterator[tuple[AgentProcess, int]]:
     """A started agent and the attempts it took; it is retried once if it fails to start."""
     for attempt in (1, 2):
-        agent = AgentProcess(workdir / f"agent-{attempt}", graph)
+        agent = AgentProcess(workdir / f"agent-{attempt}", graph, overrides or {})
         try:
             await agent.start(http)
         except (RuntimeError, OSError) as exc:
@@ -473,14 +516,21 @@ class ProcessSampler:
         self.server = server
         self.peak_agent = 0
         self.peak_server = 0
+        #: The peak of agent + nats-server RSS sampled at the same moment: what the
+        #: device must hold at once.
+        self.peak_total = 0
         self._cpu_start = (cpu_seconds(agent), cpu_seconds(server), psutil.cpu_times())
 
     def sample(self) -> None:
         """Take one sample of both processes."""
+        agent = server = 0
         with contextlib.suppress(psutil.Error):
-            self.peak_agent = max(self.peak_agent, self.agent.memory_info().rss)
+            agent = self.agent.memory_info().rss
         with contextlib.suppress(psutil.Error):
-            self.peak_server = max(self.peak_server, self.server.memory_info().rss)
+            server = self.server.memory_info().rss
+        self.peak_agent = max(self.peak_agent, agent)
+        self.peak_server = max(self.peak_server, server)
+        self.peak_total = max(self.peak_total, agent + server)
 
     def cpu_used(self) -> tuple[float, float, float]:
         """CPU seconds of the agent and of its nats-server, and steal %, since creation."""
@@ -675,6 +725,7 @@ class MeasuredRun:
             "publish_s": round(publish_s, 2) if publish_s else None,
             "publish_events_per_s": round(events / publish_s) if publish_s else None,
             "publish_failed": self.published.get("failed"),
+            "publisher_cpu_s": round(self.published["cpu_s"], 1) if self.published else None,
             "latency_p50_ms": percentile(self.loaded_ms, 0.50),
             "latency_p99_ms": percentile(self.loaded_ms, 0.99),
             "latency_max_ms": percentile(self.loaded_ms, 1.0),
@@ -683,6 +734,7 @@ class MeasuredRun:
             "idle_latency_p99_ms": percentile(self.idle_ms, 0.99),
             "agent_rss_mb": round(self.sampler.peak_agent / MB, 1),
             "nats_rss_mb": round(self.sampler.peak_server / MB, 1),
+            "edge_rss_total_mb": round(self.sampler.peak_total / MB, 1),
             "agent_cpu_s": round(self.cpu[0], 1) if self.cpu else None,
             "nats_cpu_s": round(self.cpu[1], 1) if self.cpu else None,
             "cpu_steal_pct": round(self.cpu[2], 1) if self.cpu else None,
@@ -711,9 +763,58 @@ def machine() -> dict[str, Any]:
     }
 
 
+async def measured_run(
+    workdir: Path,
+    settings: Settings,
+    deadline: float,
+    overrides: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Phase 3 (or 4, with the small profile's ``overrides``) until ``deadline``."""
+    figures: dict[str, Any] = {}
+    async with (
+        httpx.AsyncClient(timeout=10.0, limits=FRESH_CONNECTIONS) as http,
+        running_agent(workdir, settings.graph_overrides(), http, overrides) as (agent, attempts),
+    ):
+        figures["agent_start_attempts"] = attempts
+        run = MeasuredRun(agent, settings, http)
+        # Right after /health says healthy, before any load: the agent at rest.
+        run.sampler.sample()
+        figures["agent_rss_after_start_mb"] = round(run.sampler.peak_agent / MB, 1)
+        figures["nats_rss_after_start_mb"] = round(run.sampler.peak_server / MB, 1)
+        try:
+            async with asyncio.timeout_at(deadline):
+                await run.run()
+        except TimeoutError:
+            log("not all events applied in time; reporting what was")
+            run.applied = await applied_count(http, agent.api)
+        figures.update(run.figures())
+    return figures
+
+
+def ceiling_ratio(figures: dict[str, Any]) -> float | None:
+    """End-to-end events/s over the lower of the two ceilings measured in this run."""
+    rate = figures.get("events_per_s")
+    lower = min(figures["sqlite_upsert_ceiling_per_s"], figures["jetstream_publish_ceiling_per_s"])
+    return round(rate / lower, 3) if rate and lower else None
+
+
+SMALL_PROFILE_KEYS = (
+    "complete",
+    "events_per_s",
+    "duration_s",
+    "latency_p99_ms",
+    "agent_rss_mb",
+    "nats_rss_mb",
+    "agent_rss_after_start_mb",
+    "nats_rss_after_start_mb",
+    "agent_cpu_s",
+    "nats_cpu_s",
+)
+
+
 async def benchmark(settings: Settings) -> dict[str, Any]:
-    """All three phases within the time budget; the figures as one flat dict."""
-    deadline = asyncio.get_running_loop().time() + BUDGET_S
+    """All four phases within the time budget; the figures as one flat dict."""
+    now = asyncio.get_running_loop().time()
     graph = settings.graph_settings()
     figures: dict[str, Any] = {
         "events": settings.events,
@@ -733,19 +834,17 @@ async def benchmark(settings: Settings) -> dict[str, Any]:
             await jetstream_ceiling(workdir, settings)
         )
         log("measured run: edge-agent + publisher process + latency probe ...")
-        async with (
-            httpx.AsyncClient(timeout=10.0, limits=FRESH_CONNECTIONS) as http,
-            running_agent(workdir, settings.graph_overrides(), http) as (agent, attempts),
-        ):
-            figures["agent_start_attempts"] = attempts
-            run = MeasuredRun(agent, settings, http)
-            try:
-                async with asyncio.timeout_at(deadline):
-                    await run.run()
-            except TimeoutError:
-                log(f"not all events applied within {BUDGET_S:.0f}s; reporting what was")
-                run.applied = await applied_count(http, agent.api)
-            figures.update(run.figures())
+        main_deadline = now + (MAIN_BUDGET_S if settings.small_profile else BUDGET_S)
+        figures.update(await measured_run(workdir / "default", settings, main_deadline))
+        figures["ingest_ratio_vs_ceiling"] = ceiling_ratio(figures)
+        if settings.small_profile:
+            log(f"small profile ({SMALL_PROFILE.name}): the same load again ...")
+            small = await measured_run(workdir / "small", settings, now + BUDGET_S, small_profile())
+            figures["small_profile_rss_total_mb"] = small["edge_rss_total_mb"]
+            for key in SMALL_PROFILE_KEYS:
+                figures[f"small_profile_{key}"] = small[key]
+            # Exit 1 (run_main) unless both runs applied the whole load in time.
+            figures["complete"] = bool(figures["complete"] and small["complete"])
     figures["loadavg_1m_after"] = round(os.getloadavg()[0], 2)
     return figures
 
@@ -754,7 +853,7 @@ def parse_args() -> argparse.Namespace:
     """The command line: the benchmark (default) or the internal ``publish`` role."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=200_000)
-    parser.add_argument("--entities", type=int, default=50_000)
+    parser.add_argument("--entities", type=int, default=100_000)
     parser.add_argument("--probe-interval", type=float, default=0.05, help="seconds")
     parser.add_argument("--idle-probes", type=int, default=50)
     parser.add_argument("--batch-size", type=int, help="graph batch size (default: agent's)")
@@ -762,6 +861,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--workers", type=int, help="graph workers (default: agent's)")
     parser.add_argument(
         "--no-predicate-index", action="store_true", help="switch the predicate index off"
+    )
+    parser.add_argument(
+        "--no-small-profile",
+        action="store_true",
+        help="skip the second run with examples/edge-small.json's settings",
     )
     roles = parser.add_subparsers(dest="role")
     publish = roles.add_parser("publish", help="internal: be the publisher process")
@@ -788,6 +892,7 @@ def main() -> int:
         queue_size=args.queue_size,
         workers=args.workers,
         no_predicate_index=args.no_predicate_index,
+        small_profile=not args.no_small_profile,
     )
     return run_main(benchmark(settings), log, "every process it started is stopped")
 
