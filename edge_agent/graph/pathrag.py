@@ -19,6 +19,7 @@ found with ``truncated: true``.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import itertools
 import sqlite3
@@ -82,8 +83,10 @@ _PROGRESS_STEPS = 10_000
 #: Edges read by a node's first page; each further page reads four times as many.
 _FIRST_PAGE = 8
 _PAGE_GROWTH = 4
-# (neighbour, weight) of one node, strongest first; ``both`` merges the two index scans.
-# ``{predicates}`` is empty or `` AND predicate IN (...)``.
+#: First pages read by one statement (one compound SELECT, an arm per node).
+_FIRST_PAGES_AT_ONCE = 64
+# (neighbour, weight) of one node; ``both`` merges the two index scans. ``{predicates}``
+# is empty or `` AND predicate IN (...)``.
 _OUT = "SELECT object, weight FROM edges WHERE subject = ?{predicates}"
 _IN = "SELECT subject, weight FROM edges WHERE object = ?{predicates}"
 _PAGES = {
@@ -91,7 +94,15 @@ _PAGES = {
     "incoming": _IN,
     "both": f"{_OUT} UNION ALL {_IN}",
 }
-_PAGE_ORDER = " ORDER BY 2 DESC LIMIT ? OFFSET ?"
+#: Strongest first: each side is read along its weight index and stops at the limit.
+_STRONGEST = " ORDER BY 2 DESC LIMIT ? OFFSET ?"
+
+
+@functools.lru_cache(maxsize=64)
+def _first_pages_sql(page: str, count: int) -> str:
+    """(arm, neighbour, weight) of the first page of ``count`` nodes, in one statement."""
+    arm = f"SELECT {{}}, * FROM ({page} ORDER BY 2 DESC LIMIT {_FIRST_PAGE})"
+    return " UNION ALL ".join(arm.format(index) for index in range(count))
 
 
 def run_path_query(
@@ -169,11 +180,14 @@ class _Search:
         self.types: dict[str, str | None] = {}
         self.heap: list[_Item] = []
         self.ties = itertools.count()
+        #: Expanded paths whose first page is not read yet, as a heap by the best score
+        #: their edges could give: read once the main heap's best falls below that.
+        self.pending: list[tuple[float, int, str, float, tuple[str, ...]]] = []
         predicates = ""
         if query.predicates:
             predicates = f" AND predicate IN ({','.join('?' * len(query.predicates))})"
-        self.sql = _PAGES[query.direction].format(predicates=predicates) + _PAGE_ORDER
-        #: How many times the statement names the node (and the predicates).
+        self.page_sql = _PAGES[query.direction].format(predicates=predicates)
+        #: The statement's parameters for one node (it may name it on both sides).
         self.arms = 2 if query.direction == "both" else 1
 
     def walk(self) -> None:
@@ -181,13 +195,18 @@ class _Search:
         start = self.query.start_entity
         self.heap.append((-1.0, next(self.ties), start, 1.0, (start,), None))
         reading = True
-        while self.heap:
+        while self.heap or self.pending:
+            if self.pending and (not self.heap or self.heap[0][0] >= self.pending[0][0]):
+                reading = reading and self.read_first_pages()
+                if not reading:
+                    self.pending.clear()
+                continue
             _, _, node, score, path, page = heapq.heappop(self.heap)
             if page is None:
                 if not self.accept(node, score, path):
                     return
             elif reading:
-                reading = self.read(node, score, path, page)
+                reading = self.read_more(node, score, path, page)
         # Without ``reading``, the walk ended at the deadline: what was already read is
         # found, and accepted above.
 
@@ -216,7 +235,7 @@ class _Search:
         return self.types[node] in self.wanted_types
 
     def expand(self, node: str, score: float, path: tuple[str, ...]) -> None:
-        """Queue the first page of the node's edges, unless an expanded path dominates."""
+        """Queue the node's first page, unless an expanded path dominates this one."""
         hops = len(path) - 1
         if hops >= self.query.max_depth:
             return
@@ -225,35 +244,84 @@ class _Search:
             return
         done.append((hops, score))
         bound = -score * self.query.decay_factor
-        page = _Page(0, _FIRST_PAGE)
-        heapq.heappush(self.heap, (bound, next(self.ties), node, score, path, page))
+        heapq.heappush(self.pending, (bound, next(self.ties), node, score, path))
 
-    def read(self, node: str, score: float, path: tuple[str, ...], page: _Page) -> bool:
-        """Read one page of the node's edges and push what they reach; False at the deadline."""
+    def read_first_pages(self) -> bool:
+        """Read the first page of the pending paths whose edges could beat the heap's best
+        (up to a statement's worth, strongest first); False at the deadline.
+
+        While what is known stays far below ``max_nodes`` every pending page will be
+        needed anyway, so all are read at once.
+        """
+        floor = self.heap[0][0] if self.heap else 0.0
+        if len(self.best) + len(self.heap) < self.query.max_nodes:
+            floor = 0.0
+        chunk: list[tuple[str, float, tuple[str, ...]]] = []
+        while self.pending and self.pending[0][0] <= floor and len(chunk) < _FIRST_PAGES_AT_ONCE:
+            _, _, node, score, path = heapq.heappop(self.pending)
+            chunk.append((node, score, path))
+        # Padded to a power of two (with an id no entity has) so that a few statements
+        # serve every batch size from SQLite's statement cache.
+        count = 1 << (len(chunk) - 1).bit_length()
+        nodes = [node for node, _, _ in chunk] + [""] * (count - len(chunk))
+        filters = self.query.predicates
+        params = [value for node in nodes for value in (node, *filters) * self.arms]
+        rows = self.fetch(_first_pages_sql(self.page_sql, count), params)
+        if rows is None:
+            return False
+        found: list[list[tuple[str, float]]] = [[] for _ in chunk]
+        for index, neighbour, weight in rows:
+            found[index].append((neighbour, weight))
+        for (node, score, path), edges in zip(chunk, found, strict=True):
+            self.relax(node, score, path, edges, _Page(0, _FIRST_PAGE))
+        return True
+
+    def read_more(self, node: str, score: float, path: tuple[str, ...], page: _Page) -> bool:
+        """Read a further page of the node's edges; False at the deadline."""
+        params = [*(node, *self.query.predicates) * self.arms, page.limit, page.offset]
+        rows = self.fetch(self.page_sql + _STRONGEST, params)
+        if rows is None:
+            return False
+        self.relax(node, score, path, rows, page)
+        return True
+
+    def fetch(self, sql: str, params: list[Any]) -> list[Any] | None:
+        """The statement's rows, or None once the deadline has passed."""
         if self.clock() > self.deadline:
             self.truncated = True
-            return False
-        params = (node, *self.query.predicates) * self.arms + (page.limit, page.offset)
+            return None
         try:
-            rows = self.db.execute(self.sql, params).fetchall()
+            return self.db.execute(sql, params).fetchall()
         except sqlite3.OperationalError as exc:
             if "interrupted" not in str(exc):
                 raise
             self.truncated = True  # the deadline passed inside this statement
-            return False
+            return None
+
+    def relax(
+        self,
+        node: str,
+        score: float,
+        path: tuple[str, ...],
+        edges: list[tuple[str, float]],
+        page: _Page,
+    ) -> None:
+        """Push what one page of the node's edges (strongest first) reaches, and the next page."""
         heap, ties, step = self.heap, self.ties, score * self.query.decay_factor
+        # A node reached at the last hop is never expanded: no better score, no use.
+        best = self.best if len(path) >= self.query.max_depth else {}
         weight = 0.0
-        for neighbour, weight in rows:
+        for neighbour, weight in edges:
             reached = step * weight
-            if reached > 0.0 and neighbour not in path:  # simple paths only
-                heapq.heappush(
-                    heap, (-reached, next(ties), neighbour, reached, (*path, neighbour), None)
-                )
-        self.visited.update(neighbour for neighbour, _ in rows)
-        if len(rows) == page.limit and weight > 0.0:
+            if reached <= best.get(neighbour, 0.0) or neighbour in path:  # simple paths only
+                continue
+            heapq.heappush(
+                heap, (-reached, next(ties), neighbour, reached, (*path, neighbour), None)
+            )
+        self.visited.update(neighbour for neighbour, _ in edges)
+        if len(edges) == page.limit and weight > 0.0:
             more = _Page(page.offset + page.limit, page.limit * _PAGE_GROWTH)
             heapq.heappush(heap, (-step * weight, next(ties), node, score, path, more))
-        return True
 
 
 def _types(db: sqlite3.Connection, ids: Iterable[str]) -> dict[str, str]:
