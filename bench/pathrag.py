@@ -485,7 +485,7 @@ def peer_ratios(flat: dict[str, Any]) -> dict[str, Any]:
 # agent's query side does): its RSS is what answering costs, without the benchmark's
 # generated graph, networkx copy and results.
 _RSS_PROBE = """
-import json, resource, sys
+import json, sys
 import psutil
 from pathlib import Path
 from edge_agent.config import IndexesConfig
@@ -496,14 +496,16 @@ from edge_agent.metrics import Metrics
 path, starts = sys.argv[1], json.loads(sys.stdin.read())
 store = GraphStore(Path(path), origin="bench-edge", indexes=IndexesConfig())
 querier = Querier(store, indexes=store.indexes, metrics=Metrics(), cache_enabled=False)
-opened = psutil.Process().memory_info().rss
+process = psutil.Process()
+opened = peak = process.memory_info().rss
 for direction in ("outgoing", "both"):
     for start in starts:
         querier.run(PathQuery(start_entity=start, direction=direction, max_depth=3))
+        peak = max(peak, process.memory_info().rss)
 print(json.dumps({
     "querier_rss_mb_open": round(opened / 2**20, 1),
-    "querier_rss_mb_after_queries": round(psutil.Process().memory_info().rss / 2**20, 1),
-    "querier_rss_mb_peak": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    "querier_rss_mb_after_queries": round(process.memory_info().rss / 2**20, 1),
+    "querier_rss_mb_peak": round(peak / 2**20, 1),
 }))
 """
 
