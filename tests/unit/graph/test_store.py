@@ -246,3 +246,21 @@ def test_importing_an_older_record_moves_the_temporal_index_back(store: GraphSto
     with store.reader() as db:
         found = temporal(db, 1704096000000, 1704099600000, 10)  # 2024-01-01 08:00-09:00
     assert [e["entity_id"] for e in found["entities"]] == ["UAV-1"]
+
+
+def test_a_database_from_before_the_weight_indexes_gets_them_on_open(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    GraphStore(path, origin="e", indexes=IndexesConfig()).close()
+    with sqlite3.connect(path) as db:  # as the previous release left it
+        db.executescript(
+            "DROP INDEX edges_to_by_weight; DROP INDEX edges_from_by_weight;"
+            " CREATE INDEX edges_to ON edges(object, predicate, subject);"
+            " DELETE FROM schema_migrations WHERE name = '005_edges_from_by_weight';"
+        )
+    store = GraphStore(path, origin="e", indexes=IndexesConfig())
+    assert store.migrations_applied == ["005_edges_from_by_weight"]
+    assert store.index_changes == ["+incoming"]
+    names = {n for (n,) in sqlite3.connect(path).execute("SELECT name FROM sqlite_master")}
+    assert {"edges_from_by_weight", "edges_to_by_weight"} <= names
+    assert "edges_to" not in names
+    store.close()
