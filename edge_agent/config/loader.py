@@ -197,10 +197,15 @@ def _check(config: Config) -> list[str]:
     if config.nats.embedded is False and not config.nats.urls:
         problems.append("nats.urls: must name a server when nats.embedded is false")
     for index, url in enumerate(config.nats.urls):
-        if not re.match(r"^(nats|tls|ws|wss)://[^/]+$", url):
+        if re.match(r"^wss?://", url):
+            # nats-py speaks WebSocket only through aiohttp, which the agent does not
+            # ship, and the graph processor's delivery connection is TCP (or TLS) only.
             problems.append(
-                f"nats.urls[{index}]: {url!r} is not a nats://, tls://, ws:// or wss:// URL"
+                f"nats.urls[{index}]: {url!r}: NATS over WebSocket is not supported;"
+                " use the server's nats:// or tls:// port"
             )
+        elif not re.match(r"^(nats|tls)://[^/]+$", url):
+            problems.append(f"nats.urls[{index}]: {url!r} is not a nats:// or tls:// URL")
     if config.telemetry.enabled and importlib.util.find_spec("opentelemetry.sdk") is None:
         problems.append(
             "telemetry.enabled: the OpenTelemetry packages are not installed "

@@ -104,6 +104,10 @@ def test_misspelt_key_names_its_path() -> None:
         ),
         ({"telemetry": {"sample_rate": 2}}, "telemetry.sample_rate: expected `float` <= 1.0"),
         ({"nats": {"urls": ["http://x:1"]}}, "nats.urls[0]: 'http://x:1' is not a nats://"),
+        (
+            {"nats": {"urls": ["nats://a:1", "wss://b:443"]}},
+            "nats.urls[1]: 'wss://b:443': NATS over WebSocket is not supported",
+        ),
         ({"graph": {"config": {"input_subject": "x.y"}}}, "graph.config.input_subject: 'x.y' must"),
         (
             {"components": [{"id": "a", "type": "teleport"}]},
