@@ -9,9 +9,13 @@ hands out reached nodes strongest first, so the ``max_nodes`` strongest are exac
 first ``max_nodes`` accepted and the walk stops there. A node's edges are read from
 SQLite strongest first, a page at a time, and only when the heap reaches the best score
 they could still give: a hub entity with thousands of edges costs the few pages the
-answer needs, not all of its rows. With edge weights above ``1 / decay_factor`` a
-longer path can score higher than a shorter one; a better path found later still
-replaces the first one, so an untruncated answer is exact for any weights.
+answer needs, not all of its rows.
+
+The answer is exact while every ``decay_factor * weight`` is at most 1, which weights
+of at most 1 (the default is 1.0) ensure. Above that a longer path can score higher
+than a shorter one: a better path found later still replaces the first, but the answer
+is the best the walk found, not a proven best (finding that is the longest-path
+problem).
 
 Limits never raise: hitting ``max_nodes``, ``max_paths`` or ``timeout`` returns what was
 found with ``truncated: true``.
