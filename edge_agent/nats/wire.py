@@ -5,14 +5,19 @@ of its own (:mod:`edge_agent.nats.delivery`) instead of through nats-py, because
 nats-py spends ~30 µs of Python per message (a ``Msg`` object, a queue hop, a callback,
 one ``publish`` coroutine per ack) and that time is taken from the graph writer, which
 shares the GIL. Here a socket read of hundreds of messages becomes one list, and the
-acks of a whole batch one write.
+acks of a whole batch one write. The same pieces serve a bulk JetStream publisher
+(``bench/ingest.py``'s load generator): :func:`pub_command` per message, the PubAcks
+read as :class:`Reply` from an inbox prefix, and :func:`pub_ack_error` to check each.
 
 Invariants:
 - :meth:`WireParser.feed` consumes only whole protocol lines and whole messages; a
   partial one stays buffered until the rest arrives, so reads may split anywhere.
 - Deliveries come out in the order the server sent them.
 - A message whose reply subject is not a JetStream ack subject (a status message such
-  as an idle heartbeat) is not a delivery and is dropped: it carries no event.
+  as an idle heartbeat) is not a delivery and is dropped: it carries no event, unless
+  its subject starts with the parser's ``inbox`` prefix: then it is a reply (a
+  publisher's JetStream PubAck, or a status such as ``503`` no responders) and comes
+  out in :attr:`WireEvents.replies`, headers and all.
 """
 
 from __future__ import annotations
@@ -26,11 +31,15 @@ import msgspec
 
 __all__ = [
     "Delivery",
+    "PubAck",
+    "Reply",
     "WireError",
     "WireEvents",
     "WireParser",
     "ack_commands",
     "connect_command",
+    "pub_ack_error",
+    "pub_command",
     "stream_sequence",
     "sub_command",
 ]
@@ -53,10 +62,20 @@ class Delivery(NamedTuple):
     data: bytes
 
 
+class Reply(NamedTuple):
+    """A message on the parser's inbox: its subject, raw header block (``b""`` when
+    sent without headers) and payload."""
+
+    subject: bytes
+    headers: bytes
+    data: bytes
+
+
 class WireEvents(msgspec.Struct):
     """What one :meth:`WireParser.feed` call found, in order within each kind."""
 
     deliveries: list[Delivery] = msgspec.field(default_factory=list)
+    replies: list[Reply] = msgspec.field(default_factory=list)
     pings: int = 0
     pongs: int = 0
     info: dict[str, Any] | None = None
@@ -66,10 +85,15 @@ class WireParser:
     """Splits the server's byte stream into deliveries and control messages.
 
     Call :meth:`feed` with every chunk read from the socket, in order.
+
+    Args:
+        inbox: a subject prefix (e.g. ``b"_INBOX.abc."``) whose messages are replies
+            for the caller rather than deliveries; empty: none are.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, inbox: bytes = b"") -> None:
         self._buffer = bytearray()
+        self._inbox = inbox
 
     def feed(self, data: bytes) -> WireEvents:
         """Add ``data`` and return everything now complete.
@@ -81,6 +105,8 @@ class WireParser:
         buffer += data
         events = WireEvents()
         deliveries = events.deliveries
+        replies = events.replies
+        inbox = self._inbox
         pos = 0
         end = len(buffer)
         while pos < end:
@@ -100,6 +126,8 @@ class WireParser:
                     deliveries.append(
                         Delivery(parts[0].decode(), reply, bytes(buffer[eol + 2 : stop]))
                     )
+                elif inbox and parts[0].startswith(inbox):
+                    replies.append(Reply(parts[0], b"", bytes(buffer[eol + 2 : stop])))
                 pos = stop + 2
             elif op == b"HMSG":
                 # HMSG <subject> <sid> [reply] <#header bytes> <#total bytes>
@@ -112,6 +140,9 @@ class WireParser:
                 if reply.startswith(_JS_ACK):
                     data = bytes(buffer[eol + 2 + headers : stop])
                     deliveries.append(Delivery(parts[0].decode(), reply, data))
+                elif inbox and parts[0].startswith(inbox):
+                    head = bytes(buffer[eol + 2 : eol + 2 + headers])
+                    replies.append(Reply(parts[0], head, bytes(buffer[eol + 2 + headers : stop])))
                 pos = stop + 2
             else:
                 self._control(bytes(buffer[pos:eol]), events)
@@ -162,6 +193,46 @@ def connect_command(info: dict[str, Any], *, name: str, nkey: str = "", sign: An
 def sub_command(subject: str, sid: int) -> bytes:
     """``SUB`` of ``subject`` as subscription ``sid``."""
     return f"SUB {subject} {sid}\r\n".encode()
+
+
+def pub_command(subject: bytes, reply: bytes, payload: bytes) -> bytes:
+    """``PUB`` of ``payload`` to ``subject``, the answer to go to ``reply``."""
+    return b"PUB %s %s %d\r\n%s\r\n" % (subject, reply, len(payload), payload)
+
+
+class PubAck(msgspec.Struct):
+    """JetStream's answer to a publish: the stream and sequence it was stored at, or
+    an ``error`` (``{"code", "err_code", "description"}``)."""
+
+    stream: str = ""
+    seq: int = 0
+    duplicate: bool = False
+    error: dict[str, Any] | None = None
+
+
+_PUB_ACK = msgspec.json.Decoder(PubAck)
+
+
+def pub_ack_error(reply: Reply) -> str | None:
+    """Why ``reply`` does not confirm a stored message; ``None`` when it does.
+
+    A status header (``NATS/1.0 503``: no stream listens on the subject) or an
+    ``error`` in the PubAck is a refusal; so is a payload that is not a PubAck, or one
+    naming no stream and sequence.
+    """
+    if reply.headers:
+        status = reply.headers.split(b"\r\n", 1)[0].split(None, 2)
+        if len(status) > 1:
+            return f"status {status[1].decode(errors='replace')}"
+    try:
+        ack = _PUB_ACK.decode(reply.data)
+    except msgspec.DecodeError:
+        return f"not a PubAck: {reply.data[:80]!r}"
+    if ack.error is not None:
+        return f"{ack.error.get('err_code', ack.error.get('code'))}: {ack.error.get('description')}"
+    if not ack.stream or ack.seq <= 0:
+        return f"no stream and sequence in the PubAck: {reply.data[:80]!r}"
+    return None
 
 
 def ack_commands(replies: Iterable[bytes]) -> bytes:

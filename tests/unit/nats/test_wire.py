@@ -9,10 +9,13 @@ import pytest
 
 from edge_agent.nats.wire import (
     Delivery,
+    Reply,
     WireError,
     WireParser,
     ack_commands,
     connect_command,
+    pub_ack_error,
+    pub_command,
     stream_sequence,
     sub_command,
 )
@@ -101,3 +104,55 @@ def test_the_parser_imports_no_io() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+INBOX = b"_INBOX.pub1."
+
+
+def test_inbox_messages_are_replies_with_their_headers() -> None:
+    ack = b'{"stream":"GRAPH_ENTITIES","seq":7}'
+    status = b"NATS/1.0 503\r\n\r\n"
+    stream = (
+        b"MSG _INBOX.pub1.0 1 %d\r\n%s\r\n" % (len(ack), ack)
+        + b"HMSG _INBOX.pub1.1 1 %d %d\r\n%s\r\n" % (len(status), len(status), status)
+        + msg(9, b"{}")
+        + b"MSG _INBOX.other.2 1 2\r\nhi\r\n"
+    )
+    for step in (1, 5, len(stream)):
+        parser = WireParser(inbox=INBOX)
+        replies: list[Reply] = []
+        deliveries: list[Delivery] = []
+        for start in range(0, len(stream), step):
+            events = parser.feed(stream[start : start + step])
+            replies += events.replies
+            deliveries += events.deliveries
+        assert replies == [
+            Reply(b"_INBOX.pub1.0", b"", ack),
+            Reply(b"_INBOX.pub1.1", status, b""),
+        ]
+        assert [stream_sequence(d.reply) for d in deliveries] == [9]
+    # Without an inbox prefix the same bytes hold no replies.
+    assert WireParser().feed(stream).replies == []
+
+
+def test_pub_command_is_parsed_back_by_a_server_side_reading() -> None:
+    payload = b'{"a": "x\r\ny"}'
+    command = pub_command(b"events.graph.entity.drone", b"_INBOX.pub1.42", payload)
+    head, rest = command.split(b"\r\n", 1)
+    assert head == b"PUB events.graph.entity.drone _INBOX.pub1.42 %d" % len(payload)
+    assert rest == payload + b"\r\n"
+
+
+def test_pub_ack_error_accepts_only_a_stored_message() -> None:
+    def reply(data: bytes, headers: bytes = b"") -> Reply:
+        return Reply(b"_INBOX.pub1.0", headers, data)
+
+    assert pub_ack_error(reply(b'{"stream":"S","seq":1}')) is None
+    assert pub_ack_error(reply(b'{"stream":"S","seq":3,"duplicate":true}')) is None
+    refused = b'{"error":{"code":503,"err_code":10077,"description":"maximum messages exceeded"}}'
+    assert pub_ack_error(reply(refused)) == "10077: maximum messages exceeded"
+    assert pub_ack_error(reply(b"", b"NATS/1.0 503\r\n\r\n")) == "status 503"
+    assert pub_ack_error(reply(b"nope")) is not None
+    assert pub_ack_error(reply(b"{}")) is not None  # no stream, no sequence
+    # A header block without a status is not a refusal by itself.
+    assert pub_ack_error(reply(b'{"stream":"S","seq":2}', b"NATS/1.0\r\nX: y\r\n\r\n")) is None
