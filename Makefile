@@ -44,9 +44,9 @@ lint: $(STAMP)
 vendor: $(STAMP)
 	$(BIN)/python tools/vendor.py
 
-## make bench: every benchmark; each prints one JSON line last (bench/common.py is their helpers)
+## make bench: every benchmark; each prints one JSON line last (bench/common.py and bench/publisher.py are helpers)
 bench: $(STAMP)
-	@for script in $(filter-out bench/common.py,$(wildcard bench/*.py)); do echo "== $$script"; $(BIN)/python $$script || exit 1; done
+	@for script in $(filter-out bench/common.py bench/publisher.py,$(wildcard bench/*.py)); do echo "== $$script"; $(BIN)/python $$script || exit 1; done
 
 clean:
 	rm -rf $(VENV) .demo-state .pytest_cache .mypy_cache .ruff_cache *.egg-info
