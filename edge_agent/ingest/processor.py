@@ -55,6 +55,8 @@ __all__ = ["GraphProcessor", "OpenDelivery", "ProcessorStatus"]
 OpenDelivery = Callable[[str], Awaitable[DeliveryConnection]]
 
 log = logging.getLogger(__name__)
+#: Queued batches (of one delivery connection) applied in one transaction at most.
+_BATCHES_PER_TRANSACTION = 4
 _LINGER_S = 0.005
 _RETRY_INITIAL_S = 0.2
 _RETRY_MAX_S = 10.0
@@ -265,8 +267,19 @@ class GraphProcessor:
     # ---- applying ------------------------------------------------------------------
 
     async def _apply_loop(self) -> None:
+        carried: tuple[DeliveryConnection, list[Delivery]] | None = None
         while True:
-            connection, messages = await self._queue.get()
+            connection, messages = carried or await self._queue.get()
+            # Under a backlog, the batches already queued from the same connection join
+            # this one: one transaction, one commit (an fsync) for all of them.
+            carried = None
+            for _ in range(_BATCHES_PER_TRANSACTION - 1):
+                if self._queue.empty():
+                    break
+                carried = self._queue.get_nowait()
+                if carried[0] is not connection:
+                    break
+                messages, carried = messages + carried[1], None
             async with self._room:
                 self._room.notify_all()
             await self._apply_until_done(connection, messages)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
 
 import httpx
@@ -147,6 +148,36 @@ async def test_bad_input_on_nats_is_dead_lettered_and_good_events_around_it_appl
         health = (await client.get("/health")).json()
         assert health["status"] == "healthy"
     assert {r for r, _ in cases} <= set(REASONS)
+
+
+async def test_a_backlog_is_applied_in_fewer_transactions_than_batches(
+    agent: Agent, nats_client: Client
+) -> None:
+    """Batches queued while the writer is busy share one transaction (one commit):
+    every event applied once, every message acked, a bad one still dead-lettered."""
+    js = nats_client.jetstream()
+    busy = asyncio.ensure_future(agent.store.write(time.sleep, 1.0))  # the writer, held
+    total = 5 * 500  # five batches of the default size
+    publishes = [
+        js.publish("events.graph.entity.drone", json.dumps(event(f"b{i}")).encode())
+        for i in range(total - 1)
+    ]
+    await asyncio.gather(*publishes)
+    await js.publish("events.graph.entity.drone", b"{{{ not json")
+    await busy
+    await wait_for(lambda: _has(agent, total - 1), what="the backlog applied")
+    assert agent.processor.status.batches < 5  # transactions: batches were merged
+    assert agent.js is not None
+    await wait_for(lambda: _stream_empty(agent), what="every message acked (work queue emptied)")
+    assert await entity_count(agent) == total - 1
+    dead = await js.pull_subscribe("deadletter.graph.entity.>", stream=DEAD_LETTER_STREAM)
+    (letter,) = await dead.fetch(1, timeout=5)
+    assert letter.data == b"{{{ not json"
+
+
+async def _stream_empty(agent: Agent) -> bool:
+    assert agent.js is not None
+    return (await agent.js.stream_info(ENTITY_STREAM)).state.messages == 0
 
 
 async def test_input_subject_narrows_the_consumer(start_agent: StartAgent) -> None:
