@@ -46,7 +46,7 @@ def test_the_small_profile_loads_with_its_values() -> None:
     settings = config.graph.config
     assert settings.sqlite_cache_size == 512 << 10
     assert settings.querier.max_cache_bytes == 4 << 20
-    assert (settings.workers, settings.queue_size) == (2, 500)
+    assert (settings.workers, settings.queue_size) == (1, 500)
 
 
 def test_defaults_limit_the_server_and_keep_sqlites_cache() -> None:
