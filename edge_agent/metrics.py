@@ -13,9 +13,16 @@ from prometheus_client import (
     generate_latest,
 )
 
-__all__ = ["CONTENT_TYPE", "Metrics"]
+from edge_agent.model import REASONS
+
+__all__ = ["CONTENT_TYPE", "ERROR_REASONS", "Metrics"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+#: Every ``reason`` of ``semstreams_errors_total``: refused events, refused requests
+#: (``auth``) and batches not applied. Each series exists at zero from the start, so
+#: the seed's ``rate(semstreams_errors_total[5m])`` answers 0 on a healthy agent, not
+#: "no data".
+ERROR_REASONS = (*REASONS, "auth", "store_error", "nats_error")
 _BATCH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -44,6 +51,8 @@ class Metrics:
             ["reason"],
             registry=registry,
         )
+        for reason in ERROR_REASONS:
+            self.errors.labels(reason=reason)
         self.queue_depth = Gauge(
             "semstreams_queue_depth",
             "Events fetched from JetStream and not yet committed to the graph.",

@@ -8,6 +8,7 @@ import re
 import httpx
 
 from edge_agent.app import Agent
+from edge_agent.metrics import ERROR_REASONS
 from tests.conftest import StartAgent
 from tests.helpers import event, ndjson, wait_for
 
@@ -66,3 +67,21 @@ async def test_seed_metrics_move(start_agent: StartAgent) -> None:
     assert moved["semstreams_cache_hits_total"] == 2
     assert depth_seen > 0, "the queue depth gauge never showed the backlog"
     assert sample(after, "semstreams_queue_depth") == 0
+
+
+async def test_the_seed_queries_have_series_from_the_start(start_agent: StartAgent) -> None:
+    """On a fresh, healthy agent every counter the seed's PromQL reads exists (at zero),
+    so rate(semstreams_errors_total[5m]) is 0, not "no data"."""
+    agent: Agent = await start_agent()
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{agent.http_port}") as client:
+        text = (await client.get("/metrics")).text
+    for reason in ERROR_REASONS:
+        assert f'semstreams_errors_total{{reason="{reason}"}} 0.0' in text
+    for name in (
+        "semstreams_messages_processed_total",
+        "semstreams_queue_depth",
+        "semstreams_processing_duration_seconds_count",
+        "semstreams_cache_hits_total",
+        "semstreams_cache_requests_total",
+    ):
+        assert re.search(rf"^{name}(?:{{[^}}]*}})? \S+$", text, re.M), name
