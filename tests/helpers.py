@@ -32,12 +32,21 @@ FIXTURES = Path(__file__).parent / "fixtures"
 JWT_SECRET = "test-secret-0123456789abcdef0123456789"
 
 
+#: Ports free_port handed out in this process: the kernel may offer a port it just
+#: handed out again once its socket is closed, and a test asking for several (a
+#: cluster's nine) would then give two listeners the same one.
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    """A TCP port on loopback that was free a moment ago."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A TCP port on loopback that was free a moment ago, never the same one twice."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port: int = sock.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 def event(entity_id: str, entity_type: str = "drone", **properties: Any) -> dict[str, Any]:
