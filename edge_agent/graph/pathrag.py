@@ -28,12 +28,12 @@ import heapq
 import itertools
 import sqlite3
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Annotated, Any, Literal, NamedTuple
 
 import msgspec
 
-from edge_agent.graph.queries import chunks, summaries
+from edge_agent.graph.queries import summaries
 
 __all__ = ["PathQuery", "PathResult", "UnknownEntity", "run_path_query"]
 
@@ -103,9 +103,9 @@ _STRONGEST = " ORDER BY 2 DESC LIMIT ? OFFSET ?"
 
 
 @functools.lru_cache(maxsize=64)
-def _first_pages_sql(page: str, count: int) -> str:
-    """(arm, neighbour, weight) of the first page of ``count`` nodes, in one statement."""
-    arm = f"SELECT {{}}, * FROM ({page} ORDER BY 2 DESC LIMIT {_FIRST_PAGE})"
+def _pages_sql(page: str, count: int) -> str:
+    """(arm, neighbour, weight) of a page of each of ``count`` nodes, in one statement."""
+    arm = f"SELECT {{}}, * FROM ({page}{_STRONGEST})"
     return " UNION ALL ".join(arm.format(index) for index in range(count))
 
 
@@ -125,7 +125,7 @@ def run_path_query(
     Raises:
         UnknownEntity: ``start_entity`` does not exist.
     """
-    if not _types(db, [query.start_entity]):
+    if _type_of(db, query.start_entity) is None:
         raise UnknownEntity(query.start_entity)
     search = _Search(db, query, deadline=clock() + query.timeout, clock=clock)
     # A statement reading many rows is cut at the deadline too (SQLite calls this every
@@ -235,7 +235,7 @@ class _Search:
         if not self.wanted_types or node == self.query.start_entity:
             return True
         if node not in self.types:
-            self.types[node] = _types(self.db, [node]).get(node)
+            self.types[node] = _type_of(self.db, node)
         return self.types[node] in self.wanted_types
 
     def expand(self, node: str, score: float, path: tuple[str, ...]) -> None:
@@ -268,26 +268,29 @@ class _Search:
         # serve every batch size from SQLite's statement cache.
         count = 1 << (len(chunk) - 1).bit_length()
         nodes = [node for node, _, _ in chunk] + [""] * (count - len(chunk))
-        filters = self.query.predicates
-        params = [value for node in nodes for value in (node, *filters) * self.arms]
-        rows = self.fetch(_first_pages_sql(self.page_sql, count), params)
+        first = _Page(0, _FIRST_PAGE)
+        params = [value for node in nodes for value in self.page_params(node, first)]
+        rows = self.fetch(_pages_sql(self.page_sql, count), params)
         if rows is None:
             return False
         found: list[list[tuple[str, float]]] = [[] for _ in chunk]
         for index, neighbour, weight in rows:
             found[index].append((neighbour, weight))
         for (node, score, path), edges in zip(chunk, found, strict=True):
-            self.relax(node, score, path, edges, _Page(0, _FIRST_PAGE))
+            self.relax(node, score, path, edges, first)
         return True
 
     def read_more(self, node: str, score: float, path: tuple[str, ...], page: _Page) -> bool:
         """Read a further page of the node's edges; False at the deadline."""
-        params = [*(node, *self.query.predicates) * self.arms, page.limit, page.offset]
-        rows = self.fetch(self.page_sql + _STRONGEST, params)
+        rows = self.fetch(self.page_sql + _STRONGEST, self.page_params(node, page))
         if rows is None:
             return False
         self.relax(node, score, path, rows, page)
         return True
+
+    def page_params(self, node: str, page: _Page) -> list[Any]:
+        """The parameters of the page statement for one node (named on each side)."""
+        return [*(node, *self.query.predicates) * self.arms, page.limit, page.offset]
 
     def fetch(self, sql: str, params: list[Any]) -> list[Any] | None:
         """The statement's rows, or None once the deadline has passed."""
@@ -328,12 +331,10 @@ class _Search:
             heapq.heappush(heap, (-step * weight, next(ties), node, score, path, more))
 
 
-def _types(db: sqlite3.Connection, ids: Iterable[str]) -> dict[str, str]:
-    found: dict[str, str] = {}
-    for chunk in chunks(list(ids)):
-        marks = ",".join("?" * len(chunk))
-        found.update(db.execute(f"SELECT id, type FROM entities WHERE id IN ({marks})", chunk))
-    return found
+def _type_of(db: sqlite3.Connection, entity_id: str) -> str | None:
+    """The entity's type, or None when it does not exist."""
+    row = db.execute("SELECT type FROM entities WHERE id = ?", (entity_id,)).fetchone()
+    return None if row is None else str(row[0])
 
 
 def _result(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -25,7 +25,6 @@ __all__ = [
     "TemporalQuery",
     "by_alias",
     "by_predicate",
-    "chunks",
     "relationships",
     "spatial",
     "summaries",
@@ -33,7 +32,6 @@ __all__ = [
 ]
 
 _EARTH_RADIUS_M = 6_371_000.0
-_CHUNK = 900
 # One statement and one JSON document for any number of entities: SQLite builds each
 # summary, so Python decodes one string instead of a row per property (a PathRAG answer
 # summarises up to max_nodes entities; this halves what that costs).
@@ -101,12 +99,6 @@ class TemporalQuery(_Request, frozen=True):
     start: str
     end: str
     limit: Limit = 100
-
-
-def chunks(items: Sequence[str], size: int = _CHUNK) -> Iterable[Sequence[str]]:
-    """Slices small enough for one SQL ``IN (...)`` list."""
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
 
 
 def summaries(db: sqlite3.Connection, ids: Sequence[str]) -> list[dict[str, Any]]:
