@@ -1,4 +1,4 @@
-"""``edge-agent``: run the agent, check a config, publish events, show stats.
+"""``edge-agent``: run the agent, check a config, publish events, show stats and streams.
 
 Each command is a few lines over a library call. Exit codes: 0 ok, 1 failure,
 2 invalid config or usage, 3 events refused by JetStream.
@@ -15,7 +15,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import msgspec
 
@@ -23,6 +23,9 @@ from edge_agent import __version__
 from edge_agent.config import Config, Duration, load_config
 from edge_agent.errors import ConfigError, SemStreamsError
 from edge_agent.private_files import check_private
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client
 
 __all__ = ["Service", "add_api_arguments", "call_api", "load_or_exit", "main", "run_service"]
 
@@ -133,24 +136,28 @@ def _read_events(source: str) -> list[bytes]:
     return split_body(data, ndjson=True)
 
 
+async def _connect_for_command(config: Config, nats_url: str | None, name: str) -> Client:
+    """A NATS connection for a one-shot command: the config's servers (or ``nats_url``),
+    its credentials, and a few tries instead of the agent's wait-forever."""
+    from edge_agent.nats.client import connect
+
+    urls = [nats_url] if nats_url else list(config.nats.urls)
+    urls = urls or [f"nats://127.0.0.1:{config.nats.port}"]
+    patient = msgspec.structs.replace(config.nats, max_reconnect=3, reconnect_wait=Duration(0.5))
+    return await connect(patient, urls, name=name)
+
+
 def cmd_publish(args: argparse.Namespace) -> int:
     """Publish events (one per line, or one JSON object) to the agent's JetStream."""
     from edge_agent.ingest.dead_letters import DeadLetters
     from edge_agent.ingest.publisher import EventPublisher, PublishError
     from edge_agent.metrics import Metrics
-    from edge_agent.nats.client import connect
 
     config = load_or_exit(args.config)
-    urls = [args.nats_url] if args.nats_url else list(config.nats.urls)
-    urls = urls or [f"nats://127.0.0.1:{config.nats.port}"]
     events = _read_events(args.file)
 
     async def main() -> int:
-        # A command gives up after a few tries instead of waiting forever like the agent.
-        patient = msgspec.structs.replace(
-            config.nats, max_reconnect=3, reconnect_wait=Duration(0.5)
-        )
-        nc = await connect(patient, urls, name="edge-agent publish")
+        nc = await _connect_for_command(config, args.nats_url, "edge-agent publish")
         try:
             js = nc.jetstream()
             metrics = Metrics()
@@ -174,6 +181,37 @@ def cmd_publish(args: argparse.Namespace) -> int:
     except (OSError, SemStreamsError, TimeoutError) as exc:
         print(f"edge-agent publish: {exc}", file=sys.stderr)
         return EXIT_FAILURE
+
+
+def cmd_stream_info(args: argparse.Namespace) -> int:
+    """Show one JetStream stream and its consumers, or list the streams (the runbooks'
+    ``nats stream info`` / ``nats stream ls``)."""
+    import nats.js.errors
+
+    from edge_agent.nats.streams_report import stream_detail, stream_list
+
+    config = load_or_exit(args.config)
+
+    async def main() -> str:
+        nc = await _connect_for_command(config, args.nats_url, "edge-agent stream-info")
+        try:
+            js = nc.jetstream()
+            if not args.stream:
+                return stream_list(await js.streams_info())
+            info = await js.stream_info(args.stream)
+            return stream_detail(info, await js.consumers_info(args.stream))
+        finally:
+            await nc.close()
+
+    try:
+        print(asyncio.run(main()))
+    except nats.js.errors.NotFoundError:
+        print(f"edge-agent stream-info: no stream named {args.stream}", file=sys.stderr)
+        return EXIT_FAILURE
+    except (OSError, SemStreamsError, TimeoutError, nats.errors.Error) as exc:
+        print(f"edge-agent stream-info: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    return 0
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
@@ -266,6 +304,14 @@ def build_parser() -> argparse.ArgumentParser:
     publish.add_argument("--config", "-c", help="config file naming the NATS servers")
     publish.add_argument("--nats-url", help="NATS server URL (overrides the config)")
     publish.set_defaults(func=cmd_publish)
+
+    stream_info = commands.add_parser(
+        "stream-info", help="show a JetStream stream and its consumers, or list the streams"
+    )
+    stream_info.add_argument("stream", nargs="?", help="e.g. GRAPH_ENTITIES (default: list)")
+    stream_info.add_argument("--config", "-c", help="config file naming the NATS servers")
+    stream_info.add_argument("--nats-url", help="NATS server URL (overrides the config)")
+    stream_info.set_defaults(func=cmd_stream_info)
 
     stats = commands.add_parser("stats", help="show the graph stats of a running agent")
     add_api_arguments(stats)

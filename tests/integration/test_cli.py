@@ -1,4 +1,5 @@
-"""The edge-agent CLI against a running agent: publish from a file and stdin, stats."""
+"""The edge-agent CLI against a running agent: publish from a file and stdin, stats,
+stream-info."""
 
 from __future__ import annotations
 
@@ -29,6 +30,43 @@ async def test_publish_file_then_stats(agent: Agent) -> None:
     stats = json.loads(out)
     assert stats["entities"] == 3
     assert stats["by_type"]["sensor"] == 1
+
+
+async def test_stream_info_shows_the_stream_and_its_consumer_after_a_publish(
+    agent: Agent,
+) -> None:
+    assert agent.nats_server is not None
+    url = agent.nats_server.url
+    code, _, err = await cli("publish", str(FIXTURES / "events/good.ndjson"), "--nats-url", url)
+    assert code == 0, err
+
+    async def acked() -> bool:
+        return (await asyncio.to_thread(agent.store.stats))["entities"] == 3
+
+    await wait_for(acked, what="published events applied")
+    code, out, err = await cli("stream-info", "GRAPH_ENTITIES", "--nats-url", url)
+    assert code == 0, err
+    assert out.startswith("Information for Stream GRAPH_ENTITIES created ")
+    assert "Retention: workqueue\n" in out
+    # A work queue holds only what the graph has not applied yet.
+    assert "Messages: 0\n" in out
+    assert "Last Sequence: 3\n" in out
+    assert "Acknowledged Floor: 3\n" in out
+    assert f"Consumer {agent.processor.consumer}:" in out
+    assert "Unprocessed Messages: 0\n" in out
+
+    code, out, err = await cli("stream-info", "--nats-url", url)
+    assert code == 0, err
+    listed = {line.split()[0]: line.split() for line in out.splitlines()[1:]}
+    assert listed["GRAPH_ENTITIES"][1:3] == ["events.graph.entity.>", "0"]
+    assert "GRAPH_DEAD_LETTERS" in listed
+
+
+async def test_stream_info_names_a_missing_stream(agent: Agent) -> None:
+    assert agent.nats_server is not None
+    code, _, err = await cli("stream-info", "NO_SUCH", "--nats-url", agent.nats_server.url)
+    assert code == 1
+    assert "no stream named NO_SUCH" in err
 
 
 async def test_publish_from_stdin_reports_refused_lines(agent: Agent) -> None:
