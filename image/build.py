@@ -50,6 +50,8 @@ PACKAGES = [
     "iproute2",
     "openssh-server",
     "ca-certificates",
+    # The seed's runbooks are curl lines (`curl -f http://localhost:8080/health`, ...).
+    "curl",
 ]
 HOSTNAME = "semstreams-edge"
 SECTOR = 512

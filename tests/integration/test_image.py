@@ -291,6 +291,11 @@ def test_a_flashed_device_boots_enrols_and_reports_to_the_hub_with_no_keystroke(
     assert {"agent.version", "system.memory_total_bytes", "system.uptime_s"} <= set(
         entity["properties"]
     )
+    # The seed's incident runbook, as printed, on the device itself.
+    scraped = first.run(
+        "sh", "-c", "curl -s http://localhost:9090/metrics | grep semstreams_queue_depth"
+    )
+    assert re.search(r"^semstreams_queue_depth \d+", scraped, re.M), scraped
     # The claim secret is erased once used: from the agent's copy and the boot partition.
     copy = json.loads(first.read("/var/lib/semstreams/provision.json"))
     assert copy["claim_token"] == ""
