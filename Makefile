@@ -9,7 +9,7 @@ DEBIAN_PACKAGES := debootstrap systemd-container mtools dosfstools e2fsprogs fdi
 DEBIAN_TOOLS    := debootstrap systemd-nspawn mcopy mkfs.vfat mkfs.ext4 sfdisk ip chromium
 SUDO   := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: demo test lint bench vendor clean debian-packages
+.PHONY: demo test lint bench soak vendor clean debian-packages
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,9 +44,13 @@ lint: $(STAMP)
 vendor: $(STAMP)
 	$(BIN)/python tools/vendor.py
 
-## make bench: every benchmark; each prints one JSON line last (bench/common.py and bench/publisher.py are helpers)
+## make bench: every benchmark but the soak; each prints one JSON line last (bench/common.py and bench/publisher.py are helpers)
 bench: $(STAMP)
-	@for script in $(filter-out bench/common.py bench/publisher.py,$(wildcard bench/*.py)); do echo "== $$script"; $(BIN)/python $$script || exit 1; done
+	@for script in $(filter-out bench/common.py bench/publisher.py bench/soak.py,$(wildcard bench/*.py)); do echo "== $$script"; $(BIN)/python $$script || exit 1; done
+
+## make soak: 30 minutes of an edge and a hub under load, a flapping link and random kills (bench/soak.py)
+soak: $(STAMP)
+	$(BIN)/python bench/soak.py
 
 clean:
 	rm -rf $(VENV) .demo-state .pytest_cache .mypy_cache .ruff_cache *.egg-info
