@@ -4,9 +4,10 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 # Debian packages the image build and boot tests use (tests/integration/test_image.py),
-# and the chromium the browser tests drive through Playwright (tests/browser/harness.py).
-DEBIAN_PACKAGES := debootstrap systemd-container mtools dosfstools e2fsprogs fdisk iproute2 chromium
-DEBIAN_TOOLS    := debootstrap systemd-nspawn mcopy mkfs.vfat mkfs.ext4 sfdisk ip chromium
+# the chromium the browser tests drive through Playwright (tests/browser/harness.py), and the
+# curl that runs the seed's runbook lines as printed (tests/integration/test_runbooks.py).
+DEBIAN_PACKAGES := debootstrap systemd-container mtools dosfstools e2fsprogs fdisk iproute2 chromium curl
+DEBIAN_TOOLS    := debootstrap systemd-nspawn mcopy mkfs.vfat mkfs.ext4 sfdisk ip chromium curl
 SUDO   := $(if $(filter 0,$(shell id -u)),,sudo)
 
 .PHONY: demo test lint bench soak vendor clean debian-packages
