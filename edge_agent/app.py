@@ -41,6 +41,7 @@ from edge_agent.nats.client import ensure_streams
 from edge_agent.nats.connection import NatsConnection
 from edge_agent.nats.server import EmbeddedNatsServer
 from edge_agent.nats.subjects import DEAD_LETTER_STREAM, ENTITY_STREAM
+from edge_agent.storage import StorageWatch, watch_agent_storage
 from edge_agent.sync.pacing import Backoff
 from edge_agent.tracing import setup_tracing, shutdown_tracing
 
@@ -137,6 +138,7 @@ class Agent:
         self.processor: GraphProcessor
         self.sync_output: SyncOutput | None = None
         self.provisioner: Provisioner | None = None
+        self.storage: StorageWatch | None = None
         self._advertiser: Advertiser | None = None
         self._tasks = Tasks(on_failure=lambda name: self.metrics.task_failures.labels(name).inc())
         self._stream_stats = {"dead_letters": 0, "stream_pending": 0}
@@ -254,8 +256,15 @@ class Agent:
         await retry_until_ready(lambda: ensure_streams(self.js, limits), "JetStream not available")
         graph = self.config.graph.config
         dead_letters = DeadLetters(self.js, self.metrics)
+        self.storage = watch_agent_storage(self.state_dir, self.nats, limits, self.metrics)
+        self.storage.read()  # before the first request: a full disk refuses from the start
+        self._tasks.spawn(self.storage.run, "storage-watch")
         self.publisher = EventPublisher(
-            self.js, dead_letters, self.metrics, max_event_bytes=graph.max_event_bytes
+            self.js,
+            dead_letters,
+            self.metrics,
+            max_event_bytes=graph.max_event_bytes,
+            refused=self.storage.refused,
         )
         self.processor = GraphProcessor(
             self.nc,
@@ -548,9 +557,15 @@ class Agent:
         if self.sync_output is not None:
             # Informational: an edge offline for days is normal operation, not ill health.
             components["sync"] = self.sync_output.status()
+        if self.storage is not None:
+            components["storage"] = self.storage.health()
         if "down" in (components["store"]["status"], components["processor"]["status"]):
             status = "unhealthy"
-        elif not self.nats.connected or components["processor"]["status"] != "ok":
+        elif (
+            not self.nats.connected
+            or components["processor"]["status"] != "ok"
+            or components.get("storage", {}).get("status", "ok") != "ok"
+        ):
             status = "degraded"
         else:
             status = "healthy"

@@ -19,10 +19,12 @@ __all__ = ["CONTENT_TYPE", "ERROR_REASONS", "Metrics"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 #: Every ``reason`` of ``semstreams_errors_total``: refused events, refused requests
-#: (``auth``) and batches not applied. Each series exists at zero from the start, so
-#: the seed's ``rate(semstreams_errors_total[5m])`` answers 0 on a healthy agent, not
-#: "no data".
-ERROR_REASONS = (*REASONS, "auth", "store_error", "nats_error")
+#: (``auth``), batches not applied, and storage refusals (``disk_full``: under
+#: ``nats.jetstream.min_free_bytes``, or SQLite's SQLITE_FULL on a commit the processor
+#: retries; ``stream_full``: JetStream refused at the stream's byte limit). Each series
+#: exists at zero from the start, so the seed's ``rate(semstreams_errors_total[5m])``
+#: answers 0 on a healthy agent, not "no data".
+ERROR_REASONS = (*REASONS, "auth", "store_error", "nats_error", "disk_full", "stream_full")
 _BATCH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -117,6 +119,20 @@ class Metrics:
             "POST /admin/export by how its snapshot was let go: complete, timed_out "
             "(graph.config.export_timeout), client_gone, failed.",
             ["outcome"],
+            registry=registry,
+        )
+
+        self.storage_free = Gauge(
+            "semstreams_storage_free_bytes",
+            "Free bytes on the filesystem of each store: graph (SQLite), jetstream (embedded).",
+            ["store"],
+            registry=registry,
+        )
+        self.storage_low = Gauge(
+            "semstreams_storage_low",
+            "1 while a store's filesystem is under nats.jetstream.min_free_bytes (ingest is"
+            " refused when the jetstream one is).",
+            ["store"],
             registry=registry,
         )
 

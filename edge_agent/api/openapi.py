@@ -144,6 +144,7 @@ def _service_paths() -> dict[str, Any]:
                     "400": ERROR_RESPONSE,
                     "413": ERROR_RESPONSE,
                     "503": ERROR_RESPONSE,
+                    "507": ERROR_RESPONSE,
                 },
             }
         },

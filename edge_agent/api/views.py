@@ -12,7 +12,7 @@ from starlette.responses import Response
 
 from edge_agent.graph import GraphStore
 from edge_agent.graph.querier import Querier
-from edge_agent.ingest.publisher import EventPublisher, PublishError, split_body
+from edge_agent.ingest.publisher import EventPublisher, PublishError, StorageFull, split_body
 from edge_agent.metrics import CONTENT_TYPE, Metrics
 
 __all__ = [
@@ -177,8 +177,11 @@ async def ingest(request: Request) -> Response:
     """``POST /ingest``: one JSON event or NDJSON; 202 once JetStream has acked them.
 
     Refused events are dead-lettered and listed with their reasons; a request whose
-    events are all refused is a 400. When JetStream cannot store events (full or
-    unreachable) the answer is 503 with ``Retry-After``.
+    events are all refused is a 400. When there is no room (the disk under
+    ``nats.jetstream.min_free_bytes``, or the stream at its byte limit) the answer is 507
+    with ``reason`` ``disk_full`` or ``stream_full``; when JetStream did not answer, 503.
+    Both carry ``Retry-After`` and say how many events were stored (``accepted``) and
+    not (``failed``): send the others again.
     """
     body = await read_body(request, MAX_INGEST_BYTES)
     ndjson = "ndjson" in request.headers.get("content-type", "")
@@ -188,13 +191,12 @@ async def ingest(request: Request) -> Response:
     try:
         result = await agent_of(request).publisher.publish(events, path="http")
     except PublishError as exc:
-        return json_response(
-            {
-                "error": f"events not stored: {exc.cause}",
-                "accepted": exc.accepted,
-                "failed": exc.failed,
-            },
-            503,
-            {"Retry-After": "5"},
-        )
+        answer = {
+            "error": f"events not stored: {exc.cause}",
+            "accepted": exc.accepted,
+            "failed": exc.failed,
+        }
+        if isinstance(exc, StorageFull):
+            return json_response({**answer, "reason": exc.reason}, 507, {"Retry-After": "30"})
+        return json_response(answer, 503, {"Retry-After": "5"})
     return json_response(result, 400 if result.accepted == 0 else 202)

@@ -147,6 +147,9 @@ class JetStreamConfig(Section, frozen=True):
 
     max_bytes: ByteSize = ByteSize(1 << 30)
     dead_letter_max_bytes: ByteSize = ByteSize(64 << 20)
+    #: Free space kept on the embedded JetStream store's filesystem: below it, ingest is
+    #: refused (HTTP 507, NATS "maximum bytes exceeded") until 1.5 x as much is free.
+    min_free_bytes: ByteSize = ByteSize(64 << 20)
     #: Stream replicas: 1 on an edge; 3 on a NATS cluster (R3) for high availability.
     replicas: Annotated[int, msgspec.Meta(ge=1, le=5)] = 1
 

@@ -47,6 +47,7 @@ from edge_agent.nats.client import recreate_consumer, remove_stale_consumers
 from edge_agent.nats.delivery import DeliveryConnection
 from edge_agent.nats.subjects import ENTITY_STREAM, consumer_name
 from edge_agent.nats.wire import Delivery, stream_sequence
+from edge_agent.storage import is_disk_full
 from edge_agent.tracing import span
 
 __all__ = ["GraphProcessor", "OpenDelivery", "ProcessorStatus"]
@@ -296,6 +297,7 @@ class GraphProcessor:
                 return
             except (GraphError, nats.errors.Error, OSError, TimeoutError) as exc:
                 reason = "store_error" if isinstance(exc, GraphError) else "nats_error"
+                reason = "disk_full" if is_disk_full(exc) else reason
                 self._metrics.errors.labels(reason=reason).inc()
                 self.status.last_error = f"apply: {exc}"
                 log.error("batch not applied (%s); retrying in %.1fs", exc, backoff)

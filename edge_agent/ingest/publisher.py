@@ -8,10 +8,11 @@ once JetStream has stored it. Refused events go to the dead-letter stream.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import msgspec
 from nats.js import JetStreamContext
+from nats.js.errors import APIError
 
 from edge_agent.errors import EventError, SemStreamsError
 from edge_agent.ingest.dead_letters import DeadLetters
@@ -19,11 +20,23 @@ from edge_agent.metrics import Metrics
 from edge_agent.model import decode_event
 from edge_agent.nats.subjects import ENTITY_STREAM, entity_subject
 
-__all__ = ["EventPublisher", "IngestProblem", "IngestResult", "PublishError", "split_body"]
+__all__ = [
+    "EventPublisher",
+    "IngestProblem",
+    "IngestResult",
+    "PublishError",
+    "StorageFull",
+    "split_body",
+    "storage_refusal",
+]
 
 _ACK_TIMEOUT_S = 10.0
 _MAX_REPORTED_PROBLEMS = 100
 _WINDOW = 256
+#: JetStream's answers that mean "no room": maximum bytes exceeded (the stream's limit,
+#: or the agent's clamp under the disk reserve), insufficient resources, storage
+#: resources exceeded.
+_NO_ROOM_CODES = frozenset({10077, 10023, 10047})
 
 
 class IngestProblem(msgspec.Struct, frozen=True):
@@ -50,6 +63,20 @@ class PublishError(SemStreamsError):
         self.accepted = accepted
         self.failed = failed
         self.cause = cause
+
+
+class StorageFull(PublishError):
+    """Nothing or not all was stored for want of room; ``reason`` is ``disk_full`` (the
+    agent's disk reserve) or ``stream_full`` (JetStream refused at its byte limit)."""
+
+    def __init__(self, accepted: int, failed: int, cause: str, *, reason: str) -> None:
+        super().__init__(accepted, failed, cause)
+        self.reason = reason
+
+
+def storage_refusal(exc: BaseException) -> bool:
+    """Whether a JetStream publish error means the stream or its store has no room."""
+    return isinstance(exc, APIError) and exc.err_code in _NO_ROOM_CODES
 
 
 def split_body(body: bytes, *, ndjson: bool) -> list[bytes]:
@@ -79,6 +106,8 @@ class EventPublisher:
         dead_letters: where refused events go.
         metrics: counts accepted events per ingest path.
         max_event_bytes: the size limit of one event.
+        refused: says why ingest is refused now ("" when it is not): the agent's disk
+            reserve (:class:`edge_agent.storage.StorageWatch`).
     """
 
     def __init__(
@@ -88,8 +117,10 @@ class EventPublisher:
         metrics: Metrics,
         *,
         max_event_bytes: int,
+        refused: Callable[[], str] = lambda: "",
     ) -> None:
         self._js = js
+        self._refused = refused
         self._dead_letters = dead_letters
         self._metrics = metrics
         self.max_event_bytes = max_event_bytes
@@ -103,8 +134,14 @@ class EventPublisher:
                 dead letters.
 
         Raises:
+            StorageFull: the disk is under its reserve (nothing is looked at, nothing
+                stored), or JetStream had no room for some events.
             PublishError: JetStream refused or did not ack some events.
         """
+        events = list(events)
+        if cause := self._refused():
+            self._metrics.errors.labels(reason="disk_full").inc(len(events))
+            raise StorageFull(0, len(events), cause, reason="disk_full")
         good: list[tuple[str, bytes]] = []
         problems: list[IngestProblem] = []
         rejected = 0
@@ -139,5 +176,10 @@ class EventPublisher:
             failures += [r for r in results if isinstance(r, BaseException)]
             accepted += sum(1 for r in results if not isinstance(r, BaseException))
         if failures:
+            no_room = [f for f in failures if storage_refusal(f)]
+            if no_room:
+                self._metrics.errors.labels(reason="stream_full").inc(len(no_room))
+                cause = f"stream {ENTITY_STREAM} full: {no_room[0]}"
+                raise StorageFull(accepted, len(failures), cause, reason="stream_full")
             raise PublishError(accepted, len(failures), str(failures[0]) or repr(failures[0]))
         return accepted

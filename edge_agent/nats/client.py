@@ -48,6 +48,7 @@ __all__ = [
     "open_delivery_connection",
     "port_answers",
     "recreate_consumer",
+    "refuse_publishes",
     "remove_stale_consumers",
     "subjects_overlap",
 ]
@@ -322,6 +323,20 @@ async def ensure_streams(js: JetStreamContext, limits: JetStreamConfig) -> None:
         max_bytes=limits.dead_letter_max_bytes,
         replicas=limits.replicas,
     )
+
+
+async def refuse_publishes(js: JetStreamContext, name: str) -> None:
+    """Make a discard-new stream refuse every publish, keeping all it holds.
+
+    Its byte limit drops to one byte: JetStream then answers each publisher ``maximum
+    bytes exceeded`` (err_code 10077) and, the policy being discard new, removes nothing
+    (checked with nats-server 2.15.1). :func:`ensure_streams` puts the limit back.
+    """
+    config = (await js.stream_info(name)).config
+    if config.discard != DiscardPolicy.NEW:
+        raise ValueError(f"stream {name} discards old messages: a lower limit would drop them")
+    config.max_bytes = 1
+    await js.update_stream(config)
 
 
 async def recreate_consumer(

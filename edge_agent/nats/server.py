@@ -265,6 +265,14 @@ class EmbeddedNatsServer:
             except NatsServerError as exc:
                 log.error("nats-server restart failed: %s", exc)
 
+    def recycle(self) -> None:
+        """Stop the server; its supervisor starts it again, which restores the streams
+        from their files (after a full disk, this clears a stream stuck failing)."""
+        proc = self._process
+        if proc is not None and proc.returncode is None:
+            log.warning("restarting nats-server pid=%d", proc.pid)
+            proc.send_signal(signal.SIGTERM)
+
     async def _terminate(self) -> None:
         proc = self._process
         if proc is None or proc.returncode is not None:
