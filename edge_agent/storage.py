@@ -234,7 +234,7 @@ def watch_agent_storage(
 
     return StorageWatch(
         paths,
-        min_free=limits.min_free_bytes,
+        min_free=int(limits.min_free_bytes),
         metrics=metrics,
         on_low=on_low,
         on_ok=on_ok,
