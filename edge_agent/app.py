@@ -168,6 +168,7 @@ class Agent:
             settings=config.graph.config,
             metrics=self.metrics,
             outbox=output[1].mode if output else ("state" if self.provisioner else None),
+            max_outbox_bytes=int(output[1].max_outbox_bytes) if output else 0,
         )
         self.api = ApiService(
             self,

@@ -10,8 +10,12 @@ Invariants (each function runs inside the caller's write transaction):
   transaction: the payload is stored before it is sent, and re-sent byte for byte after
   a reconnect or a crash until the hub acks it. Batches therefore reach the hub in
   ``seq`` order, so an entity's deltas are applied in the order they were made.
-- What :func:`trim` drops to stay under the byte limit is the oldest, lowest-priority
-  rows not yet in flight, and it is counted.
+- What :func:`trim` and :func:`bound` drop to stay under the byte limit is the oldest,
+  lowest-priority rows not yet in flight, and it is counted in ``sync_state``
+  (``dropped_outbox_full``) in the same transaction, so the count is exact across
+  crashes and the metric is exported from it (:func:`dropped`).
+- :func:`bound` runs in the transaction that records changes, so the outbox never
+  exceeds its limit after a commit (in-flight batches aside, which it cannot drop).
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ __all__ = [
     "acked_seq",
     "acknowledge",
     "backlog",
+    "bound",
+    "dropped",
     "next_change_seq",
     "record_events",
     "record_state",
@@ -130,22 +136,24 @@ def record_state(
     changes: Iterable[tuple[str, int, bool, int]],
     cseq: int,
     now_ms: int,
-) -> None:
+) -> int:
     """Mark entities changed by this transaction: (entity id, priority, deleted, size).
 
     A deletion sets ``reset``: the next delta replaces the hub's copy whole.
+
+    Returns:
+        The most the outbox grew by (the sizes recorded), for :func:`bound`.
     """
-    db.executemany(
-        _RECORD_STATE,
-        [
-            (eid, cseq, priority, int(deleted), size, now_ms)
-            for eid, priority, deleted, size in changes
-        ],
-    )
+    rows = [
+        (eid, cseq, priority, int(deleted), size, now_ms)
+        for eid, priority, deleted, size in changes
+    ]
+    db.executemany(_RECORD_STATE, rows)
+    return sum(row[4] for row in rows)
 
 
-def record_events(db: sqlite3.Connection, deltas: Sequence[EntityDelta], now_ms: int) -> None:
-    """Queue one delta per reading (``events`` mode), in order."""
+def record_events(db: sqlite3.Connection, deltas: Sequence[EntityDelta], now_ms: int) -> int:
+    """Queue one delta per reading (``events`` mode), in order; the bytes queued."""
     rows = []
     for delta in deltas:
         blob = _encoder.encode(delta)
@@ -153,6 +161,7 @@ def record_events(db: sqlite3.Connection, deltas: Sequence[EntityDelta], now_ms:
     db.executemany(
         "INSERT INTO sync_events (priority, size, queued_at, delta) VALUES (?, ?, ?, ?)", rows
     )
+    return sum(row[1] for row in rows)
 
 
 # ---- taking batches, on the sender's behalf ------------------------------------------
@@ -342,13 +351,55 @@ def trim(db: sqlite3.Connection, mode: SyncMode, max_bytes: int) -> int:
     excess = backlog(db).bytes - max_bytes
     if excess <= 0:
         return 0
+    return _drop(db, mode, excess)[0]
+
+
+#: ``bound`` trims this fraction of the limit below it, so that at the limit it measures
+#: the outbox (a scan of its rows) once per 1/200 of the limit added, not per commit.
+_BOUND_SLACK = 200
+
+
+def bound(db: sqlite3.Connection, mode: SyncMode, max_bytes: int, added: int) -> int:
+    """Keep the outbox within ``max_bytes`` in the transaction that grew it by ``added``.
+
+    An upper bound of the outbox's bytes is kept in ``sync_state`` (in the transaction,
+    so a rollback rolls it back too): below the limit a commit only adds to it; past it,
+    the outbox is measured, and if it is really over, trimmed to 0.5 % under the limit.
+    Sending and acks only shrink the outbox, so the bound stays an upper bound.
+
+    Returns:
+        The rows dropped.
+    """
+    estimate = _state_value(db, "outbox_bytes_max", -1)
+    if estimate >= 0 and estimate + added <= max_bytes:
+        _set_state(db, "outbox_bytes_max", estimate + added)
+        return 0
+    size = backlog(db).bytes
+    rows = 0
+    if size > max_bytes:
+        rows, freed = _drop(db, mode, size - (max_bytes - max_bytes // _BOUND_SLACK))
+        size -= freed
+    _set_state(db, "outbox_bytes_max", size)
+    return rows
+
+
+def dropped(db: sqlite3.Connection) -> int:
+    """Rows dropped to stay within the byte limit, ever, in this database."""
+    return _state_value(db, "dropped_outbox_full", 0)
+
+
+def _drop(db: sqlite3.Connection, mode: SyncMode, excess: int) -> tuple[int, int]:
+    """Drop waiting rows, lowest priority and oldest first, until ``excess`` bytes are
+    gone (or none is left); count them. Returns (rows, bytes) dropped."""
     table, key, age = _TABLES[mode]
     doomed: list[tuple[object]] = []
+    freed = 0
     order = f"priority ASC, {age} ASC"
     for row_key, size in db.execute(f"SELECT {key}, size FROM {table} ORDER BY {order}"):
         doomed.append((row_key,))
-        excess -= size
-        if excess <= 0:
+        freed += size
+        if freed >= excess:
             break
     db.executemany(f"DELETE FROM {table} WHERE {key} = ?", doomed)
-    return len(doomed)
+    _set_state(db, "dropped_outbox_full", dropped(db) + len(doomed))
+    return len(doomed), freed

@@ -26,6 +26,7 @@ class GraphService:
         settings: ``graph.config``.
         metrics: the program's metrics (the query cache counts into them).
         outbox: the sync outbox's mode, or ``None`` for none.
+        max_outbox_bytes: the outbox's byte limit (0: none).
         migrations: the schema (the hub passes the graph's plus its own).
     """
 
@@ -39,6 +40,7 @@ class GraphService:
         settings: GraphSettings,
         metrics: Metrics,
         outbox: SyncMode | None = None,
+        max_outbox_bytes: int = 0,
         migrations: Sequence[Migration] = MIGRATIONS,
     ) -> None:
         self._path = path
@@ -46,6 +48,7 @@ class GraphService:
         self._settings = settings
         self._metrics = metrics
         self._outbox = outbox
+        self._max_outbox_bytes = max_outbox_bytes
         self._migrations = migrations
         self.store: GraphStore
         self.querier: Querier
@@ -65,6 +68,7 @@ class GraphService:
             indexes=settings.indexer.indexes,
             edge_batch_size=settings.data_manager.edge_batch_size,
             outbox=self._outbox,
+            max_outbox_bytes=self._max_outbox_bytes,
             migrations=self._migrations,
         )
         await self.store.write(self.store.database.set_cache_size, settings.sqlite_cache_size)

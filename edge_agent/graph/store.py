@@ -114,6 +114,8 @@ class GraphStore:
         edge_batch_size: relationship rows per SQL statement.
         outbox: queue every change for a sync link, coalesced per entity (``"state"``)
             or one per reading (``"events"``); ``None`` keeps no outbox.
+        max_outbox_bytes: the outbox's byte limit, kept in every transaction that adds
+            to it (0: none); what is dropped is counted (:meth:`sync_dropped`).
         migrations: the schema (the hub passes the graph's plus its own).
 
     Raises:
@@ -128,9 +130,11 @@ class GraphStore:
         indexes: IndexesConfig,
         edge_batch_size: int = 100,
         outbox: SyncMode | None = None,
+        max_outbox_bytes: int = 0,
         migrations: Sequence[Migration] = MIGRATIONS,
     ) -> None:
         self.path = path
+        self.max_outbox_bytes = max_outbox_bytes
         self.origin = origin
         self.indexes = indexes
         self.edge_batch_size = edge_batch_size
@@ -143,6 +147,8 @@ class GraphStore:
         except sqlite3.Error as exc:
             self.database.close()
             raise GraphError(f"cannot index graph store {path}: {exc}") from exc
+        #: :meth:`sync_dropped` at open: the metric counts the drops since.
+        self.sync_dropped_at_open = self.sync_dropped() if outbox else 0
 
     def close(self) -> None:
         """Finish queued writes and close the write connection (readers close with their
@@ -283,9 +289,13 @@ class GraphStore:
                 size = max(_event_size(event), old[3] if old else 0)
                 priority = max(event.priority, old[1] if old else 0)
                 changes[event.entity_id] = (event.entity_id, priority, deleted, size)
-            outbox.record_state(self._db, changes.values(), cseq, now_ms)
+            added = outbox.record_state(self._db, changes.values(), cseq, now_ms)
         elif self.outbox == "events":
-            outbox.record_events(self._db, self._event_deltas(events, now_ms), now_ms)
+            added = outbox.record_events(self._db, self._event_deltas(events, now_ms), now_ms)
+        else:
+            return
+        if self.max_outbox_bytes:
+            outbox.bound(self._db, self.outbox, self.max_outbox_bytes, added)
 
     def _event_deltas(self, events: Sequence[EntityEvent], now_ms: int) -> list[EntityDelta]:
         """One delta per event, each with the version that event made."""
@@ -388,6 +398,11 @@ class GraphStore:
         """Drop waiting outbox rows over ``max_bytes``; the number dropped."""
         assert self.outbox is not None, "the store keeps no outbox"
         return self.database.transaction(outbox.trim, self.outbox, max_bytes)
+
+    def sync_dropped(self) -> int:
+        """Outbox rows ever dropped to stay within the byte limit (kept in the file)."""
+        with self.reader() as db:
+            return outbox.dropped(db)
 
     def sync_acked_seq(self) -> int:
         """The highest batch seq the hub has acked, as far as this edge knows."""

@@ -109,6 +109,7 @@ class SyncOutput:
         self._token = token
         self._prove = prove
         self._store = store
+        self._dropped_seen = store.sync_dropped_at_open
         self._write = write
         self._metrics = metrics
         self._filter = compile_filter(settings.filters)
@@ -344,20 +345,27 @@ class SyncOutput:
             with contextlib.suppress(GraphError):
                 # Measured on a reader; the writer is asked to trim only when over.
                 backlog = await asyncio.to_thread(self._store.sync_backlog)
-                if backlog.bytes > limit:
-                    dropped = await self._write(self._store.sync_trim, limit)
-                    self._metrics.sync_dropped.labels("outbox_full").inc(dropped)
-                    log.warning(
-                        "sync: outbox over %d bytes, dropped %d oldest lowest-priority changes",
-                        limit,
-                        dropped,
-                    )
+                if backlog.bytes > limit:  # in flight, or recorded before the limit fell
+                    await self._write(self._store.sync_trim, limit)
                     backlog = await asyncio.to_thread(self._store.sync_backlog)
+                self._count_dropped(await asyncio.to_thread(self._store.sync_dropped), limit)
                 self._metrics.sync_backlog_entities.set(backlog.entities)
                 self._metrics.sync_backlog_bytes.set(backlog.bytes)
                 lag = time.time() - backlog.oldest_ms / 1000 if backlog.oldest_ms else 0.0
                 self._metrics.sync_lag.labels(self.edge_id).set(max(0.0, lag))
             await asyncio.sleep(_HOUSEKEEPING_S)
+
+    def _count_dropped(self, total: int, limit: int) -> None:
+        """Export the drops the store counted (in the transactions that made them)."""
+        if total <= self._dropped_seen:
+            return
+        log.warning(
+            "sync: outbox over %d bytes, dropped %d oldest lowest-priority changes",
+            limit,
+            total - self._dropped_seen,
+        )
+        self._metrics.sync_dropped.labels("outbox_full").inc(total - self._dropped_seen)
+        self._dropped_seen = total
 
     def status(self) -> dict[str, Any]:
         """What ``/health`` reports about the link."""

@@ -467,3 +467,28 @@ def test_the_outbox_row_and_the_change_commit_together(
     store.apply([(1, ev("UAV-1", properties={"a": 1}))], consumer="c", now_ms=NOW)
     assert store.entity("UAV-1") is not None
     assert len(rows(store, f"SELECT * FROM {table}")) == 1
+
+
+def test_the_bound_holds_after_every_commit_and_counts_what_it_drops(tmp_path: Path) -> None:
+    probe = open_store(tmp_path / "probe.db")
+    Feed(probe)(ev("E-00000", properties={"v": 1}))
+    [(size,)] = rows(probe, "SELECT size FROM sync_outbox")
+    limit = 40 * size
+    store = GraphStore(
+        tmp_path / "edge.db",
+        origin="edge-1",
+        indexes=ALL_INDEXES,
+        outbox="state",
+        max_outbox_bytes=limit,
+    )
+    store.position("c", "stream-1")
+    feed = Feed(store)
+    for i in range(300):  # one commit per entity: 300 x size, 7.5 times the limit
+        feed(ev(f"E-{i:05d}", priority=9 if i == 3 else 1, properties={"v": 1}))
+        assert store.sync_backlog().bytes <= limit
+    kept = waiting(store)
+    assert store.sync_dropped() == 300 - len(kept)
+    assert len(kept) >= 39  # trimmed to 0.5 % under the limit, not below
+    assert "E-00003" in kept  # the urgent one outlives newer routine ones
+    assert "E-00299" in kept  # and the newest routine ones outlive the oldest
+    assert "E-00000" not in kept
