@@ -90,8 +90,9 @@ async def test_health_and_metrics(agent: Agent) -> None:
     async with api(agent) as client:
         health = (await client.get("/health")).json()
         assert health["status"] == "healthy"
-        assert set(health["components"]) == {"nats", "store", "processor"}
+        assert set(health["components"]) == {"nats", "store", "processor", "storage"}
         assert health["components"]["nats"]["embedded"] is True
+        assert health["components"]["storage"]["status"] == "ok"
         await client.post("/ingest", content=ndjson([event("m1"), event("m2")]))
         await wait_for(lambda: _has(agent, 2), what="2 entities")
         text = (await client.get("/metrics")).text
@@ -206,7 +207,7 @@ async def test_queue_size_bounds_events_in_flight(start_agent: StartAgent) -> No
         await wait_for(lambda: _has(agent, 600), what="600 applied")
 
 
-async def test_full_stream_refuses_with_503_and_loses_nothing_accepted(
+async def test_full_stream_refuses_with_507_and_loses_nothing_accepted(
     start_agent: StartAgent,
 ) -> None:
     agent = await start_agent(
@@ -216,8 +217,9 @@ async def test_full_stream_refuses_with_503_and_loses_nothing_accepted(
     async with api(agent) as client:
         body = ndjson([event(f"f{i}", blob="y" * 500) for i in range(300)])
         reply = await client.post("/ingest", content=body)
-        assert reply.status_code == 503
+        assert reply.status_code == 507
         assert reply.headers["retry-after"]
+        assert reply.json()["reason"] == "stream_full"
         assert 0 < reply.json()["accepted"] < 300
         assert reply.json()["failed"] == 300 - reply.json()["accepted"]
     assert agent.js is not None
