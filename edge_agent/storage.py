@@ -27,9 +27,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
-import sqlite3
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,7 @@ from typing import Any
 import msgspec
 
 from edge_agent.config import JetStreamConfig
+from edge_agent.graph.sql import is_sqlite_full
 from edge_agent.metrics import Metrics
 from edge_agent.nats.client import ensure_streams, refuse_publishes
 from edge_agent.nats.connection import NatsConnection
@@ -91,14 +92,11 @@ def refusal(store: str, path: Path, state: SpaceState, min_free: int) -> str:
 
 def is_disk_full(exc: BaseException) -> bool:
     """Whether ``exc`` (or what caused it) is SQLite's ``SQLITE_FULL`` or ``ENOSPC``."""
+    if is_sqlite_full(exc):
+        return True
     seen: BaseException | None = exc
     while seen is not None:
-        if isinstance(seen, sqlite3.Error) and (
-            getattr(seen, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
-            or "database or disk is full" in str(seen)
-        ):
-            return True
-        if isinstance(seen, OSError) and seen.errno == 28:  # ENOSPC
+        if isinstance(seen, OSError) and seen.errno == errno.ENOSPC:
             return True
         seen = seen.__cause__
     return False
