@@ -526,6 +526,8 @@ class Agent:
             parts.append("processor down")
         elif self.processor.status.last_error:
             parts.append("processor retrying")
+        if self.storage is not None and self.storage.refused():
+            parts.append("disk under reserve, ingest refused")
         if self.sync_output is not None:
             link = "linked" if self.sync_output.connected else "connecting"
             parts.append(f"sync {link} (hwm {self.sync_output.hwm})")
@@ -544,7 +546,8 @@ class Agent:
         """Per-component status and the overall verdict.
 
         ``unhealthy`` (503) when the store or the processor is down; ``degraded`` when
-        NATS is unreachable or the processor is retrying; else ``healthy``.
+        NATS is unreachable, the processor is retrying or a store's disk is under its
+        reserve; else ``healthy``.
         """
         await self.graph.check()
         components = self.parts.health()

@@ -195,7 +195,12 @@ class EmbeddedNatsServer:
     def _write_config(self) -> Path:
         (self.state_dir / "jetstream").mkdir(parents=True, exist_ok=True)
         path = self.state_dir / "nats-server.conf"
-        write_private(path, self.config_text().encode())  # 0600: it names the key files
+        text = self.config_text().encode()
+        # Unchanged: not written again, so a server can start on a full disk.
+        with contextlib.suppress(OSError):
+            if path.read_bytes() == text and path.stat().st_mode & 0o077 == 0:
+                return path
+        write_private(path, text)  # 0600: it names the key files
         return path
 
     def command(self, config: Path) -> list[str]:

@@ -25,7 +25,6 @@ from tests.helpers import AgentProcess, config_dict, http_json, ndjson, wait_for
 from tests.tmpfs import fill, tmpfs
 
 
-
 @pytest.fixture
 def state(tmp_path: Path) -> Iterator[Path]:
     """A 64 MiB tmpfs for the agent's state directory, unmounted at the end."""
@@ -242,3 +241,31 @@ async def _storage_low(agent: AgentProcess) -> bool:
 
 async def _restarted(agent: AgentProcess) -> bool:
     return await asyncio.to_thread(metric, agent, "semstreams_nats_server_restarts_total") >= 1
+
+
+async def test_an_agent_started_on_a_full_disk_comes_up_degraded_and_resumes(
+    agent: AgentProcess, state: Path
+) -> None:
+    """A restart (a reboot, systemd) on a disk already full: no crash loop."""
+    status, body = await ingest(agent, events("before", 10))
+    assert status == 202, body
+    await wait_for(lambda: all_applied(agent, set(_ids("before", 10))), what="applied")
+    await asyncio.to_thread(agent.stop)
+    filler = fill(state / "filler")  # to the last byte, while the agent is down
+    await asyncio.to_thread(agent.start)
+    report = await health(agent)
+    assert report["status"] == "degraded", report
+    assert report["components"]["storage"]["status"] == "low"
+    status, body = await ingest(agent, events("refused", 5))
+    assert (status, body["reason"]) == (507, "disk_full"), body
+    status, _ = await asyncio.to_thread(http_json, f"{agent.api}/graph/entities/before-3")
+    assert status == 200
+    filler.unlink()
+    await wait_for(lambda: low_cleared(agent), timeout=20, what="storage ok again")
+    await wait_for(lambda: accepted_again(agent), timeout=20, what="ingest accepted again")
+    expected = set(_ids("before", 10)) | set(_ids("after", 100))
+    await wait_for(lambda: all_applied(agent, expected), what="every acked event applied")
+
+
+def _ids(prefix: str, count: int) -> list[str]:
+    return [f"{prefix}-{i}" for i in range(count)]
