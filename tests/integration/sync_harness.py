@@ -173,6 +173,7 @@ class SyncPair:
         *,
         link: dict[str, Any] | None = None,
         hub_sections: dict[str, Any] | None = None,
+        edge_sections: dict[str, Any] | None = None,
     ) -> None:
         self.token = secrets.token_urlsafe(24)
         hub_port = free_port()
@@ -202,6 +203,7 @@ class SyncPair:
             workdir / "edge-state",
             platform={"id": EDGE_ID},
             components=[{"id": "to-hub", "type": "websocket_output", "config": output}],
+            **(edge_sections or {}),
         )
         self.edge = AgentProcess(edge, workdir, name="edge")
         self.hub_db = workdir / "hub-state" / "graph.db"

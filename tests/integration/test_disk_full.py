@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
-import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +19,8 @@ import pytest
 from nats.js.errors import APIError
 
 from edge_agent.nats.subjects import ENTITY_STREAM
-from tests.helpers import AgentProcess, config_dict, http_json, ndjson, wait_for
+from tests.helpers import AgentProcess, config_dict, http_json, ndjson, wait_for, wait_until
+from tests.integration.sync_harness import SyncPair, metric, post_events
 from tests.tmpfs import fill, tmpfs
 
 
@@ -56,16 +55,6 @@ def drone(entity_id: str) -> dict[str, Any]:
 def events(prefix: str, count: int) -> list[dict[str, Any]]:
     """``count`` drones named ``prefix-0``, ``prefix-1``, ..."""
     return [drone(f"{prefix}-{i}") for i in range(count)]
-
-
-def metric(agent: AgentProcess, name: str, **labels: str) -> float:
-    """One sample of the agent's ``/metrics`` (0 when absent)."""
-    with urllib.request.urlopen(f"{agent.api}/metrics", timeout=5) as reply:
-        text = reply.read().decode()
-    selector = ",".join(f'{k}="{v}"' for k, v in labels.items())
-    series = re.escape(f"{name}{{{selector}}}" if labels else name)
-    found = re.search(rf"^{series} (\S+)$", text, re.M)
-    return float(found[1]) if found else 0.0
 
 
 async def ingest(agent: AgentProcess, batch: list[dict[str, Any]]) -> tuple[int, Any]:
@@ -126,8 +115,8 @@ async def test_disk_under_reserve_refuses_ingest_keeps_queries_and_resumes(
         assert body["reason"] == "disk_full"
         assert "insufficient storage" in body["error"]
         assert (body["accepted"], body["failed"]) == (0, 50)
-        assert metric(agent, "semstreams_errors_total", reason="disk_full") == 50
-        assert metric(agent, "semstreams_storage_low", store="jetstream") == 1
+        assert metric(agent.api, "semstreams_errors_total", 'reason="disk_full"') == 50
+        assert metric(agent.api, "semstreams_storage_low", 'store="jetstream"') == 1
 
         async def clamped() -> bool:
             return (await js.stream_info(ENTITY_STREAM)).config.max_bytes == 1
@@ -163,7 +152,7 @@ async def test_disk_under_reserve_refuses_ingest_keeps_queries_and_resumes(
                 http_json, f"{agent.api}/graph/entities/{entity_id}"
             )
             assert status == 404
-        assert metric(agent, "semstreams_storage_low", store="jetstream") == 0
+        assert metric(agent.api, "semstreams_storage_low", 'store="jetstream"') == 0
     finally:
         await client.close()
 
@@ -240,7 +229,7 @@ async def _storage_low(agent: AgentProcess) -> bool:
 
 
 async def _restarted(agent: AgentProcess) -> bool:
-    return await asyncio.to_thread(metric, agent, "semstreams_nats_server_restarts_total") >= 1
+    return await asyncio.to_thread(metric, agent.api, "semstreams_nats_server_restarts_total") >= 1
 
 
 async def test_an_agent_started_on_a_full_disk_comes_up_degraded_and_resumes(
@@ -269,3 +258,37 @@ async def test_an_agent_started_on_a_full_disk_comes_up_degraded_and_resumes(
 
 def _ids(prefix: str, count: int) -> list[str]:
     return [f"{prefix}-{i}" for i in range(count)]
+
+
+def test_an_edge_disk_filled_mid_sync_loses_nothing_and_sends_nothing_twice(
+    tmp_path: Path,
+) -> None:
+    """The edge's disk runs out while changes are being applied, queued and sent: its
+    outbox writes fail too. Once space is back, the hub holds exactly the edge's graph,
+    with no conflict and each batch stored once."""
+    jetstream = {"max_bytes": "16MB", "dead_letter_max_bytes": "4MB", "min_free_bytes": "16MB"}
+    with tmpfs(tmp_path / "edge-state", "64m") as edge_state:
+        pair = SyncPair(tmp_path, edge_sections={"nats": {"jetstream": jetstream}})
+        try:
+            pair.start()
+            post_events(pair.edge.api, events("first", 200))
+            pair.wait_synced(minimum=200)
+            post_events(pair.edge.api, events("second", 2_000))
+            filler = fill(edge_state / "filler")  # while the second lot is under way
+            wait_until(
+                lambda: (
+                    http_json(f"{pair.edge.api}/health")[1]["components"]["storage"]["status"]
+                    == "low"
+                ),
+                "the edge's storage low",
+                10,
+            )
+            status, body = http_json(f"{pair.edge.api}/ingest", ndjson(events("refused", 5)))
+            assert (status, body["reason"]) == (507, "disk_full"), body
+            filler.unlink()
+            synced = pair.wait_synced(timeout=90, minimum=2_200)
+            assert {f"second-{i}" for i in range(2_000)} <= synced.keys()
+            assert not {f"refused-{i}" for i in range(5)} & synced.keys()
+            pair.check_hub_records()
+        finally:
+            pair.stop()

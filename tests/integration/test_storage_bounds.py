@@ -31,7 +31,8 @@ from tests.helpers import (
     wait_for,
     wait_until,
 )
-from tests.integration.test_disk_full import all_applied, drone, health, metric
+from tests.integration.sync_harness import metric
+from tests.integration.test_disk_full import all_applied, drone, health
 from tests.tmpfs import fill, tmpfs
 
 STREAM_MAX = 2_000_000  # "2MB"
@@ -90,14 +91,14 @@ async def test_stream_at_max_bytes_refuses_publishers_and_drops_nothing_unapplie
         assert status == 507, body
         assert body["reason"] == "stream_full"
         assert "maximum bytes exceeded" in body["error"]
-        assert metric(agent, "semstreams_errors_total", reason="stream_full") == 1
+        assert metric(agent.api, "semstreams_errors_total", 'reason="stream_full"') == 1
 
         # The processor could not commit: it retries, says why, and queries go on.
         report = await health(agent)
         assert report["status"] == "degraded"
         assert "disk is full" in report["components"]["processor"]["last_error"]
         assert report["components"]["storage"]["free_bytes"]["graph"] < 1 << 20
-        assert metric(agent, "semstreams_errors_total", reason="disk_full") >= 1
+        assert metric(agent.api, "semstreams_errors_total", 'reason="disk_full"') >= 1
         status, _ = await asyncio.to_thread(http_json, f"{agent.api}/graph/entities/first-3")
         assert status == 200
 
@@ -177,7 +178,10 @@ def test_outbox_stays_within_max_outbox_bytes_and_counts_every_drop(tmp_path: Pa
         assert urgent <= kept  # the oldest, lowest-priority changes go first
 
         wait_until(
-            lambda: metric(agent, "semstreams_sync_dropped_total", reason="outbox_full") == dropped,
+            lambda: (
+                metric(agent.api, "semstreams_sync_dropped_total", 'reason="outbox_full"')
+                == dropped
+            ),
             "the drops in the metric",
             10,
         )
