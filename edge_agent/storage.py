@@ -141,7 +141,10 @@ class StorageWatch:
         self._on_exhausted = on_exhausted
         self.states = {name: SpaceState() for name in paths}
         self._clamped = False
+        # Set before the clamp is tried: a clamp whose answer was lost may have taken.
+        self._restore_due = False
         self._exhausted = False
+        self._last_failure = ""
 
     def refused(self) -> str:
         """Why ingest is refused now ("" when it is not): the JetStream store is low."""
@@ -173,8 +176,11 @@ class StorageWatch:
             self.read()
             try:
                 await self._act()
+                self._last_failure = ""
             except Exception as exc:  # NATS down for a moment: the next poll tries again
-                log.warning("storage: acting on the reserve failed: %s", exc)
+                if str(exc) != self._last_failure:  # once, not every poll
+                    log.warning("storage: acting on the reserve failed: %s", exc)
+                self._last_failure = str(exc)
             await asyncio.sleep(_POLL_S)
 
     async def _act(self) -> None:
@@ -184,6 +190,7 @@ class StorageWatch:
         self._exhausted |= state.exhausted
         if state.low:
             if not self._clamped:
+                self._restore_due = True
                 await self._on_low()
                 self._clamped = True
             return
@@ -192,9 +199,9 @@ class StorageWatch:
         if self._exhausted:
             self._exhausted = False
             self._on_exhausted()
-        if self._clamped:
+        if self._restore_due:
             await self._on_ok()
-            self._clamped = False
+            self._restore_due = self._clamped = False
 
     def health(self) -> dict[str, Any]:
         """``/health``'s ``storage`` component: ``ok`` or ``low``, with the reason."""
