@@ -7,6 +7,10 @@ merged view follows the contributions):
 - A delta writes only its own edge's contribution: ``replace`` replaces it, ``deleted``
   removes it (with the relationships that edge gave towards the entity, as the edge's
   own delete did); no edge can overwrite, erase or lock out another's part.
+- Within an edge's contribution the newer timestamp wins per triple and relationship
+  (and per entity row, by ``updated_at``), as on the edge itself: an edge restored from
+  a backup re-sends the changes its backup had not seen acked, and the hub may hold
+  newer ones from before the disaster, which a stale re-send must not overwrite.
 - Every timestamp is clamped to the batch's ``ceiling_ms`` (the receiving hub's clock
   plus ``max_clock_skew``, stamped into the log by the instance that received it, so
   every instance clamps alike); a clamped delta is recorded as a ``future_timestamp``
@@ -47,22 +51,22 @@ _UPSERT_CONTRIBUTION = Upsert(
     "(?, ?, ?, ?, ?, ?, ?)",
     """ON CONFLICT (entity_id, edge_id) DO UPDATE SET
         type = excluded.type, version = excluded.version, priority = excluded.priority,
-        updated_at = max(hub_contributions.updated_at, excluded.updated_at),
-        received_at = excluded.received_at""",
+        updated_at = excluded.updated_at, received_at = excluded.received_at
+    WHERE excluded.updated_at >= hub_contributions.updated_at""",
 )
 _UPSERT_TRIPLE = Upsert(
     "INSERT INTO hub_triples (subject, predicate, edge_id, object, ts, source) VALUES",
     "(?, ?, ?, ?, ?, ?)",
     """ON CONFLICT (subject, predicate, edge_id) DO UPDATE SET
-        object = excluded.object, ts = max(hub_triples.ts, excluded.ts),
-        source = excluded.source""",
+        object = excluded.object, ts = excluded.ts, source = excluded.source
+    WHERE excluded.ts >= hub_triples.ts""",
 )
 _UPSERT_EDGE = Upsert(
     "INSERT INTO hub_edges (subject, predicate, object, edge_id, weight, ts, source) VALUES",
     "(?, ?, ?, ?, ?, ?, ?)",
     """ON CONFLICT (subject, predicate, object, edge_id) DO UPDATE SET
-        weight = excluded.weight, ts = max(hub_edges.ts, excluded.ts),
-        source = excluded.source""",
+        weight = excluded.weight, ts = excluded.ts, source = excluded.source
+    WHERE excluded.ts >= hub_edges.ts""",
 )
 _REMOVE_CONTRIBUTION = [
     "DELETE FROM hub_triples WHERE subject = :id AND edge_id = :edge",
@@ -178,11 +182,11 @@ class _Rows:
 
 
 def _newest(earlier: tuple[Any, ...] | None, row: tuple[Any, ...]) -> tuple[Any, ...]:
-    """``row``, stamped with the newer of its and ``earlier``'s timestamp (the one before
-    last column): what upserting both in turn would leave."""
+    """The newer of ``row`` and ``earlier`` by timestamp (the one before last column),
+    ``row`` on a tie: what upserting both in turn would leave."""
     if earlier is None or earlier[-2] <= row[-2]:
         return row
-    return (*row[:-2], earlier[-2], row[-1])
+    return earlier
 
 
 def _contributors(db: sqlite3.Connection, entity_ids: Iterable[str]) -> dict[str, set[str]]:
