@@ -124,6 +124,49 @@ def cmd_embed_server(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_backup(args: argparse.Namespace) -> int:
+    """Back up a running hub's state into a new directory (see docs/operations.md)."""
+    from cloud_hub.backup import hub_plan
+    from edge_agent.backup.commands import backup_command
+    from edge_agent.cli import load_or_exit
+
+    config = load_or_exit(args.config, load_hub_config)
+    return backup_command(
+        config,
+        lambda: hub_plan(config),
+        args.dest,
+        prog="cloud-hub backup",
+        include_secrets=args.include_secrets,
+        nats_url=args.nats_url,
+    )
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    """Restore a backup into the stopped hub's emptied state directory."""
+    from cloud_hub.backup import hub_plan, hub_ports
+    from edge_agent.backup.commands import restore_command
+    from edge_agent.cli import load_or_exit
+
+    config = load_or_exit(args.config, load_hub_config)
+    return restore_command(
+        lambda: hub_plan(config), args.src, prog="cloud-hub restore", ports=hub_ports(config)
+    )
+
+
+def _backup_parsers(commands: Any) -> None:
+    """``cloud-hub backup DEST`` and ``cloud-hub restore SRC``."""
+    backup = commands.add_parser("backup", help="back up a running hub's state")
+    backup.add_argument("dest", help="the backup directory to make (must not exist)")
+    backup.add_argument("--config", "-c", help="the hub's config file")
+    backup.add_argument("--nats-url", help="NATS server URL (overrides the config)")
+    backup.add_argument("--include-secrets", action="store_true", help="also the hub's key")
+    backup.set_defaults(func=cmd_backup)
+    restore = commands.add_parser("restore", help="restore a backup (hub stopped)")
+    restore.add_argument("src", help="a directory made by cloud-hub backup")
+    restore.add_argument("--config", "-c", help="the hub's config file")
+    restore.set_defaults(func=cmd_restore)
+
+
 def _embed_server_parser(commands: Any) -> None:
     """``cloud-hub embed-server``: the embeddings service the hub's vector search calls."""
     from cloud_hub.graphrag.embedding.models import DEFAULT_MODEL, MODELS
@@ -196,6 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _devices_parser(commands)
     _cluster_parser(commands)
     _embed_server_parser(commands)
+    _backup_parsers(commands)
     args = parser.parse_args(argv)
     code: int = args.func(args)
     return code

@@ -219,6 +219,38 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return call_api(args, "/graph/stats", prog="edge-agent stats")
 
 
+def cmd_backup(args: argparse.Namespace) -> int:
+    """Back up a running agent's state into a new directory (see docs/operations.md)."""
+    from edge_agent.backup.commands import backup_command
+    from edge_agent.backup.plan import edge_plan
+
+    config = load_or_exit(args.config)
+    return backup_command(
+        config,
+        lambda: edge_plan(config),
+        args.dest,
+        prog="edge-agent backup",
+        include_secrets=args.include_secrets,
+        nats_url=args.nats_url,
+    )
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    """Restore a backup into the stopped agent's emptied state directory."""
+    from edge_agent.backup.commands import restore_command
+    from edge_agent.backup.plan import DEVICE_KEY, edge_plan
+
+    config = load_or_exit(args.config)
+    # With provisioning, the id may derive from the device key: the one in the state
+    # directory, else the backup's own (checked against the manifest later).
+    keys = [Path(config.state_dir) / DEVICE_KEY, Path(args.src) / "secrets" / "device_key.pem"]
+    key = next((k for k in keys if k.is_file() and k.stat().st_size < 16 << 10), None)
+    ports = [config.nats.port, config.services.service_manager.config.http_port]
+    return restore_command(
+        lambda: edge_plan(config, key), args.src, prog="edge-agent restore", ports=ports
+    )
+
+
 def cmd_firstboot(args: argparse.Namespace) -> int:
     """Give a freshly flashed device its identity (run once by semstreams-firstboot.service)."""
     from edge_agent.systemd.firstboot import FirstBoot, FirstbootError
@@ -316,6 +348,20 @@ def build_parser() -> argparse.ArgumentParser:
     stats = commands.add_parser("stats", help="show the graph stats of a running agent")
     add_api_arguments(stats)
     stats.set_defaults(func=cmd_stats)
+
+    backup = commands.add_parser("backup", help="back up a running agent's state")
+    backup.add_argument("dest", help="the backup directory to make (must not exist)")
+    backup.add_argument("--config", "-c", help="the agent's config file")
+    backup.add_argument("--nats-url", help="NATS server URL (overrides the config)")
+    backup.add_argument(
+        "--include-secrets", action="store_true", help="also the device key and credential"
+    )
+    backup.set_defaults(func=cmd_backup)
+
+    restore = commands.add_parser("restore", help="restore a backup (agent stopped)")
+    restore.add_argument("src", help="a directory made by edge-agent backup")
+    restore.add_argument("--config", "-c", help="the agent's config file")
+    restore.set_defaults(func=cmd_restore)
 
     firstboot = commands.add_parser("firstboot", help="first-boot setup of a flashed device")
     firstboot.add_argument("--root", default="/", help="the system's root (default: /)")
