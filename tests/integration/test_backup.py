@@ -1,0 +1,330 @@
+"""Online backup and restore, and disaster recovery, with real processes.
+
+An edge (and a hub) run as child processes with their own nats-servers; ``edge-agent
+backup`` / ``cloud-hub backup`` run beside them as the operator would, while events
+flow; the state directory is deleted, ``restore`` brings it back, and the services
+start from it. What the backup held (its SQLite copy, its manifest) is the reference.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers import AgentProcess, config_dict, event, wait_until
+from tests.integration.sync_harness import (
+    EDGE_ID,
+    SyncPair,
+    drone_round,
+    export,
+    metric,
+    post_events,
+)
+
+pytestmark = pytest.mark.slow
+
+DRONES = 100
+BUSY = 20
+
+
+def run_cli(program: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``edge-agent ARGS`` (``program`` = edge_agent.cli) or ``cloud-hub ARGS``."""
+    return subprocess.run(
+        [sys.executable, "-m", program, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def busy_round(round_: int) -> list[dict[str, Any]]:
+    """One reading of the BUSY entities that change while the backup runs."""
+    return [
+        {
+            "entity_id": f"busy-{i:02d}",
+            "entity_type": "sensor",
+            "priority": 3,
+            "properties": {"n": round_},
+        }
+        for i in range(BUSY)
+    ]
+
+
+class Ingest:
+    """Posts rounds of :func:`busy_round` to an edge from a thread until stopped."""
+
+    def __init__(self, api: str) -> None:
+        self.api = api
+        self.rounds = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            post_events(self.api, busy_round(self.rounds))
+            self.rounds += 1
+            time.sleep(0.02)
+
+    def __enter__(self) -> Ingest:
+        self._thread.start()
+        wait_until(lambda: self.rounds >= 3, "ingest under way")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+
+def rows(db_path: Path, sql: str) -> list[tuple[Any, ...]]:
+    """The rows of a read-only query on a SQLite file."""
+    with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True) as db:
+        return db.execute(sql).fetchall()
+
+
+def versions(db_path: Path) -> dict[str, int]:
+    """Each entity's version in a graph file."""
+    return dict(rows(db_path, "SELECT id, version FROM entities"))  # type: ignore[arg-type]
+
+
+def hub_edge_state(pair: SyncPair) -> tuple[int, int, int]:
+    """(last batch seq, batches, deltas) the hub has applied of the edge."""
+    ((seq, batches, deltas),) = rows(
+        pair.hub_db, f"SELECT seq, batches, deltas FROM hub_edge_state WHERE edge_id = '{EDGE_ID}'"
+    )
+    return int(seq), int(batches), int(deltas)
+
+
+def edge_drained(pair: SyncPair) -> bool:
+    """The edge has applied its stream and the hub has acked its whole outbox."""
+    db = Path(pair.edge.config["state_dir"]) / "graph.db"
+    (waiting,) = rows(
+        db, "SELECT (SELECT count(*) FROM sync_outbox) + (SELECT count(*) FROM sync_inflight)"
+    )[0]
+    return pair.edge.stats()["stream_pending"] == 0 and waiting == 0
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> Iterator[SyncPair]:
+    link = SyncPair(tmp_path)
+    link.start()
+    yield link
+    link.stop()
+
+
+def test_edge_disaster_recovery_restores_graph_stream_and_sync_positions(
+    pair: SyncPair, tmp_path: Path
+) -> None:
+    post_events(pair.edge.api, drone_round(0, DRONES))
+    pair.wait_synced(minimum=DRONES)
+    # The link goes half-open: batches go out and stay unacked, changes queue up. The
+    # backup (taken while events keep coming) holds batches in flight and changes
+    # waiting: the sync position a restore must get right.
+    pair.proxy.blackhole()
+    backup = tmp_path / "backups" / "edge-1"
+    with Ingest(pair.edge.api):
+        time.sleep(1.0)
+        done = run_cli("edge_agent.cli", "backup", str(backup), "-c", str(pair.edge.config_path))
+    assert done.returncode == 0, done.stderr
+    manifest = json.loads((backup / "manifest.json").read_text())
+    copy = backup / "sqlite" / "graph.db"
+    in_backup = versions(copy)
+    assert len(in_backup) == DRONES + BUSY
+    sync_state = dict(rows(copy, "SELECT name, value FROM sync_state"))
+    in_flight = rows(copy, "SELECT seq, payload FROM sync_inflight ORDER BY seq")
+    (waiting,) = rows(copy, "SELECT count(*) FROM sync_outbox")[0]
+    assert in_flight, "a batch was in flight when the backup was taken"
+
+    # After the backup: the link heals and more changes reach the hub before disaster.
+    pair.proxy.restore()
+    post_events(pair.edge.api, drone_round(1, DRONES))
+    post_events(pair.edge.api, busy_round(10_000))
+    hub_before = pair.wait_synced(timeout=60, minimum=DRONES + BUSY)
+    wait_until(lambda: edge_drained(pair), "the edge's outbox acked")
+    state_before = hub_edge_state(pair)
+    assert state_before[0] >= in_flight[-1][0], "the hub has the batches in flight at backup"
+
+    pair.edge.kill()
+    state_dir = Path(pair.edge.config["state_dir"])
+    shutil.rmtree(state_dir)
+    done = run_cli("edge_agent.cli", "restore", str(backup), "-c", str(pair.edge.config_path))
+    assert done.returncode == 0, done.stderr
+    restored = state_dir / "graph.db"
+    assert versions(restored) == in_backup
+    assert dict(rows(restored, "SELECT name, value FROM sync_state")) == sync_state
+    assert rows(restored, "SELECT seq, payload FROM sync_inflight ORDER BY seq") == in_flight
+    (applied,) = rows(restored, "SELECT applied_seq FROM consumer_state")[0]
+    assert applied == manifest["positions"][f"consumer:graph-{EDGE_ID}-all"]
+
+    pair.edge.start()
+    wait_until(lambda: pair.edges()[0]["connected"] and edge_drained(pair), "edge back, drained")
+    edge_after = export(pair.edge.api)
+    # Nothing the graph had applied was applied again (a position lost on restore would
+    # bump every version); the busy entities may have replayed the stream's tail.
+    assert {k: v["version"] for k, v in edge_after.items() if k.startswith("drone")} == {
+        k: v for k, v in in_backup.items() if k.startswith("drone")
+    }
+    for key, version in in_backup.items():
+        assert version <= edge_after[key]["version"] <= hub_before[key]["version"], key
+    # The batches in flight at the backup are the hub's already: not sent again.
+    assert metric(pair.edge.api, "semstreams_sync_batches_total", 'direction="resent"') == 0
+    # The changes the backup held waiting go out again (at least once: the edge cannot
+    # know which of them its lost self had sent), under new batch numbers; the hub holds
+    # newer states of them, which they leave as they were: the hub misses nothing, and
+    # each batch is stored and applied once.
+    assert export(pair.hub.api) == hub_before
+    pair.check_hub_records()
+    seq, batches, deltas = hub_edge_state(pair)
+    assert seq - state_before[0] == batches - state_before[1]
+    assert deltas - state_before[2] <= waiting + BUSY
+
+    # New events after the restore are applied (their stream sequences are new) and
+    # reach the hub.
+    post_events(pair.edge.api, drone_round(2, DRONES))
+    wait_until(
+        lambda: export(pair.hub.api)["drone-0099"]["properties"]["round"] == 2,
+        "round 2 at the hub",
+    )
+    assert export(pair.edge.api)["drone-0099"]["version"] == in_backup["drone-0099"] + 1
+
+
+# ---- refused backups change nothing ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def edge_backup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[AgentProcess, Path]]:
+    """A running edge (id ``test-edge``) with some graph and a dead letter, and a backup
+    of it taken while it runs."""
+    work = tmp_path_factory.mktemp("refusals")
+    edge = AgentProcess(config_dict(work / "state"), work, name="edge")
+    edge.start()
+    try:
+        post_events(edge.api, [event(f"d-{i}", battery=i) for i in range(50)])
+        wait_until(lambda: edge.stats()["entities"] == 50, "events applied")
+        done = run_cli("edge_agent.cli", "backup", str(work / "good"), "-c", str(edge.config_path))
+        assert done.returncode == 0, done.stderr
+        yield edge, work / "good"
+    finally:
+        edge.stop()
+
+
+def _edit_manifest(backup: Path, **changes: Any) -> None:
+    path = backup / "manifest.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+
+def _flip_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x40
+    path.write_bytes(bytes(data))
+
+
+def _escape(backup: Path) -> None:
+    manifest = json.loads((backup / "manifest.json").read_text())
+    manifest["files"][0]["path"] = "sqlite/../../../etc/passwd"
+    (backup / "manifest.json").write_text(json.dumps(manifest))
+
+
+def _unknown_file(backup: Path) -> None:
+    (backup / "sqlite" / "extra.db").write_bytes(b"x")
+    manifest = json.loads((backup / "manifest.json").read_text())
+    sha = "2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881"
+    manifest["files"].append({"path": "sqlite/extra.db", "size": 1, "sha256": sha})
+    (backup / "manifest.json").write_text(json.dumps(manifest))
+
+
+def _symlink(backup: Path) -> None:
+    target = backup.parent / f"{backup.name}-elsewhere.db"
+    (backup / "sqlite" / "graph.db").rename(target)
+    (backup / "sqlite" / "graph.db").symlink_to(target)
+
+
+DAMAGE = {
+    "bit flip": (lambda b: _flip_byte(b / "sqlite" / "graph.db"), "sqlite/graph.db is damaged"),
+    "truncated": (
+        lambda b: (b / "streams" / "GRAPH_ENTITIES.snapshot").write_bytes(
+            (b / "streams" / "GRAPH_ENTITIES.snapshot").read_bytes()[:-10]
+        ),
+        "streams/GRAPH_ENTITIES.snapshot is truncated",
+    ),
+    "missing file": (
+        lambda b: (b / "streams" / "GRAPH_DEAD_LETTERS.snapshot").unlink(),
+        "streams/GRAPH_DEAD_LETTERS.snapshot is missing",
+    ),
+    "symlink": (_symlink, "sqlite/graph.db is missing"),
+    "other device": (
+        lambda b: _edit_manifest(b, id="edge-2"),
+        "this backup is of edge 'edge-2', not of 'test-edge'",
+    ),
+    "hub backup": (
+        lambda b: _edit_manifest(b, kind="hub"),
+        "this is a hub backup; it cannot restore an edge",
+    ),
+    "newer format": (lambda b: _edit_manifest(b, format=99), "backup format 99 is newer"),
+    "path escape": (_escape, "manifest.json is damaged"),
+    "unknown file": (_unknown_file, "sqlite/extra.db is not part of an edge's state"),
+    "no manifest": (lambda b: (b / "manifest.json").unlink(), "it has no manifest.json"),
+    "huge manifest": (
+        lambda b: (b / "manifest.json").write_bytes(b" " * (2 << 20)),
+        "manifest.json is over",
+    ),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_a_damaged_or_mismatched_backup_is_refused_and_nothing_changes(
+    edge_backup: tuple[AgentProcess, Path], tmp_path: Path, damage: str
+) -> None:
+    edge, good = edge_backup
+    backup = tmp_path / "backup"
+    shutil.copytree(good, backup, symlinks=True)
+    harm, reason = DAMAGE[damage]
+    harm(backup)
+    config = {**edge.config, "state_dir": str(tmp_path / "fresh")}
+    config_path = tmp_path / "fresh.json"
+    config_path.write_text(json.dumps(config))
+    done = run_cli("edge_agent.cli", "restore", str(backup), "-c", str(config_path))
+    assert done.returncode == 1
+    assert "edge-agent restore: refused: " in done.stderr and reason in done.stderr, done.stderr
+    assert not (tmp_path / "fresh").exists(), "a refused restore wrote nothing"
+
+
+def test_restore_refuses_a_running_edge_and_a_state_directory_in_use(
+    edge_backup: tuple[AgentProcess, Path],
+) -> None:
+    edge, good = edge_backup
+    state = Path(edge.config["state_dir"])
+    done = run_cli("edge_agent.cli", "restore", str(good), "-c", str(edge.config_path))
+    assert done.returncode == 1
+    port = edge.config["nats"]["port"]
+    assert f"refused: something answers on port {port}: stop the edge" in done.stderr
+    edge.stop()
+    before = {p: p.stat().st_mtime_ns for p in state.rglob("*") if p.is_file()}
+    done = run_cli("edge_agent.cli", "restore", str(good), "-c", str(edge.config_path))
+    assert done.returncode == 1
+    assert f"refused: {state / 'graph.db'} exists" in done.stderr, done.stderr
+    after = {p: p.stat().st_mtime_ns for p in state.rglob("*") if p.is_file()}
+    assert after == before
+    edge.start()  # the module's fixture stops it
+
+
+def test_backup_refuses_a_destination_that_holds_something(
+    edge_backup: tuple[AgentProcess, Path],
+) -> None:
+    edge, good = edge_backup
+    listing = sorted(good.rglob("*"))
+    done = run_cli("edge_agent.cli", "backup", str(good), "-c", str(edge.config_path))
+    assert done.returncode == 1
+    assert f"{good} exists and is not an empty directory" in done.stderr
+    assert sorted(good.rglob("*")) == listing
+    assert not list(good.parent.glob(".good.partial-*")), "no work directory left behind"
