@@ -177,6 +177,19 @@ def test_an_older_different_value_is_recorded_as_a_conflict_not_applied(hub: Hub
     assert hub.parts("X")["edge-b"]["properties"] == {"battery": 99.0}
 
 
+def test_a_stale_resend_from_the_same_edge_leaves_its_newer_state(hub: Hub) -> None:
+    # An edge restored from a backup sends again a change the hub has a newer state of.
+    hub.send("edge-a", drone("X", 5, NOW, battery=50.0))
+    before = (hub.entity("X"), hub.parts("X"), hub.rows("hub_triples"), hub.rows("hub_edges"))
+    result = hub.send("edge-a", drone("X", 3, NOW - 10_000, battery=30.0))
+    assert not result.duplicate and result.conflicts == {}
+    after = (hub.entity("X"), hub.parts("X"), hub.rows("hub_triples"), hub.rows("hub_edges"))
+    assert after == before
+    # A change made after the restore (a newer stamp) is taken, whatever its version.
+    hub.send("edge-a", drone("X", 4, NOW + 500, battery=40.0))
+    assert hub.entity("X")["properties"] == {"battery": 40.0}  # type: ignore[index]
+
+
 def test_an_edge_database_holds_no_hub_table(tmp_path: Path) -> None:
     GraphStore(tmp_path / "edge.db", origin="e", indexes=ALL).close()
     with sqlite3.connect(tmp_path / "edge.db") as db:
