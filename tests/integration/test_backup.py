@@ -343,6 +343,44 @@ def test_backup_refuses_a_destination_that_holds_something(
     assert not list(good.parent.glob(".good.partial-*")), "no work directory left behind"
 
 
+def test_secrets_stay_out_unless_asked_and_are_kept_private(
+    edge_backup: tuple[AgentProcess, Path], tmp_path: Path
+) -> None:
+    edge, good = edge_backup
+    state = Path(edge.config["state_dir"])
+    key = b"-----BEGIN PRIVATE KEY-----\nnot-a-real-key\n-----END PRIVATE KEY-----\n"
+    (state / "device_key.pem").write_bytes(key)
+    (state / "device_key.pem").chmod(0o600)
+    try:
+        # The backup taken without --include-secrets holds no secret, by name or by content.
+        assert not list((good / "secrets").iterdir())
+        assert all(key not in p.read_bytes() for p in good.rglob("*") if p.is_file())
+        backup = tmp_path / "with-secrets"
+        done = run_cli(
+            "edge_agent.cli", "backup", str(backup), "-c", str(edge.config_path),
+            "--include-secrets",
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+    finally:
+        (state / "device_key.pem").unlink()
+    assert (backup / "secrets" / "device_key.pem").read_bytes() == key
+    assert json.loads((backup / "manifest.json").read_text())["secrets"] is True
+    for path in [backup, *backup.rglob("*")]:
+        mode = path.stat().st_mode & 0o777
+        assert mode == (0o700 if path.is_dir() else 0o600), (path, oct(mode))
+    config = {**edge.config, "state_dir": str(tmp_path / "fresh")}
+    (tmp_path / "fresh.json").write_text(json.dumps(config))
+    edge.stop()  # restore checks the ports: the module's edge must not answer
+    try:
+        done = run_cli("edge_agent.cli", "restore", str(backup), "-c", str(tmp_path / "fresh.json"))
+    finally:
+        edge.start()
+    assert done.returncode == 0, done.stderr
+    restored = tmp_path / "fresh" / "device_key.pem"
+    assert restored.read_bytes() == key and restored.stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "fresh" / "graph.db").stat().st_mode & 0o777 == 0o600
+
+
 # ---- the hub ------------------------------------------------------------------------
 
 
