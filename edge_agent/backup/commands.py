@@ -107,6 +107,5 @@ def restore_command(plan: Callable[[], StatePlan], src: str, *, prog: str, ports
         print(f"{prog}: {reason}", file=sys.stderr)
         return EXIT_FAILURE
     print(f"{prog}: restored {src} into {state.state_dir}")
-    print("\n".join(summary(manifest)))
-    print("\n".join(lines))
+    print("\n".join([*summary(manifest), *lines]))
     return 0

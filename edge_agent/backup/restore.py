@@ -166,10 +166,11 @@ async def _restore_streams(src: Path, manifest: Manifest, plan: StatePlan, nc: C
             if applied > last:
                 # Purging up to a sequence past the last sets the stream's next one.
                 await js.purge_stream(stream.name, seq=applied + 1)
-                note = f", next sequence moved past the graph's position {applied}"
+                note = f" (moved past the graph's position {applied})"
+                info = await js.stream_info(stream.name)
         lines.append(
             f"stream {stream.name}: {info.state.messages} messages,"
-            f" sequences {info.state.first_seq}..{last}{note}"
+            f" next sequence {int(info.state.last_seq) + 1}{note}"
         )
     return lines
 

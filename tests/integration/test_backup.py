@@ -503,7 +503,7 @@ async def test_restore_moves_the_stream_past_events_applied_after_its_snapshot(
         _splice(early, late, tmp_path), make_config(tmp_path / "restored"), range(100, 110)
     )
     await restored.stop()
-    assert any("next sequence moved past the graph's position 100" in line for line in lines)
+    assert any("next sequence 101 (moved past the graph's position 100)" in line for line in lines)
 
 
 async def test_restore_keeps_the_graph_position_in_the_restored_stream(tmp_path: Path) -> None:
