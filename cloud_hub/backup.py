@@ -57,6 +57,6 @@ def hub_plan(config: Config) -> StatePlan:
 
 
 def hub_ports(config: Config) -> list[int]:
-    """The hub's ports: NATS, the API, and each sync input's own."""
-    ports = [config.nats.port, config.services.service_manager.config.http_port]
+    """The hub's own listeners: the API, and each sync input's port."""
+    ports = [config.services.service_manager.config.http_port]
     return ports + [int(settings.port) for settings in sync_inputs(config)]

@@ -149,7 +149,11 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
     config = load_or_exit(args.config, load_hub_config)
     return restore_command(
-        lambda: hub_plan(config), args.src, prog="cloud-hub restore", ports=hub_ports(config)
+        config,
+        lambda: hub_plan(config),
+        args.src,
+        prog="cloud-hub restore",
+        ports=hub_ports(config),
     )
 
 

@@ -245,9 +245,9 @@ def cmd_restore(args: argparse.Namespace) -> int:
     # directory, else the backup's own (checked against the manifest later).
     keys = [Path(config.state_dir) / DEVICE_KEY, Path(args.src) / "secrets" / "device_key.pem"]
     key = next((k for k in keys if k.is_file() and k.stat().st_size < 16 << 10), None)
-    ports = [config.nats.port, config.services.service_manager.config.http_port]
+    ports = [config.services.service_manager.config.http_port]
     return restore_command(
-        lambda: edge_plan(config, key), args.src, prog="edge-agent restore", ports=ports
+        config, lambda: edge_plan(config, key), args.src, prog="edge-agent restore", ports=ports
     )
 
 

@@ -91,17 +91,33 @@ def backup_command(
     return 0
 
 
-def restore_command(plan: Callable[[], StatePlan], src: str, *, prog: str, ports: list[int]) -> int:
+def restore_command(
+    config: Config, plan: Callable[[], StatePlan], src: str, *, prog: str, ports: list[int]
+) -> int:
     """Check the backup in ``src`` and restore it into the stopped service's state
     directory; print what was restored.
+
+    Args:
+        ports: the service's API ports (and its own listeners): if any answers, it runs.
 
     Returns:
         0, or 1 with the reason on stderr; a refused backup changed nothing.
     """
+    from edge_agent.nats.client import embedded_port
+
+    async def main(state: StatePlan, manifest: Manifest) -> list[str]:
+        # The streams live on the state directory only with an embedded server; on an
+        # external NATS (a cluster) they were kept there, and are left alone.
+        port = await embedded_port(config.nats)
+        listeners = [*ports, port] if port is not None else ports
+        return await restore_backup(
+            Path(src), manifest, state, ports=listeners, streams=port is not None
+        )
+
     try:
         state = plan()
         manifest = read_backup(Path(src), state)
-        lines = asyncio.run(restore_backup(Path(src), manifest, state, ports=ports))
+        lines = asyncio.run(main(state, manifest))
     except (SemStreamsError, OSError, TimeoutError) as exc:
         reason = exc if not isinstance(exc, BackupError) else f"refused: {exc}"
         print(f"{prog}: {reason}", file=sys.stderr)

@@ -26,6 +26,7 @@ import socket
 import sqlite3
 from pathlib import Path
 
+import msgspec
 import nats
 from nats.aio.client import Client
 
@@ -176,13 +177,15 @@ async def _restore_streams(src: Path, manifest: Manifest, plan: StatePlan, nc: C
 
 
 async def restore_backup(
-    src: Path, manifest: Manifest, plan: StatePlan, *, ports: list[int]
+    src: Path, manifest: Manifest, plan: StatePlan, *, ports: list[int], streams: bool = True
 ) -> list[str]:
     """Restore the checked backup in ``src`` (see :func:`read_backup`) into the plan's
     state directory; what was restored, one line each.
 
     Args:
-        ports: the service's ports (NATS, API): if any answers, it is running.
+        ports: the service's ports (API, embedded NATS): if any answers, it is running.
+        streams: restore the streams (the service runs an embedded server on the state
+            directory); ``False`` when they live on an external NATS, which kept them.
 
     Raises:
         BackupError: the service runs, or the state directory holds state already.
@@ -190,33 +193,42 @@ async def restore_backup(
             restore is left behind).
     """
     await _check_stopped(plan, ports)
-    _check_empty(manifest, plan)
+    kept = manifest if streams else msgspec.structs.replace(manifest, streams=[])
+    _check_empty(kept, plan)
     existed = plan.state_dir.exists()
     jetstream_existed = (plan.state_dir / "jetstream").exists()
     plan.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        await asyncio.to_thread(_copy_in, src, manifest, plan)
+        lines = [f"{path} -> {target}" for path, target in _targets(manifest, plan)]
+        if streams:
+            lines += await _restore_with_server(src, manifest, plan)
+        else:
+            lines += [f"stream {s.name}: left to the external NATS" for s in manifest.streams]
+        await asyncio.to_thread(fsync_tree, plan.state_dir)
+    except BaseException:
+        _undo(plan, manifest, existed=existed, jetstream_existed=jetstream_existed)
+        raise
+    return lines
+
+
+async def _restore_with_server(src: Path, manifest: Manifest, plan: StatePlan) -> list[str]:
+    """Restore the streams through a nats-server of our own on the state directory."""
     server = EmbeddedNatsServer(
         plan.state_dir,
         port=_free_port(),
         max_file_store=2 * plan.stream_bytes,
         name=f"restore-{plan.service_id}",
     )
+    await server.start()
     try:
-        await asyncio.to_thread(_copy_in, src, manifest, plan)
-        lines = [f"{path} -> {target}" for path, target in _targets(manifest, plan)]
-        await server.start()
+        nc = await nats.connect(server.url, max_reconnect_attempts=0)
         try:
-            nc = await nats.connect(server.url, max_reconnect_attempts=0)
-            try:
-                lines += await _restore_streams(src, manifest, plan, nc)
-            finally:
-                await nc.close()
+            return await _restore_streams(src, manifest, plan, nc)
         finally:
-            await server.stop()
-        await asyncio.to_thread(fsync_tree, plan.state_dir)
-    except BaseException:
-        _undo(plan, manifest, existed=existed, jetstream_existed=jetstream_existed)
-        raise
-    return lines
+            await nc.close()
+    finally:
+        await server.stop()
 
 
 def _undo(plan: StatePlan, manifest: Manifest, *, existed: bool, jetstream_existed: bool) -> None:

@@ -8,6 +8,7 @@ start from it. What the backup held (its SQLite copy, its manifest) is the refer
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import sqlite3
@@ -25,6 +26,7 @@ import pytest
 from nats.js import JetStreamContext
 
 from edge_agent.app import Agent
+from edge_agent.backup.commands import restore_command
 from edge_agent.backup.files import measure
 from edge_agent.backup.manifest import FileEntry, Manifest, encode_manifest
 from edge_agent.backup.plan import edge_plan
@@ -319,7 +321,7 @@ def test_restore_refuses_a_running_edge_and_a_state_directory_in_use(
     state = Path(edge.config["state_dir"])
     done = run_cli("edge_agent.cli", "restore", str(good), "-c", str(edge.config_path))
     assert done.returncode == 1
-    port = edge.config["nats"]["port"]
+    port = edge.config["services"]["service-manager"]["config"]["http_port"]
     assert f"refused: something answers on port {port}: stop the edge" in done.stderr
     edge.stop()
     before = {p: p.stat().st_mtime_ns for p in state.rglob("*") if p.is_file()}
@@ -539,3 +541,29 @@ async def test_restore_keeps_the_graph_position_in_the_restored_stream(tmp_path:
         assert versions == {1}
     finally:
         await restored.stop()
+
+
+async def test_with_an_external_nats_restore_leaves_the_streams_to_it(
+    agent: Agent, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    await _publish(agent.js, range(20))
+    await _applied(agent, 20)
+    await take_backup(edge_plan(agent.config), agent.nc, tmp_path / "backup")
+    assert agent.nats_server is not None
+    # Another agent of the same id on the same (now external) NATS, e.g. a cluster.
+    config = make_config(
+        tmp_path / "restored", nats={"embedded": False, "urls": [agent.nats_server.url]}
+    )
+    code = await asyncio.to_thread(
+        restore_command,
+        config,
+        lambda: edge_plan(config),
+        str(tmp_path / "backup"),
+        prog="edge-agent restore",
+        ports=[config.services.service_manager.config.http_port],
+    )
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "stream GRAPH_ENTITIES: left to the external NATS" in out
+    assert (tmp_path / "restored" / "graph.db").exists()
+    assert not (tmp_path / "restored" / "jetstream").exists()
