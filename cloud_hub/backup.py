@@ -7,10 +7,10 @@ resume point is its newest message there), and the hub's signing key as its secr
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 from cloud_hub.config import sync_inputs
+from cloud_hub.graph.fleet import edge_positions
 from cloud_hub.sync.log import SYNC_STREAM
 from edge_agent.backup.plan import StatePlan
 from edge_agent.config import Config
@@ -18,19 +18,6 @@ from edge_agent.config import Config
 __all__ = ["HUB_KEY", "hub_plan", "hub_ports"]
 
 HUB_KEY = "hub_key.pem"
-
-
-def _edge_positions(db: sqlite3.Connection) -> dict[str, int]:
-    """Each edge's last applied batch seq (``edge:<id>``), for the manifest."""
-    exists = db.execute(
-        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'hub_edge_state'"
-    ).fetchone()
-    if not exists:
-        return {}
-    return {
-        f"edge:{edge}": int(seq)
-        for edge, seq in db.execute("SELECT edge_id, seq FROM hub_edge_state")
-    }
 
 
 def hub_plan(config: Config) -> StatePlan:
@@ -52,7 +39,7 @@ def hub_plan(config: Config) -> StatePlan:
         secrets=(("hub_key.pem", HUB_KEY),),
         streams_first=False,
         stream_bytes=stream_bytes,
-        extra_positions=_edge_positions,
+        extra_positions=edge_positions,
     )
 
 

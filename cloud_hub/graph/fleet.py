@@ -14,6 +14,7 @@ from edge_agent.graph.store import iso_ms
 __all__ = [
     "conflicts",
     "contributions",
+    "edge_positions",
     "edge_states",
     "shared_entities",
     "type_reporters",
@@ -42,6 +43,15 @@ def edge_states(db: sqlite3.Connection) -> dict[str, dict[str, Any]]:
         state["types"][kind] = count
         state["entities"] += count
     return states
+
+
+def edge_positions(db: sqlite3.Connection) -> dict[str, int]:
+    """Each edge's last applied batch seq, as ``edge:<id>`` (a backup's manifest); none
+    from a file without the hub's tables (the device registry)."""
+    if not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'hub_edge_state'").fetchone():
+        return {}
+    rows = db.execute("SELECT edge_id, seq FROM hub_edge_state")
+    return {f"edge:{edge}": int(seq) for edge, seq in rows}
 
 
 def type_reporters(db: sqlite3.Connection) -> dict[str, dict[str, int]]:

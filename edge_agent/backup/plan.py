@@ -7,13 +7,12 @@ writes only to the places a plan names, never to a path read from a backup.
 
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from edge_agent.backup.manifest import BackupError, Kind
 from edge_agent.config import Config
+from edge_agent.graph.positions import PositionReader
 from edge_agent.nats.subjects import DEAD_LETTER_STREAM, ENTITY_STREAM
 
 __all__ = ["DEVICE_KEY", "ENROLMENT", "StatePlan", "edge_plan", "edge_service_id"]
@@ -61,7 +60,7 @@ class StatePlan:
     stream_bytes: int
     optional_sqlite: tuple[str, ...] = ()
     follow_position: str = ""
-    extra_positions: Callable[[sqlite3.Connection], dict[str, int]] | None = None
+    extra_positions: PositionReader | None = None
 
     def knows_sqlite(self, name: str) -> bool:
         """Whether ``name`` is one of this plan's SQLite files."""

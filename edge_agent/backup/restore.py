@@ -23,7 +23,6 @@ import contextlib
 import os
 import shutil
 import socket
-import sqlite3
 from pathlib import Path
 
 import msgspec
@@ -139,18 +138,6 @@ def _copy_in(src: Path, manifest: Manifest, plan: StatePlan) -> None:
         write_private(target, (src / path).read_bytes())
 
 
-def _rekey(plan: StatePlan, old: str, new: str) -> None:
-    database = plan.state_dir / plan.sqlite[0]
-    with contextlib.closing(sqlite3.connect(database, isolation_level=None)) as db, db:
-        rekey_stream(db, old, new)
-
-
-def _graph_position(plan: StatePlan, created: str) -> int:
-    database = plan.state_dir / plan.sqlite[0]
-    with contextlib.closing(sqlite3.connect(database)) as db:
-        return applied_seq(db, created)
-
-
 async def _restore_streams(src: Path, manifest: Manifest, plan: StatePlan, nc: Client) -> list[str]:
     js = nc.jetstream()
     lines = []
@@ -159,11 +146,12 @@ async def _restore_streams(src: Path, manifest: Manifest, plan: StatePlan, nc: C
             await restore_stream(nc, SnapshotInfo(stream.config, stream.state), file.read)
         info = await js.stream_info(stream.name)
         created = str(info.created)
-        await asyncio.to_thread(_rekey, plan, stream.created, created)
+        graph = plan.state_dir / plan.sqlite[0]  # the positions live in the first file
+        await asyncio.to_thread(rekey_stream, graph, stream.created, created)
         last = int(info.state.last_seq)
         note = ""
         if stream.name == plan.follow_position:
-            applied = await asyncio.to_thread(_graph_position, plan, created)
+            applied = await asyncio.to_thread(applied_seq, graph, created)
             if applied > last:
                 # Purging up to a sequence past the last sets the stream's next one.
                 await js.purge_stream(stream.name, seq=applied + 1)

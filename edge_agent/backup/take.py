@@ -18,7 +18,7 @@ from pathlib import Path
 from nats.aio.client import Client
 
 from edge_agent import __version__
-from edge_agent.backup.files import copy_sqlite, create_private, fsync_tree, measure
+from edge_agent.backup.files import create_private, fsync_tree, measure
 from edge_agent.backup.manifest import (
     FORMAT,
     BackupError,
@@ -28,6 +28,7 @@ from edge_agent.backup.manifest import (
     encode_manifest,
 )
 from edge_agent.backup.plan import StatePlan
+from edge_agent.graph.positions import copy_database
 from edge_agent.nats.snapshot import snapshot_stream
 
 __all__ = ["MANIFEST", "take_backup"]
@@ -88,7 +89,7 @@ async def _copy_databases(plan: StatePlan, work: Path) -> dict[str, int]:
                 continue
             raise BackupError(f"{source} does not exist: is state_dir right?")
         copied = await asyncio.to_thread(
-            copy_sqlite, source, work / "sqlite" / name, plan.extra_positions
+            copy_database, source, work / "sqlite" / name, plan.extra_positions
         )
         positions.update(copied)
     return positions
