@@ -34,6 +34,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+import msgspec
 import nats.errors
 from nats.aio.client import Client
 
@@ -46,7 +47,7 @@ from edge_agent.model import EntityEvent, clamp_future, decode_event
 from edge_agent.nats.client import recreate_consumer, remove_stale_consumers
 from edge_agent.nats.delivery import DeliveryConnection
 from edge_agent.nats.subjects import ENTITY_STREAM, consumer_name
-from edge_agent.nats.wire import Delivery, stream_sequence
+from edge_agent.nats.wire import Delivery, stored_at_ns, stream_sequence
 from edge_agent.storage import is_disk_full
 from edge_agent.tracing import span
 
@@ -350,5 +351,11 @@ class GraphProcessor:
             if clamped is not None:
                 self._metrics.clamped_timestamps.inc()
                 event = clamped
+            elif event.timestamp is None:
+                # Stamped when JetStream took it, not when applied: an event replayed
+                # (from a restored stream) keeps the stamp it had, and does not pass
+                # for a newer reading than those that followed it.
+                stored = datetime.fromtimestamp(stored_at_ns(message.reply) / 1e9, UTC)
+                event = msgspec.structs.replace(event, timestamp=stored)
             decoded.good.append((seq, event))
         return decoded

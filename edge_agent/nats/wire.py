@@ -40,6 +40,7 @@ __all__ = [
     "connect_command",
     "pub_ack_error",
     "pub_command",
+    "stored_at_ns",
     "stream_sequence",
     "sub_command",
 ]
@@ -243,8 +244,9 @@ def ack_commands(replies: Iterable[bytes]) -> bytes:
     return b"".join([b"PUB " + reply + b" 0\r\n\r\n" for reply in replies])
 
 
-def stream_sequence(reply: bytes) -> int:
-    """The stream sequence of a delivery, from its ack subject.
+def _ack_tokens(reply: bytes) -> list[bytes]:
+    """The ack subject's tokens from ``<stream>`` on (the newer form's domain and
+    account hash dropped).
 
     ``$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<ts>.<pending>``,
     or the newer form with a domain and an account hash after ``ACK`` (12 tokens).
@@ -254,7 +256,25 @@ def stream_sequence(reply: bytes) -> int:
     """
     tokens = reply.split(b".")
     if len(tokens) == 9:
-        return int(tokens[5])
+        return tokens[2:]
     if len(tokens) >= 11:
-        return int(tokens[7])
+        return tokens[4:]
     raise WireError(f"not a JetStream ack subject: {reply[:80]!r}")
+
+
+def stream_sequence(reply: bytes) -> int:
+    """The stream sequence of a delivery, from its ack subject.
+
+    Raises:
+        WireError: the subject is not a JetStream ack subject.
+    """
+    return int(_ack_tokens(reply)[3])
+
+
+def stored_at_ns(reply: bytes) -> int:
+    """When JetStream stored the delivered message (epoch ns), from its ack subject.
+
+    Raises:
+        WireError: the subject is not a JetStream ack subject.
+    """
+    return int(_ack_tokens(reply)[5])

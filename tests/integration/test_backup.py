@@ -530,7 +530,20 @@ async def test_restore_keeps_the_graph_position_in_the_restored_stream(tmp_path:
     await agent.start()
     await _applied(agent, 100)
     late = await take_backup(edge_plan(config), agent.nc, tmp_path / "late")
+    stamps = {i: agent.store.entity(f"p-{i}")["updated_at"] for i in range(50, 100)}  # type: ignore[index]
     await agent.stop()
+
+    # The early backup alone: its graph lacks 50..99, which its stream replays on start,
+    # stamped as when they were first taken (not as now: the hub would take them for
+    # newer readings than those that followed).
+    _, replayed = await _restore_and_run(
+        tmp_path / "early", make_config(tmp_path / "replayed"), range(100, 110)
+    )
+    try:
+        again = {i: replayed.store.entity(f"p-{i}")["updated_at"] for i in range(50, 100)}  # type: ignore[index]
+        assert again == stamps
+    finally:
+        await replayed.stop()
 
     # The restored stream holds 50..99 again; the graph has them: none applied twice.
     _, restored = await _restore_and_run(

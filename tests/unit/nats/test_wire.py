@@ -16,6 +16,7 @@ from edge_agent.nats.wire import (
     connect_command,
     pub_ack_error,
     pub_command,
+    stored_at_ns,
     stream_sequence,
     sub_command,
 )
@@ -95,6 +96,12 @@ def test_stream_sequence_reads_both_ack_subject_forms() -> None:
     assert stream_sequence(v2) == 42
     with pytest.raises(WireError):
         stream_sequence(b"_INBOX.x")
+
+
+def test_the_stored_time_reads_both_ack_subject_forms() -> None:
+    assert stored_at_ns(ACK % (7, 3)) == 1796426540724808790
+    v2 = b"$JS.ACK.hub.ACCHASH.GRAPH_ENTITIES.c.1.42.9.1796426540724808791.0.tok"
+    assert stored_at_ns(v2) == 1796426540724808791
 
 
 def test_the_parser_imports_no_io() -> None:
