@@ -226,12 +226,11 @@ def cmd_backup(args: argparse.Namespace) -> int:
 
     config = load_or_exit(args.config)
     return backup_command(
-        config,
         lambda: edge_plan(config),
         args.dest,
+        connect=lambda: _connect_for_command(config, args.nats_url, "edge-agent backup"),
         prog="edge-agent backup",
         include_secrets=args.include_secrets,
-        nats_url=args.nats_url,
     )
 
 

@@ -12,29 +12,21 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-import msgspec
+from nats.aio.client import Client
 
 from edge_agent.backup.manifest import BackupError, Manifest
 from edge_agent.backup.plan import StatePlan
 from edge_agent.backup.restore import read_backup, restore_backup
 from edge_agent.backup.take import take_backup
-from edge_agent.config import Config, Duration
+from edge_agent.config import Config
 from edge_agent.errors import SemStreamsError
 
-__all__ = ["backup_command", "command_nats_urls", "restore_command", "summary"]
+__all__ = ["backup_command", "restore_command", "summary"]
 
 EXIT_FAILURE = 1
-
-
-def command_nats_urls(config: Config, override: str | None) -> list[str]:
-    """The NATS servers a command talks to: ``override``, the config's ``nats.urls``,
-    or the embedded server on this host."""
-    if override:
-        return [override]
-    return list(config.nats.urls) or [f"nats://127.0.0.1:{config.nats.port}"]
 
 
 def summary(manifest: Manifest) -> list[str]:
@@ -56,26 +48,25 @@ def summary(manifest: Manifest) -> list[str]:
 
 
 def backup_command(
-    config: Config,
     plan: Callable[[], StatePlan],
     dest: str,
     *,
+    connect: Callable[[], Awaitable[Client]],
     prog: str,
     include_secrets: bool = False,
-    nats_url: str | None = None,
 ) -> int:
-    """Back up the running service of ``config`` into ``dest``; print the summary.
+    """Back up the running service into ``dest``; print the summary.
+
+    Args:
+        connect: connects to the service's NATS (the CLI's, with the config's servers
+            and credentials).
 
     Returns:
         0, or 1 with the reason on stderr (``dest`` is then left as it was).
     """
-    from edge_agent.nats.client import connect
 
     async def main() -> Manifest:
-        patient = msgspec.structs.replace(
-            config.nats, max_reconnect=3, reconnect_wait=Duration(0.5)
-        )
-        nc = await connect(patient, command_nats_urls(config, nats_url), name=prog)
+        nc = await connect()
         try:
             return await take_backup(plan(), nc, Path(dest), include_secrets=include_secrets)
         finally:
