@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import stat
 from pathlib import Path
 
-__all__ = ["create_private", "fsync_tree", "measure"]
+__all__ = ["copy_private", "create_private", "fsync_tree", "measure"]
 
 _READ_BYTES = 1 << 20
 
@@ -33,6 +34,23 @@ def measure(path: Path) -> tuple[int | None, str]:
 def create_private(path: Path) -> None:
     """Create ``path`` empty, 0600 (before SQLite or a snapshot fills it)."""
     os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+
+
+def copy_private(source: Path, target: Path) -> None:
+    """Copy ``source`` to ``target`` (0600), streaming, atomically and durably: a temp
+    file beside ``target`` is written and fsynced, then renamed over it."""
+    target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    temp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as out, source.open("rb") as into:
+            shutil.copyfileobj(into, out, _READ_BYTES)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temp, target)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
 
 
 def fsync_tree(root: Path) -> None:

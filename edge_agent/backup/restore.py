@@ -29,7 +29,7 @@ import msgspec
 import nats
 from nats.aio.client import Client
 
-from edge_agent.backup.files import fsync_tree, measure
+from edge_agent.backup.files import copy_private, fsync_tree, measure
 from edge_agent.backup.manifest import (
     MAX_MANIFEST_BYTES,
     BackupError,
@@ -45,7 +45,6 @@ from edge_agent.graph.positions import applied_seq, rekey_stream
 from edge_agent.nats.client import port_answers
 from edge_agent.nats.server import EmbeddedNatsServer
 from edge_agent.nats.snapshot import SnapshotInfo, restore_stream
-from edge_agent.private_files import write_private
 
 __all__ = ["read_backup", "restore_backup"]
 
@@ -134,8 +133,7 @@ def _free_port() -> int:
 
 def _copy_in(src: Path, manifest: Manifest, plan: StatePlan) -> None:
     for path, target in _targets(manifest, plan):
-        # write_private: 0600, atomically and durably, whatever the file.
-        write_private(target, (src / path).read_bytes())
+        copy_private(src / path, target)  # 0600 whatever the file: the graph is private too
 
 
 async def _restore_streams(src: Path, manifest: Manifest, plan: StatePlan, nc: Client) -> list[str]:

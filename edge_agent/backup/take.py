@@ -18,7 +18,7 @@ from pathlib import Path
 from nats.aio.client import Client
 
 from edge_agent import __version__
-from edge_agent.backup.files import create_private, fsync_tree, measure
+from edge_agent.backup.files import copy_private, create_private, fsync_tree, measure
 from edge_agent.backup.manifest import (
     FORMAT,
     BackupError,
@@ -99,8 +99,7 @@ def _copy_secrets(plan: StatePlan, work: Path) -> None:
     for name, relative in plan.secrets:
         source = plan.state_dir / relative
         if source.is_file():
-            create_private(work / "secrets" / name)
-            (work / "secrets" / name).write_bytes(source.read_bytes())
+            copy_private(source, work / "secrets" / name)
 
 
 async def take_backup(
