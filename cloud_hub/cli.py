@@ -128,13 +128,13 @@ def cmd_backup(args: argparse.Namespace) -> int:
     """Back up a running hub's state into a new directory (see docs/operations.md)."""
     from cloud_hub.backup import hub_plan
     from edge_agent.backup.commands import backup_command
-    from edge_agent.cli import _connect_for_command, load_or_exit
+    from edge_agent.cli import connect_for_command, load_or_exit
 
     config = load_or_exit(args.config, load_hub_config)
     return backup_command(
         lambda: hub_plan(config),
         args.dest,
-        connect=lambda: _connect_for_command(config, args.nats_url, "cloud-hub backup"),
+        connect=lambda: connect_for_command(config, args.nats_url, "cloud-hub backup"),
         prog="cloud-hub backup",
         include_secrets=args.include_secrets,
     )

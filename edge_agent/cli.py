@@ -27,7 +27,15 @@ from edge_agent.private_files import check_private
 if TYPE_CHECKING:
     from nats.aio.client import Client
 
-__all__ = ["Service", "add_api_arguments", "call_api", "load_or_exit", "main", "run_service"]
+__all__ = [
+    "Service",
+    "add_api_arguments",
+    "call_api",
+    "connect_for_command",
+    "load_or_exit",
+    "main",
+    "run_service",
+]
 
 EXIT_FAILURE = 1
 EXIT_CONFIG = 2
@@ -136,7 +144,7 @@ def _read_events(source: str) -> list[bytes]:
     return split_body(data, ndjson=True)
 
 
-async def _connect_for_command(config: Config, nats_url: str | None, name: str) -> Client:
+async def connect_for_command(config: Config, nats_url: str | None, name: str) -> Client:
     """A NATS connection for a one-shot command: the config's servers (or ``nats_url``),
     its credentials, and a few tries instead of the agent's wait-forever."""
     from edge_agent.nats.client import connect
@@ -157,7 +165,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
     events = _read_events(args.file)
 
     async def main() -> int:
-        nc = await _connect_for_command(config, args.nats_url, "edge-agent publish")
+        nc = await connect_for_command(config, args.nats_url, "edge-agent publish")
         try:
             js = nc.jetstream()
             metrics = Metrics()
@@ -193,7 +201,7 @@ def cmd_stream_info(args: argparse.Namespace) -> int:
     config = load_or_exit(args.config)
 
     async def main() -> str:
-        nc = await _connect_for_command(config, args.nats_url, "edge-agent stream-info")
+        nc = await connect_for_command(config, args.nats_url, "edge-agent stream-info")
         try:
             js = nc.jetstream()
             if not args.stream:
@@ -228,7 +236,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
     return backup_command(
         lambda: edge_plan(config),
         args.dest,
-        connect=lambda: _connect_for_command(config, args.nats_url, "edge-agent backup"),
+        connect=lambda: connect_for_command(config, args.nats_url, "edge-agent backup"),
         prog="edge-agent backup",
         include_secrets=args.include_secrets,
     )
