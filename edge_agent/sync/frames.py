@@ -23,6 +23,7 @@ from edge_agent.model import (
 
 __all__ = [
     "ENCODINGS",
+    "MAX_SHARE_ENTITIES",
     "PROTOCOL_VERSION",
     "Ack",
     "Batch",
@@ -32,6 +33,9 @@ __all__ = [
     "Hello",
     "Nack",
     "Proof",
+    "Share",
+    "ShareAck",
+    "ShareEnd",
     "Slow",
     "Welcome",
     "decode_frame",
@@ -40,6 +44,9 @@ __all__ = [
 
 #: 2: an enrolled edge answers the hub's Challenge with a Proof of its device key.
 PROTOCOL_VERSION: Final = 2
+#: Entities in one Share frame at most (the frame's bytes are bounded by the link's
+#: frame limit as well).
+MAX_SHARE_ENTITIES: Final = 512
 #: Payload encodings, most preferred first.
 ENCODINGS: Final = ("zstd", "zlib", "none")
 
@@ -56,6 +63,10 @@ class Hello(_Frame, frozen=True):
     version: int = PROTOCOL_VERSION
     acked_seq: int = 0
     encodings: tuple[str, ...] = ENCODINGS
+    #: Ask for a full resync of this edge's share (its store was lost or replaced).
+    #: Added in version 2 without a version bump: a hub that does not know it ignores
+    #: it and answers a Welcome without ``resync``, which tells the edge.
+    resync: bool = False
 
 
 class Challenge(_Frame, frozen=True):
@@ -80,6 +91,8 @@ class Welcome(_Frame, frozen=True):
     max_batch_bytes: int = 1 << 20
     max_bytes_per_second: int = 0
     encoding: str = "zstd"
+    #: The hub will stream this edge's share (Share frames, then one ShareEnd).
+    resync: bool = False
 
 
 class Batch(_Frame, frozen=True):
@@ -112,7 +125,34 @@ class Slow(_Frame, frozen=True):
     max_bytes_per_second: int = 0
 
 
-Frame = Hello | Challenge | Proof | Welcome | Batch | Ack | Nack | Slow
+class Share(_Frame, frozen=True):
+    """Hub → edge, during a resync: ``count`` entities of the edge's own share, as whole
+    (``replace``) deltas, compressed like a batch payload; chunks are numbered from 1."""
+
+    chunk: int
+    encoding: str
+    count: Annotated[int, msgspec.Meta(ge=0, le=MAX_SHARE_ENTITIES)]
+    payload: bytes
+
+
+class ShareAck(_Frame, frozen=True):
+    """Edge → hub: share ``chunk`` is applied; the hub may send the next."""
+
+    chunk: int
+
+
+class ShareEnd(_Frame, frozen=True):
+    """Hub → edge: the share is complete after ``chunks`` chunks holding ``entities``;
+    ``skipped`` entities were too large for one frame and are not in it."""
+
+    chunks: Annotated[int, msgspec.Meta(ge=0)]
+    entities: Annotated[int, msgspec.Meta(ge=0)]
+    skipped: Annotated[int, msgspec.Meta(ge=0)] = 0
+
+
+Frame = (
+    Hello | Challenge | Proof | Welcome | Batch | Ack | Nack | Slow | Share | ShareAck | ShareEnd
+)
 
 
 _Alias = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_LENGTH)]

@@ -16,6 +16,10 @@ Invariants:
   until the edge sends it again. Batches are never made durable around a gap.
 - Slow is sent once when the hub's backlog crosses its threshold, and may be sent
   again only after the backlog fell below half of it.
+- A resync (the edge's whole share, back from the hub) happens only when the edge
+  asked in its Hello and the hub granted it in its Welcome. Share chunks are numbered
+  from 1 without gaps, at most ``SHARE_WINDOW`` are unacked, and one ShareEnd, sent
+  when every chunk is acked, closes it. Batches flow meanwhile, independently.
 - Any frame that is malformed, oversized or unexpected in the current state raises
   :class:`RemoteProtocolError`; the shell closes the link with its message.
 
@@ -38,15 +42,21 @@ from edge_agent.sync.frames import (
     Hello,
     Nack,
     Proof,
+    Share,
+    ShareAck,
+    ShareEnd,
     Slow,
     Welcome,
     decode_frame,
     encode_frame,
 )
 
-__all__ = ["EdgeProtocol", "HubProtocol", "State"]
+__all__ = ["SHARE_WINDOW", "EdgeProtocol", "HubProtocol", "State"]
 
 DEFAULT_MAX_FRAME_BYTES = 4 << 20
+#: Share chunks in flight at most during a resync: the edge applies each before the
+#: next arrives, so its memory holds two chunks, never the whole share.
+SHARE_WINDOW = 2
 
 
 class State(enum.IntEnum):
@@ -64,11 +74,14 @@ _EDGE_NEXT: dict[tuple[State, type], State] = {
     (State.SYNCING, Ack): State.SYNCING,
     (State.SYNCING, Nack): State.SYNCING,
     (State.SYNCING, Slow): State.SYNCING,
+    (State.SYNCING, Share): State.SYNCING,
+    (State.SYNCING, ShareEnd): State.SYNCING,
 }
 _HUB_NEXT: dict[tuple[State, type], State] = {
     (State.HANDSHAKE, Hello): State.HANDSHAKE,
     (State.HANDSHAKE, Proof): State.HANDSHAKE,
     (State.SYNCING, Batch): State.SYNCING,
+    (State.SYNCING, ShareAck): State.SYNCING,
 }
 
 
@@ -130,6 +143,10 @@ class EdgeProtocol(_Protocol):
         encodings: payload encodings this edge can write.
         prove: signs the hub's Challenge nonce with the device key (``None``: this edge
             has no key, and answers a Challenge with an empty Proof the hub refuses).
+        resync: ask the hub for this edge's whole share; after the Welcome,
+            :attr:`resyncing` says whether the hub grants it. Each Share event is
+            applied by the shell, which then calls :meth:`ack_share`; the ShareEnd event
+            ends it (:attr:`share_end`).
     """
 
     def __init__(
@@ -142,8 +159,16 @@ class EdgeProtocol(_Protocol):
         encodings: tuple[str, ...] = ("zstd", "zlib", "none"),
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
         prove: Callable[[bytes], bytes] | None = None,
+        resync: bool = False,
     ) -> None:
         super().__init__(_EDGE_NEXT, max_frame_bytes)
+        self._asked_resync = resync
+        #: The hub is streaming this edge's share (granted, not ended yet).
+        self.resyncing = False
+        #: The ShareEnd that closed the resync, once it came.
+        self.share_end: ShareEnd | None = None
+        self._share_next = 1
+        self._share_unacked: set[int] = set()
         self._prove = prove
         self._challenged = False
         self.window = window
@@ -152,7 +177,15 @@ class EdgeProtocol(_Protocol):
         self.refusal = ""
         self.encoding = encodings[0]
         self._encodings = encodings
-        self._send(Hello(edge_id=edge_id, token=token, acked_seq=acked_seq, encodings=encodings))
+        self._send(
+            Hello(
+                edge_id=edge_id,
+                token=token,
+                acked_seq=acked_seq,
+                encodings=encodings,
+                resync=resync,
+            )
+        )
 
     def can_send(self) -> bool:
         """Whether a batch may be sent now (syncing, and the window has room)."""
@@ -173,8 +206,41 @@ class EdgeProtocol(_Protocol):
         self.in_flight.add(seq)
         self._send(Batch(seq=seq, encoding=encoding or self.encoding, count=count, payload=payload))
 
+    def ack_share(self, chunk: int) -> None:
+        """Tell the hub share ``chunk`` is applied (call it after the commit).
+
+        Raises:
+            LocalProtocolError: no such chunk waits for an answer.
+        """
+        self._require(State.SYNCING, "ack a share chunk")
+        if chunk not in self._share_unacked:
+            raise LocalProtocolError(f"no share chunk {chunk} is waiting for an ack")
+        self._share_unacked.discard(chunk)
+        self._send(ShareAck(chunk=chunk))
+
+    def _receive_share(self, frame: Share | ShareEnd) -> None:
+        if not self.resyncing:
+            raise RemoteProtocolError(f"{type(frame).__name__} frame without a granted resync")
+        if isinstance(frame, ShareEnd):
+            if self._share_unacked or frame.chunks != self._share_next - 1:
+                raise RemoteProtocolError(
+                    f"ShareEnd after {frame.chunks} chunks; {self._share_next - 1} came,"
+                    f" {len(self._share_unacked)} unacked"
+                )
+            self.resyncing = False
+            self.share_end = frame
+            return
+        if frame.chunk != self._share_next:
+            raise RemoteProtocolError(f"share chunk {frame.chunk}, expected {self._share_next}")
+        if len(self._share_unacked) >= SHARE_WINDOW:
+            raise RemoteProtocolError(f"more than {SHARE_WINDOW} share chunks unacked")
+        self._share_next += 1
+        self._share_unacked.add(frame.chunk)
+
     def _receive(self, frame: Frame) -> bool:
         match frame:
+            case Share() | ShareEnd():
+                self._receive_share(frame)
             case Challenge(nonce=nonce):
                 if self._challenged:
                     raise RemoteProtocolError("second Challenge on one link")
@@ -187,8 +253,11 @@ class EdgeProtocol(_Protocol):
             case Welcome():
                 if frame.encoding not in self._encodings:
                     raise RemoteProtocolError(f"hub chose unknown encoding {frame.encoding!r}")
+                if frame.resync and not self._asked_resync:
+                    raise RemoteProtocolError("Welcome grants a resync this edge did not ask for")
                 self.hwm = frame.hwm
                 self.encoding = frame.encoding
+                self.resyncing = frame.resync
             case Ack(seq=seq) | Nack(seq=seq):
                 if seq not in self.in_flight:
                     raise RemoteProtocolError(f"{type(frame).__name__} for seq {seq} not in flight")
@@ -206,9 +275,12 @@ class HubProtocol(_Protocol):
     After a Hello event the shell calls :meth:`accept` or :meth:`refuse`, or first
     :meth:`challenge` and then, at the Proof event, :meth:`accept` or :meth:`refuse`; each Batch
     event is the next one in ``seq`` order, which the shell makes durable and then
-    acks (:meth:`ack`) or nacks (:meth:`nack`). Re-sends and batches past a gap never become
-    events: they are answered here (:attr:`duplicates`, :attr:`gaps` count them). The
-    shell reports its backlog with :meth:`backlog`.
+    acks (:meth:`ack`) or nacks (:meth:`nack`). When the Hello asked for a resync and
+    :meth:`accept` granted it, the shell sends the edge's share with :meth:`send_share`
+    while :meth:`can_share` (each ShareAck event frees a place) and closes it with
+    :meth:`end_share` once :attr:`share_unacked` is empty. Re-sends and batches past a
+    gap never become events: they are answered here (:attr:`duplicates`, :attr:`gaps`
+    count them). The shell reports its backlog with :meth:`backlog`.
     """
 
     def __init__(
@@ -232,6 +304,43 @@ class HubProtocol(_Protocol):
         self._hello: Hello | None = None
         self._challenged = self._proved = False
         self._unanswered: set[int] = set()
+        #: The share is being sent (granted in the Welcome, not ended yet).
+        self.sharing = False
+        self.share_chunks = 0
+        self.share_unacked: set[int] = set()
+
+    @property
+    def resync_asked(self) -> bool:
+        """Whether the edge's Hello asked for a resync of its share."""
+        return self._hello is not None and self._hello.resync
+
+    def can_share(self) -> bool:
+        """Whether a Share chunk may be sent now (sharing, and the window has room)."""
+        return self.sharing and len(self.share_unacked) < SHARE_WINDOW
+
+    def send_share(self, count: int, payload: bytes, encoding: str) -> int:
+        """Queue the next Share chunk; its number.
+
+        Raises:
+            LocalProtocolError: not sharing, or the share window is full.
+        """
+        if not self.can_share():
+            raise LocalProtocolError("cannot send a share chunk: not sharing or window full")
+        self.share_chunks += 1
+        self.share_unacked.add(self.share_chunks)
+        self._send(Share(chunk=self.share_chunks, encoding=encoding, count=count, payload=payload))
+        return self.share_chunks
+
+    def end_share(self, entities: int, skipped: int = 0) -> None:
+        """Close the share: every chunk sent is acked.
+
+        Raises:
+            LocalProtocolError: not sharing, or chunks are still unacked.
+        """
+        if not self.sharing or self.share_unacked:
+            raise LocalProtocolError("cannot end the share: not sharing or chunks unacked")
+        self.sharing = False
+        self._send(ShareEnd(chunks=self.share_chunks, entities=entities, skipped=skipped))
 
     def challenge(self, nonce: bytes) -> None:
         """Ask the edge to prove its device key by signing ``nonce`` (a Proof event follows)."""
@@ -241,11 +350,24 @@ class HubProtocol(_Protocol):
         self._challenged = True
         self._send(Challenge(nonce=nonce))
 
-    def accept(self, hwm: int, *, max_bytes_per_second: int = 0, max_batch_bytes: int = 0) -> None:
-        """Welcome the edge; it resumes after ``hwm``, the last seq durable here."""
+    def accept(
+        self,
+        hwm: int,
+        *,
+        max_bytes_per_second: int = 0,
+        max_batch_bytes: int = 0,
+        resync: bool = False,
+    ) -> None:
+        """Welcome the edge; it resumes after ``hwm``, the last seq durable here.
+
+        ``resync`` grants the resync the Hello asked for (see :meth:`send_share`).
+        """
         self._require(State.HANDSHAKE, "accept")
         if self._hello is None:
             raise LocalProtocolError("cannot accept before a Hello")
+        if resync and not self._hello.resync:
+            raise LocalProtocolError("cannot grant a resync the edge did not ask for")
+        self.sharing = resync
         encoding = next((e for e in self._hello.encodings if e in self._encodings), "none")
         self.hwm = hwm
         self.expected = hwm + 1
@@ -257,6 +379,7 @@ class HubProtocol(_Protocol):
                 max_batch_bytes=min(self.max_frame_bytes, max_batch_bytes or self.max_frame_bytes),
                 max_bytes_per_second=max_bytes_per_second,
                 encoding=encoding,
+                resync=resync,
             )
         )
 
@@ -335,6 +458,10 @@ class HubProtocol(_Protocol):
                         f" speaks {PROTOCOL_VERSION}; update the edge"
                     )
                     return False
+            case ShareAck(chunk=chunk):
+                if chunk not in self.share_unacked:
+                    raise RemoteProtocolError(f"ShareAck for chunk {chunk} not in flight")
+                self.share_unacked.discard(chunk)
             case Proof():
                 if not self._challenged or self._proved:
                     raise RemoteProtocolError("Proof without a Challenge")
