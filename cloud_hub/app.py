@@ -30,6 +30,7 @@ from cloud_hub.config import (
 )
 from cloud_hub.dashboard.routes import dashboard_routes
 from cloud_hub.dashboard.service import Dashboard
+from cloud_hub.graph.share import read_share
 from cloud_hub.graphrag.communities.api import community_routes
 from cloud_hub.graphrag.schema import GRAPH_MIGRATIONS
 from cloud_hub.graphrag.service import GraphRag
@@ -54,6 +55,7 @@ from edge_agent.metrics import Metrics
 from edge_agent.nats.connection import NatsConnection
 from edge_agent.provision.identity import Identity
 from edge_agent.provision.mdns import Advertiser
+from edge_agent.sync.frames import EntityDelta
 
 __all__ = ["Hub"]
 
@@ -244,6 +246,13 @@ class Hub:
             authenticate=self.enrolment.authenticate if self.enrolment else None,
             max_payload=self.nats.client.max_payload,
             hub_id=self.config.platform.id,
+            read_share=self._read_share,
+        )
+
+    async def _read_share(self, edge_id: str, after: str, limit: int) -> list[EntityDelta]:
+        """A page of ``edge_id``'s share of this instance's graph (for a resync)."""
+        return await asyncio.to_thread(
+            self.store.database.read, read_share, edge_id, after=after, limit=limit
         )
 
     async def _start_dashboard(self) -> None:

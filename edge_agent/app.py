@@ -31,6 +31,7 @@ from edge_agent.config.units import ByteSize
 from edge_agent.errors import NatsServerError
 from edge_agent.graph import GraphStore
 from edge_agent.graph.querier import Querier
+from edge_agent.graph.recovery import RESYNC_MARKER
 from edge_agent.graph.service import GraphService
 from edge_agent.ingest.dead_letters import DeadLetters
 from edge_agent.ingest.processor import GraphProcessor
@@ -460,6 +461,9 @@ class Agent:
             metrics=self.metrics,
             # An enrolled device's credential is bound to its key: the hello proves it.
             prove=self.provisioner.prove_hello if self.provisioner else None,
+            resync_marker=self.state_dir / RESYNC_MARKER,
+            on_share=self.graph.committed,
+            on_share_end=self.graph.share_ended,
         )
         self._tasks.spawn(self.sync_output.run, name)
         return self.sync_output

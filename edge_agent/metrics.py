@@ -213,6 +213,29 @@ class Metrics:
             ["outcome"],
             registry=registry,
         )
+        self.storage_recoveries = Counter(
+            "semstreams_storage_recoveries",
+            "Stores found damaged at start, by verdict: damaged (moved aside, rebuilt),"
+            " wal_damaged (the WAL lost committed frames; a resync fills the gap).",
+            ["verdict"],
+            registry=registry,
+        )
+        for verdict in ("damaged", "wal_damaged"):
+            self.storage_recoveries.labels(verdict)
+        self.storage_unrecovered = Gauge(
+            "semstreams_storage_unrecovered_entities",
+            "Entities readable in the damaged store the graph still lacks (0 when none).",
+            registry=registry,
+        )
+        self.share_entities = Counter(
+            "semstreams_sync_share_entities",
+            "Entities of this edge's share received from the hub in a resync, by outcome"
+            " (applied, unchanged).",
+            ["outcome"],
+            registry=registry,
+        )
+        for outcome in ("applied", "unchanged"):
+            self.share_entities.labels(outcome)
 
     def exposition(self) -> bytes:
         """The Prometheus text format of every metric."""

@@ -20,7 +20,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,11 +34,14 @@ from cloud_hub.sync.log import SyncLog, WrongLastSequence
 from edge_agent.errors import AuthError, RemoteProtocolError
 from edge_agent.metrics import Metrics
 from edge_agent.provision.messages import DEVICE_ID_PATTERN
-from edge_agent.sync.codec import available_encodings, decode_deltas
-from edge_agent.sync.frames import Batch, Hello, Proof
+from edge_agent.sync.codec import available_encodings, decode_deltas, encode_deltas
+from edge_agent.sync.frames import MAX_SHARE_ENTITIES, Batch, EntityDelta, Hello, Proof
 from edge_agent.sync.protocol import HubProtocol, State
 
-__all__ = ["EdgeLink", "SyncInput"]
+__all__ = ["EdgeLink", "ReadShare", "SyncInput"]
+
+#: Reads a page of an edge's share: (edge id, after this entity id, at most this many).
+ReadShare = Callable[[str, str, int], Awaitable[list[EntityDelta]]]
 
 log = logging.getLogger(__name__)
 _RETRY_AFTER_S = 2.0
@@ -47,6 +50,10 @@ _HEADER_ROOM = 4096
 # WebSocket close codes (RFC 6455): policy violation, protocol error, internal error,
 # try again later.
 _CLOSE_POLICY, _CLOSE_PROTOCOL, _CLOSE_INTERNAL, _CLOSE_TRY_LATER = 1008, 1002, 1011, 1013
+#: A Share frame's compressed payload at most: an edge reads messages of up to 1 MiB.
+_SHARE_FRAME_BYTES = 512 << 10
+#: How long a resync waits for this instance's graph to hold the edge's last batch.
+_SHARE_CATCH_UP_S = 30.0
 
 
 @dataclass
@@ -88,6 +95,11 @@ class _Session:
     #: The device key the edge's credential is bound to, and the nonce it must sign.
     device_key: bytes = b""
     nonce: bytes = b""
+    #: A resync: the last entity id sent, whether every page was read, the figures.
+    share_after: str = ""
+    share_read: bool = False
+    share_entities: int = 0
+    share_skipped: int = 0
 
 
 def _iso(epoch: float) -> str | None:
@@ -110,6 +122,8 @@ class SyncInput:
             which the edge then proves it holds.
         max_payload: the NATS server's largest message (0: unknown).
         hub_id: this hub's own id, which no edge may use.
+        read_share: reads pages of an edge's share from this instance's graph, for a
+            resync the edge asks for (``None``: this hub offers none).
     """
 
     def __init__(
@@ -123,8 +137,10 @@ class SyncInput:
         authenticate: Callable[[str, str, float], bytes] | None = None,
         max_payload: int = 0,
         hub_id: str = "",
+        read_share: ReadShare | None = None,
     ) -> None:
         self.settings = settings
+        self._read_share = read_share
         self._log = sync_log
         self._metrics = metrics
         self._hub = hub_metrics
@@ -213,6 +229,8 @@ class SyncInput:
                     await self._proof(session, frame)
                 elif isinstance(frame, Batch):
                     await self._take(session, frame, data)
+            if proto.sharing:
+                await self._send_share(session)
             self._count_answers(proto)
             if session.closed:
                 return
@@ -307,7 +325,48 @@ class SyncInput:
         log.info(
             "sync: edge %s linked from %s, resuming after batch %d", edge_id, link.remote, known
         )
-        proto.accept(known, max_batch_bytes=self._max_batch_bytes())
+        resync = hello.resync and self._read_share is not None
+        if resync:
+            log.info("sync: edge %s asks for a resync of its share", edge_id)
+        proto.accept(known, max_batch_bytes=self._max_batch_bytes(), resync=resync)
+
+    async def _send_share(self, session: _Session) -> None:
+        """Send the next chunks of the edge's share while the window has room; end it
+        when every page is read and acked. Only the authenticated edge's own share."""
+        proto = session.proto
+        if not session.share_after and not session.share_read:
+            await self._caught_up(session)
+        while proto.can_share() and not session.share_read:
+            assert self._read_share is not None
+            deltas = await self._read_share(proto.edge_id, session.share_after, MAX_SHARE_ENTITIES)
+            if not deltas:
+                session.share_read = True
+                break
+            session.share_after = deltas[-1].entity_id
+            payload, deltas = await asyncio.to_thread(_share_chunk, deltas, proto.encoding)
+            if not deltas:  # one entity larger than a frame: counted, not sent
+                session.share_skipped += 1
+                continue
+            session.share_after = deltas[-1].entity_id
+            proto.send_share(len(deltas), payload, proto.encoding)
+            session.share_entities += len(deltas)
+            self._metrics.sync_deltas.labels("shared").inc(len(deltas))
+        if session.share_read and not proto.share_unacked:
+            proto.end_share(session.share_entities, session.share_skipped)
+            log.info(
+                "sync: resync of %s done: %d entities in %d chunks, %d too large",
+                proto.edge_id,
+                session.share_entities,
+                proto.share_chunks,
+                session.share_skipped,
+            )
+
+    async def _caught_up(self, session: _Session) -> None:
+        """Wait (a while) until this instance's graph holds the edge's last batch, so the
+        share it reads is the whole of what the log holds."""
+        deadline = time.monotonic() + _SHARE_CATCH_UP_S
+        while self._backlog(session.after) > 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
 
     def _max_batch_bytes(self) -> int:
         """The largest batch frame this hub can store: its frame limit, and JetStream's
@@ -418,6 +477,18 @@ class SyncInput:
         self.links[edge_id].connected = False
         self._count_connected()
         log.info("sync: edge %s unlinked", edge_id)
+
+
+def _share_chunk(deltas: list[EntityDelta], encoding: str) -> tuple[bytes, list[EntityDelta]]:
+    """The longest prefix of ``deltas`` whose payload fits a Share frame, halving until
+    it does; (payload, the deltas in it). A single delta too large gives no deltas."""
+    while True:
+        payload, _ = encode_deltas(deltas, encoding)
+        if len(payload) <= _SHARE_FRAME_BYTES:
+            return payload, deltas
+        if len(deltas) == 1:
+            return b"", []
+        deltas = deltas[: len(deltas) // 2]
 
 
 def _peer(websocket: WebSocket) -> str:

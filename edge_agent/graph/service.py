@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -11,10 +13,16 @@ from edge_agent.config import GraphSettings
 from edge_agent.graph.migrations import MIGRATIONS, Migration
 from edge_agent.graph.outbox import SyncMode
 from edge_agent.graph.querier import Querier
+from edge_agent.graph.recovery import Recovery, heal
 from edge_agent.graph.store import GraphStore
 from edge_agent.metrics import Metrics
 
 __all__ = ["GraphService"]
+
+log = logging.getLogger(__name__)
+#: A recount of what a recovery still misses reads every salvaged id: not at every
+#: ``/health``.
+_RECOUNT_S = 2.0
 
 
 class GraphService:
@@ -53,14 +61,23 @@ class GraphService:
         self.store: GraphStore
         self.querier: Querier
         self._ok = True
+        #: What healing the store at start did (None: it was whole or new).
+        self.recovery: Recovery | None = None
+        self._counted_at = 0.0
 
     async def start(self) -> None:
-        """Open (and migrate) the store; build the querier.
+        """Check the store (moving a damaged one aside, see :mod:`recovery`), open and
+        migrate it; build the querier.
 
         Raises:
             GraphError: the file cannot be opened, migrated or indexed.
         """
         settings = self._settings
+        # Only a program with a sync link can ask a hub for its share; the hub
+        # rebuilds from its own log.
+        self.recovery = await asyncio.to_thread(heal, self._path, resync=self._outbox is not None)
+        if self.recovery is not None:
+            self._metrics.storage_recoveries.labels(self.recovery.verdict).inc()
         self.store = await asyncio.to_thread(
             GraphStore,
             self._path,
@@ -87,8 +104,13 @@ class GraphService:
             await asyncio.to_thread(self.store.close)
 
     async def check(self) -> None:
-        """Read one row, to tell ``/health`` whether the store answers."""
+        """Read one row, to tell ``/health`` whether the store answers; after a
+        recovery, count what is still missing (at most every few seconds)."""
         self._ok = await asyncio.to_thread(self._readable)
+        if self.recovery is not None and time.monotonic() - self._counted_at > _RECOUNT_S:
+            self._counted_at = time.monotonic()
+            missing = await asyncio.to_thread(self.recovery.recount, self._path)
+            self._metrics.storage_unrecovered.set(missing or 0)
 
     def _readable(self) -> bool:
         try:
@@ -98,9 +120,29 @@ class GraphService:
             return False
         return True
 
+    async def share_ended(self, figures: dict[str, int]) -> None:
+        """The hub's share came back whole: record it, and log what is still missing."""
+        recovery = self.recovery
+        if recovery is None:
+            return
+        recovery.hub_resync, recovery.share = "done", dict(figures)
+        missing = await asyncio.to_thread(recovery.recount, self._path)
+        self._metrics.storage_unrecovered.set(missing or 0)
+        if missing is not None:
+            log.warning(
+                "recovery: after the hub's share, %d of the %d entities readable in the"
+                " damaged store are not back%s",
+                missing,
+                recovery.damaged_entities,
+                "" if recovery.read_complete else " (at least: it was not readable to its end)",
+            )
+
     def health(self) -> dict[str, Any]:
-        """``ok`` or ``down``, as of the last :meth:`check`."""
-        return {"status": "ok" if self._ok else "down"}
+        """``ok`` or ``down``, as of the last :meth:`check`, and any recovery at start."""
+        view: dict[str, Any] = {"status": "ok" if self._ok else "down"}
+        if self.recovery is not None:
+            view["recovery"] = self.recovery.view()
+        return view
 
     def committed(self, touched: frozenset[str]) -> None:
         """After a commit: drop what it made stale from the query cache."""

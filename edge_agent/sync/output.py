@@ -28,11 +28,12 @@ from edge_agent.config.schema import WebsocketOutputConfig
 from edge_agent.errors import ConfigError, GraphError, ProtocolError
 from edge_agent.graph import GraphStore
 from edge_agent.graph.outbox import BatchLimits, OutboxBatch
+from edge_agent.graph.share import merge_share
 from edge_agent.metrics import Metrics
 from edge_agent.private_files import check_private
-from edge_agent.sync.codec import available_encodings
+from edge_agent.sync.codec import available_encodings, decode_deltas
 from edge_agent.sync.filters import compile_filter
-from edge_agent.sync.frames import Ack, Nack, Slow
+from edge_agent.sync.frames import Ack, Nack, Share, ShareEnd, Slow
 from edge_agent.sync.pacing import Backoff, TokenBucket, wire_size
 from edge_agent.sync.protocol import EdgeProtocol, State
 
@@ -47,6 +48,8 @@ _HOUSEKEEPING_S = 1.0
 _BATCH_SECONDS_UNDER_CAP = 0.25
 _MIN_BATCH_BYTES = 1024
 _FRAME_OVERHEAD = 1024
+#: The most a Share chunk may expand to (a chunk is at most 1 MiB on the wire).
+_SHARE_RAW_MAX = 16 << 20
 
 
 class SyncRefusedError(ProtocolError):
@@ -91,6 +94,11 @@ class SyncOutput:
         metrics: the agent's metrics.
         prove: signs the hub's Challenge nonce with the device key (an enrolled device:
             its credential is bound to that key, and each hello proves it holds it).
+        resync_marker: while this file exists, each Hello asks the hub for this edge's
+            whole share (see :mod:`edge_agent.graph.recovery`); it is removed when the
+            share has arrived whole.
+        on_share: called with what each merged share chunk touched (cache invalidation).
+        on_share_end: called with the figures of a completed resync.
     """
 
     def __init__(
@@ -103,8 +111,15 @@ class SyncOutput:
         write: Writer,
         metrics: Metrics,
         prove: Callable[[bytes], bytes] | None = None,
+        resync_marker: Path | None = None,
+        on_share: Callable[[frozenset[str]], None] | None = None,
+        on_share_end: Callable[[dict[str, int]], Awaitable[None]] | None = None,
     ) -> None:
         self.settings = settings
+        self._resync_marker = resync_marker
+        self._on_share = on_share
+        self._on_share_end = on_share_end
+        self._share = {"entities": 0, "applied": 0}
         self.edge_id = edge_id
         self._token = token
         self._prove = prove
@@ -182,6 +197,7 @@ class SyncOutput:
             user_agent_header=f"semstreams-edge/{__version__}",
         ) as ws:
             acked = await asyncio.to_thread(self._store.sync_acked_seq)
+            resync = self._resync_marker is not None and self._resync_marker.exists()
             proto = EdgeProtocol(
                 self.edge_id,
                 self._token,
@@ -189,9 +205,14 @@ class SyncOutput:
                 window=settings.window,
                 encodings=self._encodings,
                 prove=self._prove,
+                resync=resync,
             )
             await self._flush(ws, proto)
             await self._handshake(ws, proto)
+            if resync:
+                self._share = {"entities": 0, "applied": 0}
+                if not proto.resyncing:
+                    log.warning("sync: asked the hub for a resync; it offers none (older hub)")
             backoff.reset()
             self.connected, self.last_error = True, ""
             self._metrics.sync_connected.set(1)
@@ -245,10 +266,50 @@ class SyncOutput:
         async for message in ws:
             proto.receive_data(_as_bytes(message))
             for frame in proto.events_received():
-                await self._answer(frame)
+                if isinstance(frame, Share | ShareEnd):
+                    await self._take_share(frame, proto)
+                else:
+                    await self._answer(frame)
+            await self._flush(ws, proto)
             self.hwm = proto.hwm
             self._wake.set()
         raise ConnectionError(f"hub closed the link ({ws.close_code} {ws.close_reason})")
+
+    async def _take_share(self, frame: Share | ShareEnd, proto: EdgeProtocol) -> None:
+        """Merge a share chunk into the graph and ack it; at the end, stop asking."""
+        if isinstance(frame, ShareEnd):
+            await self._share_ended(frame)
+            return
+        deltas = decode_deltas(frame.payload, frame.encoding, max_bytes=_SHARE_RAW_MAX)
+        if len(deltas) != frame.count:
+            raise ProtocolError(f"share chunk {frame.chunk}: {len(deltas)} of {frame.count}")
+        store = self._store
+        applied, touched = await self._write(
+            store.database.transaction, merge_share, deltas, self.edge_id, store.indexes
+        )
+        self._share["entities"] += len(deltas)
+        self._share["applied"] += applied
+        self._metrics.share_entities.labels("applied").inc(applied)
+        self._metrics.share_entities.labels("unchanged").inc(len(deltas) - applied)
+        if touched and self._on_share is not None:
+            self._on_share(touched)
+        proto.ack_share(frame.chunk)
+
+    async def _share_ended(self, end: ShareEnd) -> None:
+        figures = {**self._share, "hub_entities": end.entities, "skipped": end.skipped}
+        if figures["entities"] != end.entities:
+            raise ProtocolError(f"share ended at {end.entities} entities, {figures} came")
+        if self._resync_marker is not None:
+            await asyncio.to_thread(self._resync_marker.unlink, missing_ok=True)
+        log.info(
+            "sync: resync done: %d entities of this edge's share came back, %d merged"
+            " (%d too large to send)",
+            end.entities,
+            figures["applied"],
+            end.skipped,
+        )
+        if self._on_share_end is not None:
+            await self._on_share_end(figures)
 
     async def _answer(self, frame: Any) -> None:
         if isinstance(frame, Ack):

@@ -308,6 +308,7 @@ class HubProtocol(_Protocol):
         self.sharing = False
         self.share_chunks = 0
         self.share_unacked: set[int] = set()
+        self.encoding = "none"
 
     @property
     def resync_asked(self) -> bool:
@@ -369,6 +370,8 @@ class HubProtocol(_Protocol):
             raise LocalProtocolError("cannot grant a resync the edge did not ask for")
         self.sharing = resync
         encoding = next((e for e in self._hello.encodings if e in self._encodings), "none")
+        #: The payload encoding both ends speak (the Welcome tells the edge).
+        self.encoding = encoding
         self.hwm = hwm
         self.expected = hwm + 1
         self.state = State.SYNCING
