@@ -128,13 +128,22 @@ class GraphService:
         recovery.hub_resync, recovery.share = "done", dict(figures)
         missing = await asyncio.to_thread(recovery.recount, self._path)
         self._metrics.storage_unrecovered.set(missing or 0)
-        if missing is not None:
+        if missing is None:  # nothing was moved aside: a WAL that lost frames
+            log.info("recovery: the hub's share is merged (%s)", figures)
+        elif not recovery.read_complete:
             log.warning(
-                "recovery: after the hub's share, %d of the %d entities readable in the"
-                " damaged store are not back%s",
+                "recovery: the hub's share is merged; the damaged store could not be read to"
+                " its end: of the %d entities read in it, %d are not back, and what it held"
+                " beyond that and the hub did not is unknown",
+                recovery.damaged_entities,
+                missing,
+            )
+        else:
+            (log.warning if missing else log.info)(
+                "recovery: the hub's share is merged; %d of the %d entities in the damaged"
+                " store are not back",
                 missing,
                 recovery.damaged_entities,
-                "" if recovery.read_complete else " (at least: it was not readable to its end)",
             )
 
     def health(self) -> dict[str, Any]:

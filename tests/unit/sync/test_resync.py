@@ -95,7 +95,7 @@ def test_an_old_edge_is_served_without_a_resync() -> None:
     ],
 )
 def test_share_frames_without_a_granted_resync_are_refused(frame: Share | ShareEnd) -> None:
-    edge, hub = resyncing(grant=False)
+    edge, _hub = resyncing(grant=False)
     with pytest.raises(RemoteProtocolError, match="without a granted resync"):
         edge.receive_data(encode_frame(frame))
 
@@ -126,7 +126,7 @@ def test_the_edge_refuses_gaps_floods_and_early_ends() -> None:
 
 
 def test_the_hub_refuses_acks_of_chunks_it_never_sent() -> None:
-    edge, hub = resyncing()
+    _edge, hub = resyncing()
     with pytest.raises(RemoteProtocolError, match="not in flight"):
         hub.receive_data(encode_frame(ShareAck(chunk=1)))
 

@@ -1,0 +1,229 @@
+"""Self-healing storage end to end: a real edge (child process, own nats-server) whose
+SQLite files are damaged on disk after a ``kill -9``, a real hub it resyncs from, and
+a compromised edge that tries to get another edge's share.
+
+The damage is random but seeded (``SELF_HEAL_SEED``, else a fresh seed; the seed and
+each round's damage are in every failure message).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from websockets.sync.client import connect
+
+from edge_agent.sync.codec import decode_deltas, encode_deltas
+from edge_agent.sync.frames import (
+    Ack,
+    Batch,
+    EntityDelta,
+    Hello,
+    Share,
+    ShareAck,
+    ShareEnd,
+    Welcome,
+    decode_frame,
+    encode_frame,
+)
+from tests.helpers import http_json
+from tests.integration.sync_harness import (
+    EDGE_ID,
+    SyncPair,
+    drone_round,
+    metric,
+    post_events,
+)
+
+pytestmark = pytest.mark.slow
+
+DRONES = 60
+ROUNDS = 20
+PAGE = 4096
+#: Ways a file is damaged; each either makes the store unreadable (and it is rebuilt)
+#: or leaves what SQLite reads intact (then nothing is lost). Flips inside stored
+#: values are not among them: SQLite keeps no checksum of page contents (see
+#: docs/operations.md, "Self-healing storage").
+DAMAGES = ("truncate", "zero_page", "random_page", "flip_page_type", "garbage", "reflash")
+
+
+def damage(state: Path, kind: str, rng: random.Random) -> str:
+    """Damage the edge's graph store in ``state`` as ``kind`` says; what was done."""
+    db = state / "graph.db"
+    data = bytearray(db.read_bytes())
+    pages = len(data) // PAGE
+    page = rng.randrange(1, max(2, pages))
+    if kind == "truncate":
+        cut = rng.randrange(0, len(data))
+        db.write_bytes(bytes(data[:cut]))
+        return f"truncated {len(data)} -> {cut} bytes"
+    if kind == "zero_page":
+        data[page * PAGE : (page + 1) * PAGE] = bytes(PAGE)
+    elif kind == "random_page":
+        data[page * PAGE : (page + 1) * PAGE] = rng.randbytes(PAGE)
+    elif kind == "flip_page_type":
+        data[page * PAGE] ^= 1 << rng.randrange(8)
+    elif kind == "garbage":
+        db.write_bytes(rng.randbytes(len(data)))
+        return f"overwrote {len(data)} bytes with garbage"
+    elif kind == "reflash":
+        shutil.rmtree(state)
+        return "state directory removed (a reflashed edge with the same id)"
+    db.write_bytes(bytes(data))
+    return f"{kind} on page {page + 1} of {pages}"
+
+
+def without_versions(entities: dict[str, Any]) -> dict[str, Any]:
+    """The comparable state without ``version``: a rebuilt entity's count of updates
+    is the hub's, not a replay of every reading."""
+    return {key: {**value, "version": None} for key, value in entities.items()}
+
+
+def store_health(api: str) -> dict[str, Any]:
+    status, body = http_json(f"{api}/health")
+    assert status == 200, body
+    store: dict[str, Any] = body["components"]["store"]
+    return store
+
+
+def wait_recovered(api: str, timeout: float = 60.0) -> dict[str, Any]:
+    """Wait until the edge's recovery (if any) has the hub's share; its health view."""
+    deadline = time.monotonic() + timeout
+    while True:
+        store = store_health(api)
+        recovery = store.get("recovery")
+        if recovery is None or recovery["hub_resync"] == "done":
+            return store
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no resync within {timeout}s: {store}")
+        time.sleep(0.2)
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> Iterator[SyncPair]:
+    link = SyncPair(tmp_path)
+    link.start()
+    yield link
+    link.stop()
+
+
+def at_round(truth: dict[str, Any], round_: int) -> dict[str, Any]:
+    """What the graph should be after ``drone_round(round_)``: every drone's reading."""
+    reading = drone_round(round_, 1)[0]["properties"]
+    return {
+        key: {**value, "properties": reading} if key.startswith("drone-") else value
+        for key, value in truth.items()
+    }
+
+
+def test_a_damaged_store_is_rebuilt_twenty_times_out_of_twenty(pair: SyncPair) -> None:
+    seed = int(os.environ.get("SELF_HEAL_SEED") or random.randrange(1 << 32))
+    rng = random.Random(seed)
+    state = Path(pair.edge.config["state_dir"])
+    post_events(pair.edge.api, drone_round(0, DRONES))
+    truth = without_versions(pair.wait_synced(minimum=DRONES))
+    rebuilt = 0
+    for round_ in range(1, ROUNDS + 1):
+        post_events(pair.edge.api, drone_round(round_, DRONES))
+        pair.wait_synced(minimum=DRONES)  # what the hub has is what comes back
+        pair.edge.kill()
+        done = damage(state, rng.choice(DAMAGES), rng)
+        where = f"seed {seed}, round {round_}: {done}"
+        try:
+            pair.edge.start()
+            store = wait_recovered(pair.edge.api)
+            synced = pair.wait_synced(minimum=DRONES)
+        except AssertionError as exc:
+            raise AssertionError(f"{where}: {exc}") from exc
+        got = without_versions(synced)
+        assert got == at_round(truth, round_), f"{where}: the graph is not what it should be"
+        recovery = store.get("recovery")
+        if recovery is not None:
+            rebuilt += 1
+            assert recovery["unrecovered_entities"] in (0, None), f"{where}: {recovery}"
+            assert Path(recovery["moved_to"]).is_dir(), f"{where}: {recovery}"
+        assert not (state / "resync-requested").exists(), where
+    assert rebuilt >= ROUNDS // 2, f"seed {seed}: only {rebuilt} of {ROUNDS} rounds were damage"
+    assert metric(pair.edge.api, "semstreams_storage_unrecovered_entities") == 0
+    pair.check_hub_records()
+
+
+def test_a_damaged_hub_store_is_rebuilt_from_its_log(pair: SyncPair) -> None:
+    post_events(pair.edge.api, drone_round(0, DRONES))
+    before = pair.wait_synced(minimum=DRONES)
+    pair.hub.kill()
+    pair.hub_db.write_bytes(b"not a database at all" * 500)
+    pair.hub.start()
+    assert pair.wait_synced(minimum=DRONES) == before
+    status, body = http_json(f"{pair.hub.api}/health")
+    assert status == 200, body
+    recovery = body["components"]["store"]["recovery"]
+    assert recovery["verdict"] == "damaged" and recovery["hub_resync"] == "none", body
+    assert len(list((pair.hub_db.parent / "damaged").iterdir())) == 1
+
+
+def ask_share(url: str, edge_id: str, token: str) -> tuple[Welcome, list[Any]]:
+    """Say Hello asking for a resync as ``edge_id``; the Welcome and every entity of the
+    share the hub sends (acking each chunk), until its ShareEnd."""
+    entities: list[Any] = []
+    with connect(url, proxy=None, max_size=1 << 20) as ws:
+        ws.send(encode_frame(Hello(edge_id=edge_id, token=token, resync=True)))
+        welcome = decode_frame(ws.recv(timeout=10), max_bytes=1 << 20)  # type: ignore[arg-type]
+        assert isinstance(welcome, Welcome), welcome
+        while welcome.accepted and welcome.resync:
+            frame = decode_frame(ws.recv(timeout=10), max_bytes=1 << 20)  # type: ignore[arg-type]
+            if isinstance(frame, ShareEnd):
+                assert frame.entities == len(entities)
+                break
+            assert isinstance(frame, Share), frame
+            entities += decode_deltas(frame.payload, frame.encoding, max_bytes=16 << 20)
+            ws.send(encode_frame(ShareAck(chunk=frame.chunk)))
+    return welcome, entities
+
+
+def contribute(url: str, edge_id: str, token: str, deltas: list[EntityDelta]) -> None:
+    """Send ``deltas`` as batch 1 of ``edge_id``, as an edge would; wait for its ack."""
+    with connect(url, proxy=None, max_size=1 << 20) as ws:
+        ws.send(encode_frame(Hello(edge_id=edge_id, token=token, encodings=("none",))))
+        welcome = decode_frame(ws.recv(timeout=10), max_bytes=1 << 20)  # type: ignore[arg-type]
+        assert isinstance(welcome, Welcome) and welcome.accepted, welcome
+        payload, _ = encode_deltas(deltas, "none")
+        ws.send(encode_frame(Batch(seq=1, encoding="none", count=len(deltas), payload=payload)))
+        assert decode_frame(ws.recv(timeout=10), max_bytes=1 << 20) == Ack(seq=1)  # type: ignore[arg-type]
+
+
+def test_a_compromised_edge_gets_its_own_share_and_never_another(tmp_path: Path) -> None:
+    pair = SyncPair(tmp_path)
+    other_token = "other-edge-token-0123456789"
+    devices = pair.hub.config["components"][0]["config"]["devices"]
+    devices["edge-2"] = {"token": other_token}
+    pair.hub.config_path.write_text(json.dumps(pair.hub.config))
+    pair.start()
+    try:
+        post_events(pair.edge.api, drone_round(0, DRONES))
+        hub_view = pair.wait_synced(minimum=DRONES)
+        url = f"ws://127.0.0.1:{pair.proxy.port}/edge-sync"
+        # edge-2 reports an entity edge-1 reports too, with a property of its own.
+        now = int(time.time() * 1000)
+        mine = EntityDelta("drone-0000", "drone", 1, now, 1, [("callsign", "two", now, "e2")])
+        contribute(url, "edge-2", other_token, [mine])
+        welcome, theirs = ask_share(url, "edge-2", other_token)
+        assert welcome.accepted and welcome.resync
+        assert [(d.entity_id, d.triples) for d in theirs] == [("drone-0000", mine.triples)]
+        welcome, own = ask_share(url, EDGE_ID, pair.token)
+        assert welcome.resync and sorted(d.entity_id for d in own) == sorted(hub_view)
+        assert all(src != "e2" for d in own for *_, src in d.triples)
+        first = next(d for d in own if d.entity_id == "drone-0000")
+        assert {p for p, *_ in first.triples} == {"round", "battery", "status"}
+        welcome, stolen = ask_share(url, EDGE_ID, other_token)  # edge-2 posing as edge-1
+        assert not welcome.accepted and stolen == [], welcome
+        assert "credential" in welcome.reason
+    finally:
+        pair.stop()
