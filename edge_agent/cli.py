@@ -258,6 +258,23 @@ def cmd_restore(args: argparse.Namespace) -> int:
     )
 
 
+def cmd_request_resync(args: argparse.Namespace) -> int:
+    """Make the agent ask the hub for this edge's whole share on its next link."""
+    from edge_agent.graph.recovery import RESYNC_MARKER, request_resync
+
+    config = load_or_exit(args.config)
+    state_dir = Path(config.state_dir)
+    if not state_dir.is_dir():
+        print(f"edge-agent request-resync: no state directory {state_dir}", file=sys.stderr)
+        return EXIT_FAILURE
+    request_resync(state_dir)
+    print(
+        f"{state_dir / RESYNC_MARKER}: the next link to the hub asks for this edge's share"
+        " (a running agent asks when it next connects, e.g. after a restart)"
+    )
+    return 0
+
+
 def cmd_firstboot(args: argparse.Namespace) -> int:
     """Give a freshly flashed device its identity (run once by semstreams-firstboot.service)."""
     from edge_agent.systemd.firstboot import FirstBoot, FirstbootError
@@ -369,6 +386,12 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_argument("src", help="a directory made by edge-agent backup")
     restore.add_argument("--config", "-c", help="the agent's config file")
     restore.set_defaults(func=cmd_restore)
+
+    resync = commands.add_parser(
+        "request-resync", help="ask the hub for this edge's whole share on the next link"
+    )
+    resync.add_argument("--config", "-c", help="JSON config file (default: built-in defaults)")
+    resync.set_defaults(func=cmd_request_resync)
 
     firstboot = commands.add_parser("firstboot", help="first-boot setup of a flashed device")
     firstboot.add_argument("--root", default="/", help="the system's root (default: /)")

@@ -21,6 +21,7 @@ import msgspec
 
 from edge_agent.errors import AuthError
 from edge_agent.graph.database import Database
+from edge_agent.graph.integrity import refuse_if_damaged
 from edge_agent.graph.migrations import Migration
 from edge_agent.provision.identity import claim_key
 from edge_agent.provision.messages import EnrolRequest
@@ -99,6 +100,12 @@ class ClaimProof:
     proves: Callable[[str], bool]
 
 
+_DAMAGED_REMEDY = (
+    "restore it from a backup, or move it (with its -wal and -shm files) aside to start"
+    " with no enrolled devices, which then enrol again"
+)
+
+
 class Registry:
     """Devices and claim tokens; safe to call from any thread (writers take turns).
 
@@ -107,6 +114,8 @@ class Registry:
     """
 
     def __init__(self, path: Path) -> None:
+        # Enrolments are nowhere else: a damaged registry is refused, never replaced.
+        refuse_if_damaged(path, "device registry", _DAMAGED_REMEDY)
         self._db = Database(path, REGISTRY_MIGRATIONS, what="device registry")
 
     def close(self) -> None:

@@ -31,6 +31,8 @@ from typing import Final, Literal
 
 import msgspec
 
+from edge_agent.errors import GraphError
+
 __all__ = [
     "Inspection",
     "copy_evidence",
@@ -38,6 +40,7 @@ __all__ = [
     "header_problem",
     "inspect",
     "quarantine",
+    "refuse_if_damaged",
     "salvage_ids",
     "wal_problem",
 ]
@@ -174,6 +177,18 @@ def inspect(path: Path) -> Inspection:
     if wal_damage:
         return Inspection("wal_damaged", wal_damage)
     return Inspection("ok")
+
+
+def refuse_if_damaged(path: Path, what: str, remedy: str) -> None:
+    """For a store nothing can rebuild: refuse to start on a damaged one, saying why.
+
+    Raises:
+        GraphError: the file (or its WAL) is damaged; names the file, the damage and
+            ``remedy``.
+    """
+    found = inspect(path)
+    if found.verdict in ("damaged", "wal_damaged"):
+        raise GraphError(f"{what} {path} is damaged ({found.reason}): {remedy}")
 
 
 def quarantine(path: Path, damaged_dir: Path, *, now: float | None = None) -> Path:

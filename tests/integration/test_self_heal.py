@@ -12,6 +12,8 @@ import json
 import os
 import random
 import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -153,6 +155,29 @@ def test_a_damaged_store_is_rebuilt_twenty_times_out_of_twenty(pair: SyncPair) -
     assert rebuilt >= ROUNDS // 2, f"seed {seed}: only {rebuilt} of {ROUNDS} rounds were damage"
     assert metric(pair.edge.api, "semstreams_storage_unrecovered_entities") == 0
     pair.check_hub_records()
+
+
+def test_an_asked_resync_of_a_whole_store_changes_nothing(pair: SyncPair) -> None:
+    post_events(pair.edge.api, drone_round(0, DRONES))
+    before = pair.wait_synced(minimum=DRONES)
+    hwm = pair.check_hub_records()
+    pair.edge.kill()
+    command = [sys.executable, "-m", "edge_agent.cli", "request-resync"]
+    done = subprocess.run(
+        [*command, "-c", str(pair.edge.config_path)], capture_output=True, text=True, check=True
+    )
+    marker = Path(pair.edge.config["state_dir"]) / "resync-requested"
+    assert str(marker) in done.stdout and marker.exists()
+    pair.edge.start()
+    deadline = time.monotonic() + 30
+    while marker.exists():
+        assert time.monotonic() < deadline, "the resync did not end"
+        time.sleep(0.1)
+    unchanged = 'outcome="unchanged"'
+    assert metric(pair.edge.api, "semstreams_sync_share_entities_total", unchanged) == DRONES
+    assert metric(pair.edge.api, "semstreams_sync_share_entities_total", 'outcome="applied"') == 0
+    assert pair.wait_synced(minimum=DRONES) == before
+    assert pair.check_hub_records() == hwm  # nothing of the share was sent back
 
 
 def test_a_damaged_hub_store_is_rebuilt_from_its_log(pair: SyncPair) -> None:
