@@ -56,7 +56,8 @@ class Recovery:
     read_complete: bool = True
     #: Of those ids, how many the graph lacks now (None: not counted yet).
     unrecovered: int | None = None
-    #: ``requested``, ``done``, or ``none`` (no sync link: the hub rebuilds from its log).
+    #: ``requested``, ``done``, or ``none``: no sync link to ask (the hub rebuilds from
+    #: its own log).
     hub_resync: str = "requested"
     share: dict[str, int] = field(default_factory=dict)
 
