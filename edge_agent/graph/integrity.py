@@ -25,9 +25,9 @@ import sqlite3
 import struct
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Final, Literal
+from typing import Final, Literal, TypeVar
 
 import msgspec
 
@@ -46,6 +46,7 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 _MAGIC: Final = b"SQLite format 3\x00"
 _WAL_MAGIC: Final = (0x377F0682, 0x377F0683)
@@ -147,11 +148,27 @@ def _quick_check_problem(rows: list[tuple[object, ...]]) -> str:
 # ---- the shell ---------------------------------------------------------------------------
 
 
+def _read_only(path: Path, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+    """``fn`` on a read-only connection to ``path``: SQLite reads the WAL as always, and
+    closing it never checkpoints, so the files stay exactly as they were found."""
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return fn(db)
+    finally:
+        db.close()
+
+
+def _quick_check(db: sqlite3.Connection) -> list[tuple[object, ...]]:
+    rows: list[tuple[object, ...]] = db.execute("PRAGMA quick_check").fetchall()
+    db.execute("SELECT count(*) FROM sqlite_schema").fetchone()
+    return rows
+
+
 def inspect(path: Path) -> Inspection:
     """Check the database at ``path`` (and its WAL): fresh, whole, or damaged.
 
-    Opens the file (SQLite replays a valid WAL as it always does) and runs ``PRAGMA
-    quick_check``, after the header and WAL checks that need no SQLite.
+    The header and WAL checks need no SQLite; then ``PRAGMA quick_check`` on a
+    read-only connection, which changes no file.
     """
     if not path.exists():
         return Inspection("fresh")
@@ -164,12 +181,7 @@ def inspect(path: Path) -> Inspection:
     wal = wal_path.read_bytes() if wal_path.exists() else b""
     wal_damage = wal_problem(wal)
     try:
-        db = sqlite3.connect(path, isolation_level=None)
-        try:
-            rows = db.execute("PRAGMA quick_check").fetchall()
-            db.execute("SELECT count(*) FROM sqlite_schema").fetchone()
-        finally:
-            db.close()
+        rows = _read_only(path, _quick_check)
     except sqlite3.Error as exc:
         return Inspection("damaged", f"cannot be read: {exc}")
     if problem := _quick_check_problem(rows):
@@ -240,34 +252,16 @@ def salvage_ids(quarantined: Path, name: str) -> tuple[int, bool]:
     """Read the entity ids still readable in the quarantined database ``name`` into
     ``<quarantined>/entity-ids.db``.
 
-    Reads a scratch copy (SQLite may write to a file it opens: the evidence stays as
-    it was found). Returns (ids read, whether every scan read to its end); ``(0,
-    False)`` when nothing could be read at all.
+    Reads through a read-only connection (the evidence stays as it was found).
+    Returns (ids read, whether every scan read to its end); ``(0, False)`` when
+    nothing could be read at all.
     """
-    ids_path = quarantined / "entity-ids.db"
-    out = sqlite3.connect(ids_path, isolation_level=None)
-    complete = True
+    out = sqlite3.connect(quarantined / "entity-ids.db", isolation_level=None)
     try:
         out.execute("CREATE TABLE IF NOT EXISTS ids (id TEXT PRIMARY KEY) WITHOUT ROWID")
-        with tempfile.TemporaryDirectory(dir=quarantined) as scratch:
-            for side in ("", "-wal"):
-                source = quarantined / (name + side)
-                if source.exists():
-                    shutil.copyfile(source, Path(scratch) / source.name)
-            db = sqlite3.connect(Path(scratch) / name, isolation_level=None)
-            try:
-                complete = _scans_complete(db)
-                batch: list[tuple[str]] = []
-                out.execute("BEGIN")
-                for entity_id in _readable_ids(db):
-                    batch.append((entity_id,))
-                    if len(batch) >= _SALVAGE_BATCH:
-                        out.executemany("INSERT OR IGNORE INTO ids VALUES (?)", batch)
-                        batch = []
-                out.executemany("INSERT OR IGNORE INTO ids VALUES (?)", batch)
-                out.execute("COMMIT")
-            finally:
-                db.close()
+        out.execute("BEGIN")
+        complete = _read_only(quarantined / name, lambda db: _copy_ids(db, out))
+        out.execute("COMMIT")
         (count,) = out.execute("SELECT count(*) FROM ids").fetchone()
     except (sqlite3.Error, OSError) as exc:
         log.warning("salvage of %s failed: %s", quarantined / name, exc)
@@ -275,6 +269,19 @@ def salvage_ids(quarantined: Path, name: str) -> tuple[int, bool]:
     finally:
         out.close()
     return int(count), complete and count > 0
+
+
+def _copy_ids(db: sqlite3.Connection, out: sqlite3.Connection) -> bool:
+    """Insert every readable id of ``db`` into ``out``; whether both scans were whole."""
+    complete = _scans_complete(db)
+    batch: list[tuple[str]] = []
+    for entity_id in _readable_ids(db):
+        batch.append((entity_id,))
+        if len(batch) >= _SALVAGE_BATCH:
+            out.executemany("INSERT OR IGNORE INTO ids VALUES (?)", batch)
+            batch = []
+    out.executemany("INSERT OR IGNORE INTO ids VALUES (?)", batch)
+    return complete
 
 
 def _scans_complete(db: sqlite3.Connection) -> bool:

@@ -333,7 +333,10 @@ class SyncOutput:
             if self._nacked_until:
                 resend = await self._after_nack(proto)
                 continue
-            if not proto.can_send():
+            # During a resync, changes wait until the share is merged: a change taken
+            # from a store that lost part of itself must not overwrite the hub's newer
+            # copy; taken after the merge it carries the newer values.
+            if not proto.can_send() or proto.resyncing:
                 await self._wake.wait()
                 continue
             delay = self._bucket.delay(time.monotonic())

@@ -53,12 +53,47 @@ PAGE = 4096
 #: or leaves what SQLite reads intact (then nothing is lost). Flips inside stored
 #: values are not among them: SQLite keeps no checksum of page contents (see
 #: docs/operations.md, "Self-healing storage").
-DAMAGES = ("truncate", "zero_page", "random_page", "flip_page_type", "garbage", "reflash")
+DAMAGES = (
+    "truncate",
+    "zero_page",
+    "random_page",
+    "flip_page_type",
+    "garbage",
+    "reflash",
+    "wal_frame",
+)
+
+
+def damage_wal_frame(wal_path: Path, rng: random.Random) -> str:
+    """Flip a byte inside a WAL frame that has frames of the same WAL after it (what
+    SQLite would silently cut off there); "" when the WAL has no two such frames."""
+    wal = bytearray(wal_path.read_bytes()) if wal_path.exists() else bytearray()
+    if len(wal) < 32:
+        return ""
+    page_size = int.from_bytes(wal[8:12], "big")
+    frame = 24 + page_size
+    salts = wal[16:24]
+    current = [
+        start
+        for start in range(32, len(wal) - frame + 1, frame)
+        if wal[start + 8 : start + 16] == salts
+    ]
+    if len(current) < 2:
+        return ""
+    index = rng.randrange(len(current) - 1)
+    wal[current[index] + 24 + rng.randrange(page_size)] ^= 0x40
+    wal_path.write_bytes(bytes(wal))
+    return f"flipped a byte in WAL frame {index} of {len(current)}"
 
 
 def damage(state: Path, kind: str, rng: random.Random) -> str:
     """Damage the edge's graph store in ``state`` as ``kind`` says; what was done."""
     db = state / "graph.db"
+    if kind == "wal_frame":
+        done = damage_wal_frame(state / "graph.db-wal", rng)
+        if done:
+            return done
+        kind = "zero_page"
     data = bytearray(db.read_bytes())
     pages = len(data) // PAGE
     page = rng.randrange(1, max(2, pages))
