@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,15 +76,23 @@ class Recovery:
             "share": dict(self.share),
         }
 
+    _counting: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
     def recount(self, graph_path: Path) -> int | None:
-        """Count again what the graph lacks of the damaged file's ids; the count."""
+        """Count again what the graph lacks of the damaged file's ids; the count.
+
+        Counts take turns, so the one that started last (after the newest commit it
+        must see) is the one whose answer stays.
+        """
         if self.damaged_entities is None:
             return None
-        try:
-            self.unrecovered = count_missing(Path(self.moved_to) / "entity-ids.db", graph_path)
-        except sqlite3.Error as exc:
-            log.warning("recovery: cannot count what is missing: %s", exc)
-        return self.unrecovered
+        with self._counting:
+            try:
+                ids = Path(self.moved_to) / "entity-ids.db"
+                self.unrecovered = count_missing(ids, graph_path)
+            except sqlite3.Error as exc:
+                log.warning("recovery: cannot count what is missing: %s", exc)
+            return self.unrecovered
 
 
 def request_resync(state_dir: Path) -> None:

@@ -109,8 +109,9 @@ class GraphService:
         self._ok = await asyncio.to_thread(self._readable)
         if self.recovery is not None and time.monotonic() - self._counted_at > _RECOUNT_S:
             self._counted_at = time.monotonic()
-            missing = await asyncio.to_thread(self.recovery.recount, self._path)
-            self._metrics.storage_unrecovered.set(missing or 0)
+            await asyncio.to_thread(self.recovery.recount, self._path)
+            # The count that finished last, not this one's (a newer may have finished).
+            self._metrics.storage_unrecovered.set(self.recovery.unrecovered or 0)
 
     def _readable(self) -> bool:
         try:

@@ -60,6 +60,7 @@ def test_header_problems() -> None:
     bad_size = good[:16] + (3000).to_bytes(2, "big") + good[18:]
     assert "page size 3000" in header_problem(bad_size, PAGE)
     assert "not a whole number" in header_problem(good, PAGE * 3 + 17)
+    assert header_problem(good, PAGE * 3 + 17, wal=True) == ""  # the WAL may hold it
 
 
 def test_a_whole_wal_passes_and_its_torn_tail_is_sqlites_business(tmp_path: Path) -> None:
