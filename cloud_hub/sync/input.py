@@ -338,14 +338,17 @@ class SyncInput:
             await self._caught_up(session)
         while proto.can_share() and not session.share_read:
             assert self._read_share is not None
-            deltas = await self._read_share(proto.edge_id, session.share_after, MAX_SHARE_ENTITIES)
-            if not deltas:
+            page = await self._read_share(proto.edge_id, session.share_after, MAX_SHARE_ENTITIES)
+            if not page:
                 session.share_read = True
                 break
-            session.share_after = deltas[-1].entity_id
-            payload, deltas = await asyncio.to_thread(_share_chunk, deltas, proto.encoding)
-            if not deltas:  # one entity larger than a frame: counted, not sent
+            payload, deltas = await asyncio.to_thread(_share_chunk, page, proto.encoding)
+            if not deltas:  # its first entity alone is larger than a frame: counted, not sent
                 session.share_skipped += 1
+                session.share_after = page[0].entity_id
+                log.warning(
+                    "sync: %s's entity %s is too large to resync", proto.edge_id, page[0].entity_id
+                )
                 continue
             session.share_after = deltas[-1].entity_id
             proto.send_share(len(deltas), payload, proto.encoding)
