@@ -120,6 +120,7 @@ class SyncOutput:
         self._on_share = on_share
         self._on_share_end = on_share_end
         self._share = {"entities": 0, "applied": 0}
+        self._no_resync_told = False
         self.edge_id = edge_id
         self._token = token
         self._prove = prove
@@ -211,7 +212,8 @@ class SyncOutput:
             await self._handshake(ws, proto)
             if resync:
                 self._share = {"entities": 0, "applied": 0}
-                if not proto.resyncing:
+                if not proto.resyncing and not self._no_resync_told:
+                    self._no_resync_told = True  # once: the marker stays for a newer hub
                     log.warning("sync: asked the hub for a resync; it offers none (older hub)")
             backoff.reset()
             self.connected, self.last_error = True, ""
