@@ -8,6 +8,7 @@ each round's damage are in every failure message).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -21,9 +22,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import nats
 import pytest
 from websockets.sync.client import connect
 
+from edge_agent.nats.server import nats_server_binary
 from edge_agent.sync.codec import decode_deltas, encode_deltas
 from edge_agent.sync.frames import (
     Ack,
@@ -215,6 +218,43 @@ def test_an_asked_resync_of_a_whole_store_changes_nothing(pair: SyncPair) -> Non
     assert metric(pair.edge.api, "semstreams_sync_share_entities_total", 'outcome="applied"') == 0
     assert pair.wait_synced(minimum=DRONES) == before
     assert pair.check_hub_records() == hwm  # nothing of the share was sent back
+
+
+async def _publish(url: str, events: list[dict[str, Any]]) -> None:
+    client = await nats.connect(url, max_reconnect_attempts=50, reconnect_time_wait=0.1)
+    try:
+        js = client.jetstream()
+        for item in events:
+            await js.publish(
+                f"events.graph.entity.{item['entity_type']}", json.dumps(item).encode()
+            )
+    finally:
+        await client.close()
+
+
+def test_a_rebuild_takes_the_streams_tail_over_the_hubs_older_copy(pair: SyncPair) -> None:
+    """Events in JetStream not applied yet when the store is lost: the fresh store
+    replays them, and the hub's (older) share does not roll them back."""
+    post_events(pair.edge.api, drone_round(0, DRONES))
+    truth = without_versions(pair.wait_synced(minimum=DRONES))
+    pair.edge.kill()
+    state = Path(pair.edge.config["state_dir"])
+    # The edge's own nats-server alone, on its store: round 1 goes into the stream.
+    server = subprocess.Popen(
+        [str(nats_server_binary()), "-c", str(state / "nats-server.conf")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        asyncio.run(_publish(pair.edge.nats_url, drone_round(1, DRONES)))
+    finally:
+        server.terminate()
+        server.wait(10)
+    (state / "graph.db").write_bytes(b"\0" * 8192)
+    pair.edge.start()
+    store = wait_recovered(pair.edge.api)
+    assert store["recovery"]["verdict"] == "damaged", store
+    assert without_versions(pair.wait_synced(minimum=DRONES)) == at_round(truth, 1)
 
 
 def test_a_damaged_hub_store_is_rebuilt_from_its_log(pair: SyncPair) -> None:
