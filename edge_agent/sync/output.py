@@ -440,6 +440,8 @@ class SyncOutput:
             "url": self.settings.url,
             "hwm": self.hwm,
             "last_error": self.last_error,
+            # Until the hub's whole share has arrived (see graph/recovery.py).
+            "resync_requested": bool(self._resync_marker and self._resync_marker.exists()),
         }
 
 

@@ -209,6 +209,8 @@ def test_an_asked_resync_of_a_whole_store_changes_nothing(pair: SyncPair) -> Non
     marker = Path(pair.edge.config["state_dir"]) / "resync-requested"
     assert str(marker) in done.stdout and marker.exists()
     pair.edge.start()
+    _, health = http_json(f"{pair.edge.api}/health")
+    assert "resync_requested" in health["components"]["sync"], health
     deadline = time.monotonic() + 30
     while marker.exists():
         assert time.monotonic() < deadline, "the resync did not end"
@@ -218,6 +220,8 @@ def test_an_asked_resync_of_a_whole_store_changes_nothing(pair: SyncPair) -> Non
     assert metric(pair.edge.api, "semstreams_sync_share_entities_total", 'outcome="applied"') == 0
     assert pair.wait_synced(minimum=DRONES) == before
     assert pair.check_hub_records() == hwm  # nothing of the share was sent back
+    _, health = http_json(f"{pair.edge.api}/health")
+    assert health["components"]["sync"]["resync_requested"] is False, health
 
 
 async def _publish(url: str, events: list[dict[str, Any]]) -> None:
