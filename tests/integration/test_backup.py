@@ -129,14 +129,6 @@ def edge_drained(pair: SyncPair) -> bool:
     return pair.edge.stats()["stream_pending"] == 0 and waiting == 0
 
 
-@pytest.fixture
-def pair(tmp_path: Path) -> Iterator[SyncPair]:
-    link = SyncPair(tmp_path)
-    link.start()
-    yield link
-    link.stop()
-
-
 def test_edge_disaster_recovery_restores_graph_stream_and_sync_positions(
     pair: SyncPair, tmp_path: Path
 ) -> None:

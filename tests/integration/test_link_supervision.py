@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,14 +19,6 @@ import pytest
 from tests.integration.sync_harness import SyncPair, drone_round, metric, post_events
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
-
-
-@pytest.fixture
-def pair(tmp_path: Path) -> Iterator[SyncPair]:
-    made = SyncPair(tmp_path)
-    made.start()
-    yield made
-    made.stop()
 
 
 def test_a_link_whose_log_stops_answering_is_counted_closed_and_taken_back(

@@ -18,7 +18,6 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -146,14 +145,6 @@ def wait_recovered(api: str, timeout: float = 60.0) -> dict[str, Any]:
         if time.monotonic() > deadline:
             raise AssertionError(f"no resync within {timeout}s: {store}")
         time.sleep(0.2)
-
-
-@pytest.fixture
-def pair(tmp_path: Path) -> Iterator[SyncPair]:
-    link = SyncPair(tmp_path)
-    link.start()
-    yield link
-    link.stop()
 
 
 def at_round(truth: dict[str, Any], round_: int) -> dict[str, Any]:

@@ -14,7 +14,6 @@ import os
 import random
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,14 +35,6 @@ from tests.integration.sync_harness import (
 pytestmark = pytest.mark.slow
 
 DRONES = 200
-
-
-@pytest.fixture
-def pair(tmp_path: Path) -> Iterator[SyncPair]:
-    link = SyncPair(tmp_path)
-    link.start()
-    yield link
-    link.stop()
 
 
 def test_edge_graph_reaches_the_hub_and_the_hub_reports_the_edge(pair: SyncPair) -> None:
