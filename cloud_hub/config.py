@@ -56,7 +56,9 @@ class WebsocketInputConfig(Section, frozen=True):
     Bounds against hostile peers: at most ``max_connections`` links at once (more are
     refused at the handshake), a link that sends no hello within ``hello_timeout`` is
     closed, and batches are decoded off the event loop, as many at once as
-    ``decode_budget`` holds of ``max_batch_bytes`` (at least one).
+    ``decode_budget`` holds of ``max_batch_bytes`` (at least one). A resync of an edge's
+    share (which reads all of it) starts at most once per ``resync_min_interval`` per
+    edge: one asked sooner waits, with its link open, until the interval has passed.
     """
 
     port: Port = 8080
@@ -73,6 +75,7 @@ class WebsocketInputConfig(Section, frozen=True):
     max_connections: Annotated[int, msgspec.Meta(ge=1)] = 1024
     hello_timeout: Duration = Duration(10.0)
     decode_budget: ByteSize = ByteSize(256 << 20)
+    resync_min_interval: Duration = Duration(60.0)
 
     def problems(self) -> list[tuple[str, str]]:
         """Device ids off the pattern, and empty device tokens (an unset environment

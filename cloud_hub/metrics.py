@@ -43,6 +43,15 @@ class HubMetrics:
             ["outcome"],
             registry=registry,
         )
+        self.resyncs = Counter(
+            "semstreams_hub_resyncs",
+            "Resyncs of an edge's share by outcome: started, or deferred (asked again within"
+            " resync_min_interval; it starts when the interval has passed).",
+            ["outcome"],
+            registry=registry,
+        )
+        for outcome in ("started", "deferred"):
+            self.resyncs.labels(outcome)
         self.link_failures = Counter(
             "semstreams_hub_link_failures",
             "Sync links whose worker failed unexpectedly; each was closed (1011) after"

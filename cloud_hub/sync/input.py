@@ -102,6 +102,14 @@ class _Session:
     share_skipped: int = 0
 
 
+def resync_wait(last_started: float | None, now: float, interval: float) -> float:
+    """Seconds until an edge whose last resync started at ``last_started`` may start
+    another (0: now)."""
+    if last_started is None:
+        return 0.0
+    return max(0.0, last_started + interval - now)
+
+
 def _iso(epoch: float) -> str | None:
     if not epoch:
         return None
@@ -154,6 +162,9 @@ class SyncInput:
         slots = int(settings.decode_budget) // max(1, int(settings.max_batch_bytes))
         self._decoding = asyncio.Semaphore(max(1, slots))
         self.links: dict[str, EdgeLink] = {edge: EdgeLink(edge) for edge in settings.devices}
+        #: When each edge's last resync started (monotonic), and the least time between.
+        self._resyncs: dict[str, float] = {}
+        self._resync_interval = float(settings.resync_min_interval)
 
     def link_views(self) -> dict[str, dict[str, Any]]:
         """Every edge configured or linked to this instance, by id."""
@@ -335,6 +346,9 @@ class SyncInput:
         when every page is read and acked. Only the authenticated edge's own share."""
         proto = session.proto
         if not session.share_after and not session.share_read:
+            await self._resync_turn(session)
+            if session.closed:
+                return
             await self._caught_up(session)
         while proto.can_share() and not session.share_read:
             assert self._read_share is not None
@@ -363,6 +377,31 @@ class SyncInput:
                 proto.share_chunks,
                 session.share_skipped,
             )
+
+    async def _resync_turn(self, session: _Session) -> None:
+        """Wait until this edge may start a resync: reading a whole share costs the hub,
+        so an edge (or a stolen credential) asking on every connect gets one per
+        ``resync_min_interval``. The Welcome goes out first, so the link stays live."""
+        edge_id = session.proto.edge_id
+        wait = resync_wait(self._resyncs.get(edge_id), time.monotonic(), self._resync_interval)
+        if wait > 0:
+            self._hub.resyncs.labels("deferred").inc()
+            log.warning(
+                "sync: edge %s asked for another resync within %.0f s; it starts in %.1f s",
+                edge_id,
+                self._resync_interval,
+                wait,
+            )
+            for out in session.proto.data_to_send():
+                await session.websocket.send_bytes(out)
+        while wait > 0:
+            await asyncio.sleep(wait)
+            if self._sockets.get(edge_id) is not session.websocket:
+                session.closed = True  # a newer link of the edge took over meanwhile
+                return
+            wait = resync_wait(self._resyncs.get(edge_id), time.monotonic(), self._resync_interval)
+        self._resyncs[edge_id] = time.monotonic()
+        self._hub.resyncs.labels("started").inc()
 
     async def _caught_up(self, session: _Session) -> None:
         """Wait (a while) until this instance's graph holds the edge's last batch, so the

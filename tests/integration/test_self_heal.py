@@ -306,8 +306,11 @@ def contribute(url: str, edge_id: str, token: str, deltas: list[EntityDelta]) ->
 def test_a_compromised_edge_gets_its_own_share_and_never_another(tmp_path: Path) -> None:
     pair = SyncPair(tmp_path)
     other_token = "other-edge-token-0123456789"
-    devices = pair.hub.config["components"][0]["config"]["devices"]
-    devices["edge-2"] = {"token": other_token}
+    sync_input = pair.hub.config["components"][0]["config"]
+    sync_input["devices"]["edge-2"] = {"token": other_token}
+    # The real edge-1 resynced when it started: a second one at once (this test's) must
+    # not wait, or edge-1's reconnect would take the link over meanwhile.
+    sync_input["resync_min_interval"] = "0s"
     pair.hub.config_path.write_text(json.dumps(pair.hub.config))
     pair.start()
     try:
@@ -329,5 +332,37 @@ def test_a_compromised_edge_gets_its_own_share_and_never_another(tmp_path: Path)
         welcome, stolen = ask_share(url, EDGE_ID, other_token)  # edge-2 posing as edge-1
         assert not welcome.accepted and stolen == [], welcome
         assert "credential" in welcome.reason
+    finally:
+        pair.stop()
+
+
+def test_an_edge_asking_for_resync_after_resync_gets_one_per_interval(tmp_path: Path) -> None:
+    """A compromised edge (or a stolen credential) reconnecting with resync=True over and
+    over would have the hub read its whole share each time: the second within
+    ``resync_min_interval`` waits for it, with the link open."""
+    pair = SyncPair(tmp_path)
+    token = "other-edge-token-0123456789"
+    sync_input = pair.hub.config["components"][0]["config"]
+    sync_input["devices"]["edge-2"] = {"token": token}
+    sync_input["resync_min_interval"] = "3s"
+    pair.hub.config_path.write_text(json.dumps(pair.hub.config))
+    pair.start()
+    try:
+        url = f"ws://127.0.0.1:{pair.proxy.port}/edge-sync"
+        now = int(time.time() * 1000)
+        mine = EntityDelta("drone-0000", "drone", 1, now, 1, [("callsign", "two", now, "e2")])
+        contribute(url, "edge-2", token, [mine])
+        started = time.monotonic()
+        _, first = ask_share(url, "edge-2", token)
+        second_asked = time.monotonic()
+        welcome, second = ask_share(url, "edge-2", token)
+        answered = time.monotonic()
+        assert welcome.resync
+        assert [(d.entity_id, d.triples) for d in first + second] == [
+            (mine.entity_id, mine.triples)
+        ] * 2
+        assert answered - started >= 3.0, (second_asked - started, answered - started)
+        deferred = 'outcome="deferred"'
+        assert metric(pair.hub.api, "semstreams_hub_resyncs_total", deferred) == 1
     finally:
         pair.stop()
