@@ -50,3 +50,11 @@ def test_a_chunk_is_halved_until_it_fits_a_frame() -> None:
     assert 1 <= len(taken) < len(deltas)
     huge = EntityDelta("h", "blob", 1, NOW, 1, [("data", os.urandom(600_000).hex(), NOW, "s")])
     assert _share_chunk([huge], "zlib") == (b"", [])
+
+
+def test_a_resync_waits_out_the_interval_since_the_edges_last_one() -> None:
+    from cloud_hub.sync.input import resync_wait
+
+    assert resync_wait(None, now=100.0, interval=60.0) == 0.0
+    assert resync_wait(90.0, now=100.0, interval=60.0) == 50.0
+    assert resync_wait(30.0, now=100.0, interval=60.0) == 0.0
