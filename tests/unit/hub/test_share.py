@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from cloud_hub.graph.share import read_share
-from cloud_hub.sync.input import _SHARE_FRAME_BYTES, _share_chunk
+from cloud_hub.sync.input import _SHARE_FRAME_BYTES, _share_chunk, resync_wait
 from edge_agent.sync.frames import EntityDelta
 from tests.unit.hub.test_provenance import NOW, Hub, drone
 
@@ -53,8 +53,6 @@ def test_a_chunk_is_halved_until_it_fits_a_frame() -> None:
 
 
 def test_a_resync_waits_out_the_interval_since_the_edges_last_one() -> None:
-    from cloud_hub.sync.input import resync_wait
-
     assert resync_wait(None, now=100.0, interval=60.0) == 0.0
     assert resync_wait(90.0, now=100.0, interval=60.0) == 50.0
     assert resync_wait(30.0, now=100.0, interval=60.0) == 0.0
