@@ -157,7 +157,7 @@ def load_hub_config(path: Path | str | None, env: Mapping[str, str] | None = Non
     Raises:
         ConfigError: the file is unreadable or invalid; each problem names its key path.
     """
-    config = load_config(path, env, component_types=HUB_COMPONENT_TYPES)
+    config = _durable_log(load_config(path, env, component_types=HUB_COMPONENT_TYPES))
     settings = config.graph.config
     if settings.indexer.indexes != IndexesConfig():
         return config
@@ -166,6 +166,18 @@ def load_hub_config(path: Path | str | None, env: Mapping[str, str] | None = Non
         config.graph, config=msgspec.structs.replace(settings, indexer=indexer)
     )
     return msgspec.structs.replace(config, graph=graph)
+
+
+def _durable_log(config: Config) -> Config:
+    """The hub acks an edge's batch once its log (JetStream) holds it: unless the file
+    says otherwise, its embedded server fsyncs before every PubAck (``"always"``)."""
+    jetstream = config.nats.jetstream
+    if jetstream.sync_interval:
+        return config
+    nats = msgspec.structs.replace(
+        config.nats, jetstream=msgspec.structs.replace(jetstream, sync_interval="always")
+    )
+    return msgspec.structs.replace(config, nats=nats)
 
 
 def dashboard_settings(config: Config) -> DashboardConfig:

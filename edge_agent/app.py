@@ -544,7 +544,14 @@ class Agent:
         verdict = "ok" if status.running else "down"
         if verdict == "ok" and status.last_error:
             verdict = "retrying"
-        return {"status": verdict, "batches": status.batches, "last_error": status.last_error}
+        return {
+            "status": verdict,
+            "batches": status.batches,
+            "last_error": status.last_error,
+            # What the stream position checks found (docs/operations.md, "Power cuts").
+            "stream_check": status.stream_check,
+            "stream_problem": status.stream_problem,
+        }
 
     async def health(self) -> dict[str, Any]:
         """Per-component status and the overall verdict.

@@ -13,6 +13,7 @@ from prometheus_client import (
     generate_latest,
 )
 
+from edge_agent.graph.position import OUTCOMES as POSITION_OUTCOMES
 from edge_agent.model import REASONS
 
 __all__ = ["CONTENT_TYPE", "ERROR_REASONS", "Metrics"]
@@ -95,6 +96,25 @@ class Metrics:
         self.cache_hits = Counter(
             "semstreams_cache_hits",
             "Query cache lookups answered from the cache.",
+            registry=registry,
+        )
+        self.stream_checks = Counter(
+            "semstreams_stream_position_checks",
+            "Graph consumer binds, by what the check of its stream position found.",
+            ["outcome"],
+            registry=registry,
+        )
+        for outcome in POSITION_OUTCOMES:
+            self.stream_checks.labels(outcome=outcome)
+        self.stream_lost = Counter(
+            "semstreams_stream_lost_messages",
+            "Messages the entity stream held, unapplied, and lost (a power cut took its"
+            " tail); a lower bound.",
+            registry=registry,
+        )
+        self.stream_reapplied = Counter(
+            "semstreams_stream_reapplied_messages",
+            "At most this many messages applied again after the stream reused sequence numbers.",
             registry=registry,
         )
         self.nats_server_restarts = Counter(

@@ -20,6 +20,7 @@ from edge_agent.model import EntityEvent, validate_event
 
 __all__ = [
     "COMPONENT_TYPES",
+    "EDGE_SYNC_INTERVAL",
     "ApiGatewayConfig",
     "AuthConfig",
     "ComponentConfig",
@@ -142,8 +143,15 @@ _MIN_SERVER_MEMORY = 16 << 20
 _MIN_SQLITE_CACHE = 64 << 10
 
 
+#: The embedded server's ``sync_interval`` where the config leaves it unset, on an edge
+#: (the hub's loader sets ``"always"``): see docs/operations.md, "Power cuts".
+EDGE_SYNC_INTERVAL = "1s"
+
+
 class JetStreamConfig(Section, frozen=True):
-    """``nats.jetstream``: byte limits of the agent's streams on the local store."""
+    """``nats.jetstream``: byte limits of the agent's streams on the local store, and how
+    often the embedded server flushes its store to disk (``sync_interval``: ``"always"``,
+    a duration, or unset for the program's default)."""
 
     max_bytes: ByteSize = ByteSize(1 << 30)
     dead_letter_max_bytes: ByteSize = ByteSize(64 << 20)
@@ -152,6 +160,17 @@ class JetStreamConfig(Section, frozen=True):
     min_free_bytes: ByteSize = ByteSize(64 << 20)
     #: Stream replicas: 1 on an edge; 3 on a NATS cluster (R3) for high availability.
     replicas: Annotated[int, msgspec.Meta(ge=1, le=5)] = 1
+    sync_interval: str = ""
+
+    def __post_init__(self) -> None:
+        if self.sync_interval in ("", "always"):
+            return
+        try:
+            seconds = Duration.parse(self.sync_interval)
+        except ValueError as exc:
+            raise ValueError(f'sync_interval: "always" or a duration: {exc}') from None
+        if seconds < 0.001:
+            raise ValueError('sync_interval: at least 1ms (or "always")')
 
 
 class NatsConfig(Section, frozen=True):
@@ -326,6 +345,10 @@ class GraphSettings(Section, frozen=True):
     #: SQLite's page cache per connection (the writer's and each reader thread's);
     #: the default is SQLite's own (``cache_size = -2000``, 2,000 KiB).
     sqlite_cache_size: ByteSize = ByteSize(2000 << 10)
+    #: SQLite's ``synchronous`` for the graph: ``"full"`` fsyncs every commit, which is
+    #: what acking a JetStream message after the commit relies on (docs/operations.md,
+    #: "Power cuts"); ``"normal"`` may lose the last commits on a power cut.
+    sqlite_synchronous: Literal["full", "normal"] = "full"
 
     def __post_init__(self) -> None:
         if self.sqlite_cache_size < _MIN_SQLITE_CACHE:

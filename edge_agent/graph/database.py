@@ -18,15 +18,18 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from edge_agent.errors import GraphError
 from edge_agent.graph.migrations import Migration, migrate
 from edge_agent.graph.sql import write_transaction
 
-__all__ = ["Database", "SnapshotBusy"]
+__all__ = ["Database", "SnapshotBusy", "Synchronous"]
 
 _T = TypeVar("_T")
+#: ``graph.config.sqlite_synchronous``, and the pragma value each names.
+Synchronous = Literal["full", "normal"]
+_SYNCHRONOUS = {"full": "FULL", "normal": "NORMAL"}
 log = logging.getLogger(__name__)
 
 
@@ -41,12 +44,23 @@ class Database:
         path: the file (created, with its directory, if missing).
         migrations: the store's named migrations, applied once each, in order.
         what: what the store is, for error messages ("graph store", "registry").
+        synchronous: SQLite's ``synchronous``: ``"full"`` (the default) fsyncs the WAL at
+            every commit, so what is acked after a commit (a JetStream message, a sync
+            batch, an enrolment) survives a power cut; ``"normal"`` fsyncs only at
+            checkpoints, and a power cut may undo the last commits (never corrupts).
 
     Raises:
         GraphError: the file cannot be opened or migrated.
     """
 
-    def __init__(self, path: Path, migrations: Sequence[Migration], *, what: str) -> None:
+    def __init__(
+        self,
+        path: Path,
+        migrations: Sequence[Migration],
+        *,
+        what: str,
+        synchronous: Synchronous = "full",
+    ) -> None:
         self.path = path
         self.what = what
         self._local = threading.local()
@@ -58,9 +72,7 @@ class Database:
         try:
             self.connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self.connection.execute("PRAGMA journal_mode = WAL")
-            # FULL: what is acked after a commit (a JetStream message, a sync batch, an
-            # enrolment) must survive a power cut.
-            self.connection.execute("PRAGMA synchronous = FULL")
+            self.connection.execute(f"PRAGMA synchronous = {_SYNCHRONOUS[synchronous]}")
             self.connection.execute("PRAGMA busy_timeout = 5000")
             self.migrations_applied = migrate(self.connection, migrations)
         except sqlite3.Error as exc:

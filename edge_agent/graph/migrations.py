@@ -144,6 +144,14 @@ _M005_EDGES_FROM_BY_WEIGHT = """
         CREATE INDEX edges_from_by_weight ON edges(subject, weight DESC, object);
 """
 
+# The processor's position carries what checks it against the stream at bind
+# (edge_agent/graph/position.py): the applied message's stream timestamp, and the
+# highest sequence the stream was known to hold. 0: unknown (rows made before).
+_M006_POSITION_MARK = """
+        ALTER TABLE consumer_state ADD COLUMN applied_ts INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE consumer_state ADD COLUMN seen_seq INTEGER NOT NULL DEFAULT 0;
+"""
+
 #: The graph's migrations, in order; each runs once, inside its own transaction.
 MIGRATIONS: list[Migration] = [
     ("001_initial", _M001_INITIAL),
@@ -151,6 +159,7 @@ MIGRATIONS: list[Migration] = [
     ("003_sync", _M003_SYNC),
     ("004_hub_tables_leave", _M004_HUB_TABLES_LEAVE),
     ("005_edges_from_by_weight", _M005_EDGES_FROM_BY_WEIGHT),
+    ("006_position_mark", _M006_POSITION_MARK),
 ]
 
 

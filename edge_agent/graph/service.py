@@ -87,6 +87,7 @@ class GraphService:
             outbox=self._outbox,
             max_outbox_bytes=self._max_outbox_bytes,
             migrations=self._migrations,
+            synchronous=settings.sqlite_synchronous,
         )
         await self.store.write(self.store.database.set_cache_size, settings.sqlite_cache_size)
         self.querier = Querier(

@@ -22,10 +22,11 @@ import msgspec
 from edge_agent.config import IndexesConfig
 from edge_agent.errors import GraphError
 from edge_agent.graph import outbox
-from edge_agent.graph.database import Database
+from edge_agent.graph.database import Database, Synchronous
 from edge_agent.graph.indexes import LATITUDE, LONGITUDE, TEMPORAL_BUCKET_MS, reconcile_indexes
 from edge_agent.graph.migrations import MIGRATIONS, Migration
 from edge_agent.graph.outbox import Backlog, BatchLimits, OutboxBatch, SyncMode
+from edge_agent.graph.position import PositionMark
 from edge_agent.graph.records import EntityRecord, import_record
 from edge_agent.graph.sql import write_transaction
 from edge_agent.graph.statements import (
@@ -117,6 +118,7 @@ class GraphStore:
         max_outbox_bytes: the outbox's byte limit, kept in every transaction that adds
             to it (0: none); what is dropped is counted (:meth:`sync_dropped`).
         migrations: the schema (the hub passes the graph's plus its own).
+        synchronous: SQLite's ``synchronous`` (``graph.config.sqlite_synchronous``).
 
     Raises:
         GraphError: the file cannot be opened, migrated or indexed.
@@ -132,6 +134,7 @@ class GraphStore:
         outbox: SyncMode | None = None,
         max_outbox_bytes: int = 0,
         migrations: Sequence[Migration] = MIGRATIONS,
+        synchronous: Synchronous = "full",
     ) -> None:
         self.path = path
         self.max_outbox_bytes = max_outbox_bytes
@@ -139,7 +142,7 @@ class GraphStore:
         self.indexes = indexes
         self.edge_batch_size = edge_batch_size
         self.outbox = outbox
-        self.database = Database(path, migrations, what="graph store")
+        self.database = Database(path, migrations, what="graph store", synchronous=synchronous)
         self.migrations_applied = self.database.migrations_applied
         self._db = self.database.connection
         try:
@@ -177,10 +180,27 @@ class GraphStore:
         ).fetchone()
         if row and row[0] == stream_created:
             return int(row[1])
-        self._db.execute(
-            "INSERT OR REPLACE INTO consumer_state VALUES (?, ?, 0)", (consumer, stream_created)
-        )
+        self.set_position(consumer, stream_created, 0)
         return 0
+
+    def position_mark(self, consumer: str) -> PositionMark | None:
+        """What the store recorded with ``consumer``'s position; ``None`` without a row."""
+        row = self._db.execute(
+            "SELECT stream_created, applied_seq, applied_ts, seen_seq FROM consumer_state"
+            " WHERE consumer = ?",
+            (consumer,),
+        ).fetchone()
+        return PositionMark(*row) if row else None
+
+    def set_position(self, consumer: str, stream_created: str, seq: int) -> None:
+        """Set ``consumer``'s position in the stream created at ``stream_created`` (its
+        timestamp unknown until the next apply)."""
+        self._db.execute(
+            "INSERT OR REPLACE INTO consumer_state"
+            " (consumer, stream_created, applied_seq, applied_ts, seen_seq)"
+            " VALUES (?, ?, ?, 0, ?)",
+            (consumer, stream_created, seq, seq),
+        )
 
     def apply(
         self,
@@ -188,6 +208,8 @@ class GraphStore:
         *,
         consumer: str,
         now_ms: int,
+        stream_ts: int = 0,
+        seen_seq: int = 0,
     ) -> ApplyResult:
         """Apply a batch of (stream sequence, event) in one transaction.
 
@@ -199,6 +221,9 @@ class GraphStore:
             batch: events in stream order with their stream sequences.
             consumer: the durable consumer whose position to use and advance.
             now_ms: the time of receipt, for events without a timestamp.
+            stream_ts: the stream timestamp (ns) of the batch's last message, recorded
+                with the position (:class:`PositionMark`).
+            seen_seq: the highest sequence the stream is known to hold.
 
         Raises:
             GraphError: SQLite refused the transaction; nothing of the batch is applied.
@@ -214,8 +239,9 @@ class GraphStore:
                 if fresh:
                     self._record_outbox(fresh, now_ms, cseq)
                     db.execute(
-                        "UPDATE consumer_state SET applied_seq = ? WHERE consumer = ?",
-                        (batch[-1][0], consumer),
+                        "UPDATE consumer_state SET applied_seq = ?, applied_ts = ?,"
+                        " seen_seq = max(seen_seq, ?) WHERE consumer = ?",
+                        (batch[-1][0], stream_ts, seen_seq, consumer),
                     )
         except sqlite3.Error as exc:
             raise GraphError(f"batch not applied: {exc}") from exc

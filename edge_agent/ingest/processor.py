@@ -10,7 +10,10 @@ Invariants:
   a batch's messages are acked only after its transaction commits and its refused
   events are stored as dead letters. A crash anywhere loses nothing.
 - The store records the last applied stream sequence in the same transaction, so a
-  batch redelivered after a crash is skipped: nothing is applied twice. This needs
+  batch redelivered after a crash is skipped: nothing is applied twice. At every bind
+  the position is checked against the stream (:mod:`edge_agent.graph.position`): a
+  stream that lost its tail to a power cut and reuses sequence numbers moves it back,
+  and what was lost is logged, counted and shown in ``/health``. This needs
   delivery in stream order, so the consumer is recreated whenever the processor
   (re)binds — at start, after every NATS reconnect, and if the client ever dropped a
   message — and a recreated work-queue consumer starts again at the oldest unacked one.
@@ -33,6 +36,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import msgspec
 import nats.errors
@@ -41,13 +45,14 @@ from nats.aio.client import Client
 from edge_agent.config import GraphSettings
 from edge_agent.errors import EventError, GraphError
 from edge_agent.graph import ApplyResult, GraphStore
+from edge_agent.graph.position import Reconciliation, StreamFacts, reconcile, timestamp_ns
 from edge_agent.ingest.dead_letters import DeadLetters
 from edge_agent.metrics import Metrics
 from edge_agent.model import EntityEvent, clamp_future, decode_event
 from edge_agent.nats.client import recreate_consumer, remove_stale_consumers
 from edge_agent.nats.delivery import DeliveryConnection
 from edge_agent.nats.subjects import ENTITY_STREAM, consumer_name
-from edge_agent.nats.wire import Delivery, stored_at_ns, stream_sequence
+from edge_agent.nats.wire import Delivery, ack_metadata
 from edge_agent.storage import is_disk_full
 from edge_agent.tracing import span
 
@@ -57,6 +62,30 @@ __all__ = ["GraphProcessor", "OpenDelivery", "ProcessorStatus"]
 OpenDelivery = Callable[[str], Awaitable[DeliveryConnection]]
 
 log = logging.getLogger(__name__)
+
+
+class _StoredMessage(msgspec.Struct):
+    time: str
+
+
+class _ApiError(msgspec.Struct):
+    err_code: int = 0
+    description: str = ""
+
+
+class _MsgGet(msgspec.Struct):
+    """``$JS.API.STREAM.MSG.GET``'s answer: the message, or an error."""
+
+    message: _StoredMessage | None = None
+    error: _ApiError | None = None
+
+
+#: JetStream's "no message found" (the sequence was removed or never written).
+_NO_MESSAGE = 10037
+
+
+_json = msgspec.json.Encoder()
+_msg_get_decoder = msgspec.json.Decoder(_MsgGet)
 #: Queued batches (of one delivery connection) applied in one transaction at most.
 _BATCHES_PER_TRANSACTION = 4
 _LINGER_S = 0.005
@@ -73,12 +102,20 @@ class ProcessorStatus:
     last_error: str = ""
     last_batch_at: float = 0.0
     stream_created: str = ""
+    #: The stream position checks of this run (edge_agent/graph/position.py): the
+    #: first bind's, and the latest that was not intact.
+    stream_check: dict[str, Any] = field(default_factory=dict)
+    stream_problem: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
 class _Decoded:
     good: list[tuple[int, EntityEvent]] = field(default_factory=list)
     bad: list[tuple[Delivery, int, EventError]] = field(default_factory=list)
+    #: The stream timestamp (ns) of the last good event, recorded with the position.
+    last_ts: int = 0
+    #: The highest sequence the stream was known to hold (a sequence plus its pending).
+    seen: int = 0
 
 
 class GraphProcessor:
@@ -182,11 +219,7 @@ class GraphProcessor:
                 backoff = min(backoff * 2, _RETRY_MAX_S)
 
     async def _bind_and_receive(self) -> None:
-        info = await self._js.stream_info(ENTITY_STREAM)
-        self.status.stream_created = str(info.created)
-        position = await self._store.write(
-            self._store.position, self.consumer, self.status.stream_created
-        )
+        position = await self._check_position()
         self._rebind.clear()
         if self._owns_stream:
             for stale in await remove_stale_consumers(
@@ -213,6 +246,54 @@ class GraphProcessor:
             await connection.close()
             # What was received but not queued is unacked: the new consumer sends it again.
             self._received = []
+
+    async def _check_position(self) -> int:
+        """Reconcile the store's position with the stream (a power cut may have taken
+        the stream's tail); report what was found; the position to bind at."""
+        info = await self._js.stream_info(ENTITY_STREAM)
+        created = self.status.stream_created = str(info.created)
+        store = self._store
+        mark = await store.write(store.position_mark, self.consumer)
+        applied_ts = None
+        if mark is not None and mark.stream_created == created and mark.applied_ts:
+            applied_ts = await self._message_ts(mark.applied_seq)
+        facts = StreamFacts(created, info.state.first_seq, info.state.last_seq, applied_ts)
+        found = reconcile(mark, facts)
+        if found.changed:
+            await store.write(store.set_position, self.consumer, created, found.position)
+        self._report(found)
+        return found.position
+
+    async def _message_ts(self, seq: int) -> int | None:
+        """The stream timestamp (ns) of the message the stream holds at ``seq``; ``None``
+        when it holds none there (acked and removed, or beyond its end)."""
+        try:
+            reply = await self._nc.request(
+                f"$JS.API.STREAM.MSG.GET.{ENTITY_STREAM}", _json.encode({"seq": seq}), timeout=5
+            )
+            got = _msg_get_decoder.decode(reply.data)
+        except msgspec.ValidationError as exc:  # our own server: never, but never trusted
+            raise nats.errors.Error(f"stream message {seq}: unreadable answer: {exc}") from exc
+        if got.message is not None:
+            return timestamp_ns(got.message.time)
+        if got.error is None or got.error.err_code == _NO_MESSAGE:
+            return None
+        raise nats.errors.Error(f"stream message {seq}: {got.error.description}")
+
+    def _report(self, found: Reconciliation) -> None:
+        """Log, count and keep (for ``/health``) what the position check found."""
+        self._metrics.stream_checks.labels(outcome=found.outcome).inc()
+        self._metrics.stream_lost.inc(found.lost)
+        self._metrics.stream_reapplied.inc(found.reapplied)
+        report = {"outcome": found.outcome, **msgspec.structs.asdict(found)}
+        report["message"] = found.describe()
+        if not self.status.stream_check:
+            self.status.stream_check = report
+        if found.outcome in ("intact", "first_bind"):
+            log.info("graph consumer %s: %s", self.consumer, found.describe())
+            return
+        self.status.stream_problem = report
+        log.warning("graph consumer %s: %s", self.consumer, found.describe())
 
     async def _receive_until_rebind(self, connection: DeliveryConnection) -> None:
         """Receive and batch until a rebind is asked for or the connection fails.
@@ -328,7 +409,13 @@ class GraphProcessor:
         with span("graph.apply_batch", messages=len(messages)) as current:
             decoded = self._decode(messages)
             now_ms = int(time.time() * 1000)
-            result = self._store.apply(decoded.good, consumer=self.consumer, now_ms=now_ms)
+            result = self._store.apply(
+                decoded.good,
+                consumer=self.consumer,
+                now_ms=now_ms,
+                stream_ts=decoded.last_ts,
+                seen_seq=decoded.seen,
+            )
             if current is not None:
                 current.set_attribute("applied", result.applied)
                 current.set_attribute("rejected", len(decoded.bad))
@@ -341,12 +428,14 @@ class GraphProcessor:
         limit = self.settings.max_event_bytes
         latest = datetime.now(UTC) + timedelta(seconds=float(self.settings.max_clock_skew))
         for message in messages:
-            seq = stream_sequence(message.reply)
+            seq, stamp, pending = ack_metadata(message.reply)
+            decoded.seen = max(decoded.seen, seq + pending)
             try:
                 event = decode_event(message.data, max_bytes=limit)
             except EventError as error:
                 decoded.bad.append((message, seq, error))
                 continue
+            decoded.last_ts = stamp
             clamped = clamp_future(event, latest)
             if clamped is not None:
                 self._metrics.clamped_timestamps.inc()
@@ -355,7 +444,7 @@ class GraphProcessor:
                 # Stamped when JetStream took it, not when applied: an event replayed
                 # (from a restored stream) keeps the stamp it had, and does not pass
                 # for a newer reading than those that followed it.
-                stored = datetime.fromtimestamp(stored_at_ns(message.reply) / 1e9, UTC)
+                stored = datetime.fromtimestamp(stamp / 1e9, UTC)
                 event = msgspec.structs.replace(event, timestamp=stored)
             decoded.good.append((seq, event))
         return decoded

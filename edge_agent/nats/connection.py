@@ -20,7 +20,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from edge_agent.config import NatsConfig
-from edge_agent.config.schema import ServerTlsConfig
+from edge_agent.config.schema import EDGE_SYNC_INTERVAL, ServerTlsConfig
 from edge_agent.errors import ConfigError
 from edge_agent.nats.client import (
     connect,
@@ -112,6 +112,7 @@ class NatsConnection:
                 nkeys=self._server_nkeys(),
                 tls=self._server_tls(),
                 memory_limit=self.config.server_memory_limit,
+                sync_interval=self.config.jetstream.sync_interval or EDGE_SYNC_INTERVAL,
             )
             await self.server.start()
             self.urls = [self.server.url]

