@@ -278,6 +278,7 @@ class Agent:
             instance=self.config.platform.id,
             owns_stream=self.nats_server is not None,
             on_commit=self._committed,
+            set_aside=self.nats_server.set_aside_consumer if self.nats_server else None,
         )
         self._tasks.spawn(self.processor.run, "graph-processor")
         try:

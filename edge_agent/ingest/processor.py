@@ -36,10 +36,12 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import msgspec
 import nats.errors
+import nats.js.errors
 from nats.aio.client import Client
 
 from edge_agent.config import GraphSettings
@@ -134,6 +136,8 @@ class GraphProcessor:
             consumers that would block this one are removed.
         on_commit: called on the writer thread right after each commit with the ids the
             batch touched (the query cache invalidates on it).
+        set_aside: moves a damaged consumer's store out of the embedded server's way
+            (:meth:`EmbeddedNatsServer.set_aside_consumer`); ``None`` leaves it.
     """
 
     def __init__(
@@ -148,8 +152,10 @@ class GraphProcessor:
         instance: str,
         owns_stream: bool = False,
         on_commit: Callable[[frozenset[str]], None] | None = None,
+        set_aside: Callable[[str, str], list[Path]] | None = None,
     ) -> None:
         self._nc = nc
+        self._set_aside = set_aside
         self._js = nc.jetstream()
         self._open_delivery = open_delivery
         self._store = store
@@ -231,13 +237,7 @@ class GraphProcessor:
         try:
             inbox = self._nc.new_inbox()
             await connection.subscribe(inbox)
-            await recreate_consumer(
-                self._js,
-                durable=self.consumer,
-                subject=self.settings.input_subject,
-                max_ack_pending=self.settings.queue_size,
-                deliver_subject=inbox,
-            )
+            await self._recreate_consumer(inbox)
             log.info("graph consumer %s bound at stream position %d", self.consumer, position)
             self.bound.set()
             self.status.last_error = ""
@@ -246,6 +246,33 @@ class GraphProcessor:
             await connection.close()
             # What was received but not queued is unacked: the new consumer sends it again.
             self._received = []
+
+    async def _recreate_consumer(self, inbox: str) -> None:
+        """Recreate the durable consumer, with no state left from a damaged store.
+
+        A consumer whose meta a crash damaged is not loaded at start, so deleting it
+        leaves its directory behind, and a consumer made under the same name would take
+        that directory's state: a corrupt state file makes nats-server refuse it at
+        every attempt ("error creating store for consumer"), and a stale one (an ack
+        floor past a stream that lost its tail) would hide the reused numbers. Anything
+        left after the delete is set aside first.
+        """
+        with contextlib.suppress(nats.js.errors.NotFoundError):
+            await self._js.delete_consumer(ENTITY_STREAM, self.consumer)
+        if self._set_aside is not None and (moved := self._set_aside(ENTITY_STREAM, self.consumer)):
+            self._metrics.errors.labels(reason="nats_error").inc()
+            log.warning(
+                "graph consumer %s: its store was left behind unloaded (damaged); moved to %s",
+                self.consumer,
+                ", ".join(map(str, moved)),
+            )
+        await recreate_consumer(
+            self._js,
+            durable=self.consumer,
+            subject=self.settings.input_subject,
+            max_ack_pending=self.settings.queue_size,
+            deliver_subject=inbox,
+        )
 
     async def _check_position(self) -> int:
         """Reconcile the store's position with the stream (a power cut may have taken
@@ -259,6 +286,11 @@ class GraphProcessor:
             applied_ts = await self._message_ts(mark.applied_seq)
         facts = StreamFacts(created, info.state.first_seq, info.state.last_seq, applied_ts)
         found = reconcile(mark, facts)
+        if found.outcome == "new_stream":
+            # nats-server drops a stream whose meta files a crash damaged, and the one
+            # ensure_streams made in its place keeps the old files: an update writes
+            # them afresh, or the stream would be dropped again at every start.
+            await self._js.update_stream(info.config)
         if found.changed:
             await store.write(store.set_position, self.consumer, created, found.position)
         self._report(found)
@@ -285,8 +317,7 @@ class GraphProcessor:
         self._metrics.stream_checks.labels(outcome=found.outcome).inc()
         self._metrics.stream_lost.inc(found.lost)
         self._metrics.stream_reapplied.inc(found.reapplied)
-        report = {"outcome": found.outcome, **msgspec.structs.asdict(found)}
-        report["message"] = found.describe()
+        report = {**msgspec.structs.asdict(found), "message": found.describe()}
         if not self.status.stream_check:
             self.status.stream_check = report
         if found.outcome in ("intact", "first_bind"):

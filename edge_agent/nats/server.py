@@ -174,6 +174,25 @@ class EmbeddedNatsServer:
                 await self._supervisor
         await self._terminate()
 
+    def set_aside_consumer(self, stream: str, consumer: str) -> list[Path]:
+        """Move ``consumer``'s store directory out of the JetStream store, into
+        ``<state_dir>/damaged/``: nats-server can neither load nor re-create a consumer
+        whose state file a crash damaged ("corrupt state file"), and would refuse it for
+        ever. The agent's consumer holds nothing the stream does not (it is re-created at
+        every bind, from the oldest unacked message), so nothing is lost.
+
+        Returns:
+            where each directory went (none when there was none).
+        """
+        moved = []
+        pattern = f"jetstream/*/streams/{stream}/obs/{consumer}"
+        for found in sorted((self.state_dir / "jetstream").glob(pattern)):
+            aside = self.state_dir / "damaged" / f"consumer-{stream}-{consumer}-{time.time_ns()}"
+            aside.parent.mkdir(mode=0o700, exist_ok=True)
+            found.rename(aside)
+            moved.append(aside)
+        return moved
+
     def config_text(self) -> str:
         """The nats-server config this server runs with."""
         store = self.state_dir / "jetstream"
