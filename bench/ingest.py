@@ -114,6 +114,16 @@ class Settings:
     workers: int | None = None
     no_predicate_index: bool = False
     small_profile: bool = True
+    #: ``nats.jetstream.sync_interval`` and ``graph.config.sqlite_synchronous`` of the
+    #: measured run (default: the agent's), to price durability (docs/operations.md).
+    sync_interval: str | None = None
+    sqlite_synchronous: str | None = None
+
+    def nats_overrides(self) -> dict[str, Any]:
+        """The ``nats`` keys given on the command line, as config overrides."""
+        if self.sync_interval is None:
+            return {}
+        return {"nats": {"jetstream": {"sync_interval": self.sync_interval}}}
 
     def graph_overrides(self) -> dict[str, Any]:
         """The ``graph.config`` keys given on the command line, as config JSON."""
@@ -129,6 +139,8 @@ class Settings:
             graph["queue_size"] = self.queue_size
         if self.workers is not None:
             graph["workers"] = self.workers
+        if self.sqlite_synchronous is not None:
+            graph["sqlite_synchronous"] = self.sqlite_synchronous
         return graph
 
     def graph_settings(self) -> GraphSettings:
@@ -770,7 +782,9 @@ async def measured_run(
     figures: dict[str, Any] = {}
     async with (
         httpx.AsyncClient(timeout=10.0, limits=FRESH_CONNECTIONS) as http,
-        running_agent(workdir, settings.graph_overrides(), http, overrides) as (agent, attempts),
+        running_agent(
+            workdir, settings.graph_overrides(), http, overrides or settings.nats_overrides()
+        ) as (agent, attempts),
     ):
         figures["agent_start_attempts"] = attempts
         run = MeasuredRun(agent, settings, http)
@@ -864,6 +878,12 @@ def parse_args() -> argparse.Namespace:
         action="store_true",
         help="skip the second run with examples/edge-small.json's settings",
     )
+    parser.add_argument(
+        "--sync-interval", help='nats.jetstream.sync_interval ("always" or a duration)'
+    )
+    parser.add_argument(
+        "--sqlite-synchronous", choices=["full", "normal"], help="graph.config.sqlite_synchronous"
+    )
     roles = parser.add_subparsers(dest="role")
     publish = roles.add_parser("publish", help="internal: be the publisher process")
     publish.add_argument("--url", required=True)
@@ -890,6 +910,8 @@ def main() -> int:
         workers=args.workers,
         no_predicate_index=args.no_predicate_index,
         small_profile=not args.no_small_profile,
+        sync_interval=args.sync_interval,
+        sqlite_synchronous=args.sqlite_synchronous,
     )
     return run_main(benchmark(settings), log, "every process it started is stopped")
 

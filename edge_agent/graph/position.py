@@ -15,11 +15,14 @@ last sequence and gives the numbers it lost to new messages. Skipping those as
 - ``first_bind``: no mark yet (a new store). Resume at 0.
 - ``new_stream``: the stream was made at another time (wiped, or remade because its
   store was unreadable). Resume at 0: every number is new.
-- ``tail_lost``: the stream's last sequence is below what the processor had seen. If
-  it is below the position, the position goes back to it, so the reused numbers are
-  applied. ``lost`` counts the messages the processor knew of, had not applied, and
-  the stream no longer holds: they are gone (a lower bound: the processor knows of a
-  message only once a delivery's pending count names it).
+- ``tail_lost``: the stream's last sequence is below what the processor had seen.
+  ``lost`` counts the messages the processor knew of, had not applied, and the stream
+  no longer holds: they are gone (a lower bound: the processor knows of a message only
+  once a delivery's pending count names it). If the last sequence is below the
+  position, the numbers above it will be reused, and the processor resumes before the
+  stream's first message (not at its last: publishers may have added messages since
+  the server came back, which would be skipped), applying again those it still holds
+  from before, as for ``reused``.
 - ``reused``: the message now at the position is not the one applied (its timestamp
   differs): the stream lost its tail and new messages took the numbers before the
   processor bound. Where the loss began is unknown, so the processor resumes before
@@ -135,7 +138,8 @@ class Reconciliation(msgspec.Struct, frozen=True):
             return (
                 f"the stream lost its tail: at least {self.lost} unapplied messages lost;"
                 f" {self.reused} applied sequence numbers will be reused, so the position"
-                f" goes from {self.previous} back to {self.position} ({stream})"
+                f" goes from {self.previous} back to {self.position}, at most"
+                f" {self.reapplied} messages applied again ({stream})"
             )
         return (
             f"the stream reuses sequence numbers up to {self.previous} (message"
@@ -154,12 +158,16 @@ def reconcile(mark: PositionMark | None, stream: StreamFacts) -> Reconciliation:
     if mark.stream_created != stream.created:
         return Reconciliation("new_stream", applied, 0, lost=seen - applied, **bounds)
     if stream.last_seq < applied:
+        # Where the surviving tail ends is not known: publishers may have added messages
+        # since the server started. So resume before the first message, as for "reused".
+        position = max(0, stream.first_seq - 1)
         return Reconciliation(
             "tail_lost",
             applied,
-            stream.last_seq,
+            position,
             lost=seen - applied,
             reused=applied - stream.last_seq,
+            reapplied=max(0, stream.last_seq - position),
             **bounds,
         )
     at = stream.ts_at_applied

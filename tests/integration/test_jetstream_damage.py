@@ -33,8 +33,8 @@ from tests.helpers import AgentProcess, config_dict, event, http_json, wait_unti
 pytestmark = pytest.mark.slow
 
 STARTS = 20
-WHILE_RUNNING = 300
-WHILE_STOPPED = 200
+WHILE_RUNNING = 200
+WHILE_STOPPED = 100
 STREAM_DIR = "jetstream/jetstream/$G/streams/GRAPH_ENTITIES"
 
 
@@ -125,6 +125,7 @@ def test_twenty_starts_on_a_randomly_damaged_jetstream_store(tmp_path: Path) -> 
             position_before = applied_seq(state) if start else 0
             agent.start()
             status, health = http_json(f"{agent.api}/health")
+            assert status == 200, (where, health)
             processor = health["components"]["processor"]
             assert processor["status"] == "ok", (where, processor)
             check = processor["stream_check"]

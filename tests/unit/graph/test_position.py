@@ -49,12 +49,25 @@ def test_a_surviving_applied_message_is_intact() -> None:
 
 
 def test_a_shorter_stream_moves_the_position_back_and_counts_the_unapplied_lost() -> None:
-    found = reconcile(mark(100, seen=130), StreamFacts(CREATED, 91, 90))
+    # Acked and removed up to 80; 81..90 survived with their removals lost. New messages
+    # may already stand at 91.. : resume before the first message, not at the last.
+    found = reconcile(mark(100, seen=130), StreamFacts(CREATED, 81, 95))
     assert found.outcome == "tail_lost"
-    assert (found.position, found.reused, found.lost, found.previous) == (90, 10, 30, 100)
+    assert (found.position, found.reused, found.lost, found.previous) == (80, 5, 30, 100)
+    assert found.reapplied == 15
     assert found.changed
     assert "at least 30 unapplied messages lost" in found.describe()
-    assert "from 100 back to 90" in found.describe()
+    assert "from 100 back to 80" in found.describe()
+
+
+def test_an_emptied_stream_resumes_at_zero() -> None:
+    found = reconcile(mark(100), StreamFacts(CREATED, 0, 0))
+    assert (found.outcome, found.position, found.reused, found.reapplied) == (
+        "tail_lost",
+        0,
+        100,
+        0,
+    )
 
 
 def test_a_tail_lost_beyond_the_position_keeps_it_and_counts_the_loss() -> None:
