@@ -16,6 +16,24 @@ from tests.helpers import make_config
 StartAgent = Callable[..., Awaitable[Agent]]
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """``--opt-in``: also run the tests marked ``opt_in`` (long variants)."""
+    parser.addoption(
+        "--opt-in", action="store_true", help="also run tests marked opt_in (long variants)"
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Leave out (deselect, not skip) the ``opt_in`` tests unless ``--opt-in`` is given:
+    they would push ``make test`` past its time budget."""
+    if config.getoption("--opt-in"):
+        return
+    left_out = [item for item in items if item.get_closest_marker("opt_in")]
+    if left_out:
+        config.hook.pytest_deselected(items=left_out)
+        items[:] = [item for item in items if not item.get_closest_marker("opt_in")]
+
+
 @pytest.fixture
 async def start_agent(tmp_path: Path) -> AsyncIterator[StartAgent]:
     """Start in-process agents with config ``sections``; all are stopped at teardown."""

@@ -33,8 +33,8 @@ from tests.helpers import AgentProcess, config_dict, event, http_json, wait_unti
 pytestmark = pytest.mark.slow
 
 STARTS = 20
-WHILE_RUNNING = 200
-WHILE_STOPPED = 100
+WHILE_RUNNING = 100
+WHILE_STOPPED = 50
 STREAM_DIR = "jetstream/jetstream/$G/streams/GRAPH_ENTITIES"
 
 
