@@ -304,10 +304,10 @@ class GraphProcessor:
                 f"$JS.API.STREAM.MSG.GET.{ENTITY_STREAM}", _json.encode({"seq": seq}), timeout=5
             )
             got = _msg_get_decoder.decode(reply.data)
-        except msgspec.ValidationError as exc:  # our own server: never, but never trusted
+            if got.message is not None:
+                return timestamp_ns(got.message.time)
+        except (msgspec.ValidationError, ValueError) as exc:  # a server's answer: checked
             raise nats.errors.Error(f"stream message {seq}: unreadable answer: {exc}") from exc
-        if got.message is not None:
-            return timestamp_ns(got.message.time)
         if got.error is None or got.error.err_code == _NO_MESSAGE:
             return None
         raise nats.errors.Error(f"stream message {seq}: {got.error.description}")

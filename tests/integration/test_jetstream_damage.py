@@ -20,14 +20,17 @@ import random
 import sqlite3
 import subprocess
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import nats
 import pytest
 
+from edge_agent.app import Agent
 from edge_agent.config.schema import JetStreamConfig
 from edge_agent.nats.client import ensure_streams
 from edge_agent.nats.server import nats_server_binary
+from tests.conftest import StartAgent
 from tests.helpers import AgentProcess, config_dict, event, http_json, wait_until
 
 pytestmark = pytest.mark.slow
@@ -158,3 +161,20 @@ def test_twenty_starts_on_a_randomly_damaged_jetstream_store(tmp_path: Path) -> 
         agent.stop()
     print(f"seed {seed}: {STARTS} starts, {stream_lost} unapplied events lost with the store")
     assert agent.log_path.read_text().count(" up: id=test-edge") == STARTS
+
+
+async def test_the_position_check_reads_a_stored_message_to_the_nanosecond(
+    start_agent: StartAgent,
+) -> None:
+    """What the check compares the position's timestamp with, from a real server: a
+    message the stream holds (here of a subject this agent's consumer leaves alone)
+    and one it does not."""
+    agent: Agent = await start_agent(graph={"config": {"input_subject": "events.graph.entity.x"}})
+    ack = await agent.js.publish("events.graph.entity.other", json.dumps(event("O-1")).encode())
+    stored = await agent.js.get_msg("GRAPH_ENTITIES", ack.seq)
+    assert stored.time is not None
+    found = await agent.processor._message_ts(ack.seq)
+    assert found is not None
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    assert found // 1000 == (stored.time - epoch) // timedelta(microseconds=1)
+    assert await agent.processor._message_ts(ack.seq + 1000) is None

@@ -181,3 +181,16 @@ def test_bad_durability_settings_name_their_key(section: dict[str, object], key:
     with pytest.raises(ConfigError) as caught:
         load_config_bytes(json.dumps(section).encode(), env={})
     assert key in str(caught.value)
+
+
+def test_a_left_behind_consumer_store_is_moved_aside(tmp_path: Path) -> None:
+    server = EmbeddedNatsServer(tmp_path, port=4333, max_file_store=1 << 30, name="e")
+    obs = tmp_path / "jetstream/jetstream/$G/streams/GRAPH_ENTITIES/obs"
+    (obs / "graph-e-all").mkdir(parents=True)
+    (obs / "graph-e-all" / "o.dat").write_bytes(b"\x00" * 6)
+    (obs / "other").mkdir()
+    [moved] = server.set_aside_consumer("GRAPH_ENTITIES", "graph-e-all")
+    assert moved.parent == tmp_path / "damaged"
+    assert (moved / "o.dat").read_bytes() == b"\x00" * 6
+    assert sorted(p.name for p in obs.iterdir()) == ["other"]
+    assert server.set_aside_consumer("GRAPH_ENTITIES", "graph-e-all") == []
