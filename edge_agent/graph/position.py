@@ -136,7 +136,9 @@ class Reconciliation(msgspec.Struct, frozen=True):
             )
         if self.outcome == "tail_lost":
             return (
-                f"the stream lost its tail: at least {self.lost} unapplied messages lost;"
+                f"the stream lost its tail: at least {self.lost} unapplied messages lost"
+                " (not counting those stored in the last nats.jetstream.sync_interval"
+                " before the cut that the agent had not received);"
                 f" {self.reused} applied sequence numbers will be reused, so the position"
                 f" goes from {self.previous} back to {self.position}, at most"
                 f" {self.reapplied} messages applied again ({stream})"

@@ -39,6 +39,7 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import nats
 import pytest
@@ -64,6 +65,7 @@ class Publisher(threading.Thread):
         super().__init__(daemon=True)
         self.url = url
         self.acked: dict[str, float] = {}
+        self.attempted = 0
         self.stopping = threading.Event()
 
     def run(self) -> None:
@@ -78,6 +80,7 @@ class Publisher(threading.Thread):
         while not self.stopping.is_set():
             entity = f"P-{n}"
             n += 1
+            self.attempted = n
             body = json.dumps(event(entity, "cut", n=n)).encode()
             try:
                 await js.publish("events.graph.entity.cut", body, timeout=1)
@@ -148,7 +151,7 @@ def run_cuts(tmp_path: Path, sync_interval: str, window: float) -> tuple[set[str
     publisher = Publisher(agent.nats_url)
     sampler = BlockSizes(state)
     cuts: list[tuple[float, float]] = []  # (cut, the time its block sizes are from)
-    reports: list[dict[str, object]] = []
+    reports: list[dict[str, Any]] = []
     agent.start()
     publisher.start()
     sampler.start()
@@ -173,7 +176,12 @@ def run_cuts(tmp_path: Path, sync_interval: str, window: float) -> tuple[set[str
         sampler.stopping.set()
         publisher.stopping.set()
         agent.stop()
-    lost = set(publisher.acked) - graph_ids(state)
+    held = graph_ids(state)
+    lost = set(publisher.acked) - held
+    # What the agent reported lost is a lower bound: never more than what is missing
+    # (published, acked or not, and not in the graph).
+    reported = sum(int(report["lost"]) for report in reports)
+    assert reported <= publisher.attempted - len(held), (seed, reported, len(lost))
     for entity in lost:
         acked = publisher.acked[entity]
         # Within a cut's window: after the point its blocks were cut back to (less the
@@ -183,7 +191,7 @@ def run_cuts(tmp_path: Path, sync_interval: str, window: float) -> tuple[set[str
         before = min((cut - acked for cut, _ in cuts if cut >= acked), default=None)
         after = min((acked - cut for cut, _ in cuts if cut < acked), default=None)
         assert near, (seed, entity, f"lost, acked {before}s before a cut, {after}s after one")
-    outcomes = [report["outcome"] for report in reports]
+    outcomes = [f"{report['outcome']}/{report['lost']}" for report in reports]
     print(
         f"seed {seed}, {sync_interval}: {len(publisher.acked)} acked, {len(lost)} lost,"
         f" starts found {outcomes}"
