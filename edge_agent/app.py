@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import msgspec
+import nats.js.errors
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
@@ -255,7 +256,7 @@ class Agent:
 
     async def _start_ingest(self) -> None:
         limits = self.config.nats.jetstream
-        await retry_until_ready(lambda: ensure_streams(self.js, limits), "JetStream not available")
+        await retry_until_ready(self._ensure_streams, "JetStream not available")
         graph = self.config.graph.config
         dead_letters = DeadLetters(self.js, self.metrics)
         self.storage = watch_agent_storage(self.state_dir, self.nats, limits, self.metrics)
@@ -287,6 +288,16 @@ class Agent:
             cause = self.processor.status.last_error or "no answer from JetStream"
             raise NatsServerError(f"graph consumer not ready: {cause}") from exc
         self._tasks.spawn(self._watch_stream, "stream-watch")
+
+    async def _ensure_streams(self) -> None:
+        """Create or update the streams; one a damaged consumer took offline is healed
+        first (then this fails once more, and is retried)."""
+        try:
+            await ensure_streams(self.js, self.config.nats.jetstream)
+        except nats.js.errors.APIError as exc:
+            if self.nats_server is not None:
+                self.nats_server.heal_offline_stream(ENTITY_STREAM, exc.description or "")
+            raise
 
     def _committed(self, touched: frozenset[str]) -> None:
         """On the writer thread, after each commit: stale cache out, the sync link woken."""

@@ -17,6 +17,7 @@ import ctypes
 import ipaddress
 import logging
 import os
+import re
 import shutil
 import signal
 import sys
@@ -39,6 +40,8 @@ _READY_TIMEOUT_S = 15.0
 _BACKOFF_INITIAL_S = 0.2
 _BACKOFF_MAX_S = 10.0
 _STABLE_AFTER_S = 30.0
+#: How nats-server names the consumer it took a stream offline for.
+_UNSUPPORTED_CONSUMER = re.compile(r'unsupported consumer "([^"/]+)"')
 #: Seconds a client has to finish its TLS handshake.
 _TLS_TIMEOUT_S = 2
 
@@ -192,6 +195,24 @@ class EmbeddedNatsServer:
             found.rename(aside)
             moved.append(aside)
         return moved
+
+    def heal_offline_stream(self, stream: str, error: str) -> bool:
+        """After ``stream`` was refused as offline for an unsupported consumer (a crash
+        damaged its meta: nats-server then stops the whole stream), move that consumer's
+        store aside and restart the server, which brings the stream back without it.
+
+        Args:
+            error: the refusal's description, naming the consumer.
+
+        Returns:
+            whether it did (the caller retries).
+        """
+        match = _UNSUPPORTED_CONSUMER.search(error)
+        if match is None or not self.set_aside_consumer(stream, match[1]):
+            return False
+        log.warning("stream %s offline for consumer %s: moved aside, restarting", stream, match[1])
+        self.recycle()
+        return True
 
     def config_text(self) -> str:
         """The nats-server config this server runs with."""

@@ -194,3 +194,14 @@ def test_a_left_behind_consumer_store_is_moved_aside(tmp_path: Path) -> None:
     assert (moved / "o.dat").read_bytes() == b"\x00" * 6
     assert sorted(p.name for p in obs.iterdir()) == ["other"]
     assert server.set_aside_consumer("GRAPH_ENTITIES", "graph-e-all") == []
+
+
+def test_a_stream_offline_for_a_damaged_consumer_is_healed(tmp_path: Path) -> None:
+    server = EmbeddedNatsServer(tmp_path, port=4333, max_file_store=1 << 30, name="e")
+    obs = tmp_path / "jetstream/jetstream/$G/streams/GRAPH_ENTITIES/obs"
+    (obs / "graph-e-all").mkdir(parents=True)
+    error = 'stream is offline: stopped - unsupported consumer "graph-e-all"'
+    assert server.heal_offline_stream("GRAPH_ENTITIES", error)  # no process: no restart
+    assert not (obs / "graph-e-all").exists()
+    assert not server.heal_offline_stream("GRAPH_ENTITIES", error)  # nothing left to move
+    assert not server.heal_offline_stream("GRAPH_ENTITIES", "insufficient resources")
