@@ -185,6 +185,9 @@ class SyncPair:
                 "devices": {EDGE_ID: {"token": self.token}},
                 "ping_interval": "1s",
                 "ping_timeout": "2s",
+                # A fresh edge asks for a resync at its first link; tests that then lose
+                # its store ask again at once (the interval has a test of its own).
+                "resync_min_interval": "1s",
             },
             **(hub_sections or {}),
         )

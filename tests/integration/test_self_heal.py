@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import nats
+import nats.errors
 import pytest
 from websockets.sync.client import connect
 
@@ -216,7 +217,25 @@ def test_an_asked_resync_of_a_whole_store_changes_nothing(pair: SyncPair) -> Non
 
 
 async def _publish(url: str, events: list[dict[str, Any]]) -> None:
-    client = await nats.connect(url, max_reconnect_attempts=50, reconnect_time_wait=0.1)
+    """Publish ``events`` to a nats-server just started: its port and JetStream come up a
+    moment after the process does."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            client = await nats.connect(url, allow_reconnect=False)
+        except (OSError, nats.errors.Error):
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.1)
+            continue
+        try:
+            await client.jetstream().stream_info("GRAPH_ENTITIES")
+            break
+        except nats.errors.Error:
+            await client.close()
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.1)
     try:
         js = client.jetstream()
         for item in events:
