@@ -40,7 +40,7 @@ from edge_agent.sync.frames import (
     decode_frame,
     encode_frame,
 )
-from tests.helpers import http_json
+from tests.helpers import http_json, wait_until
 from tests.integration.sync_harness import (
     EDGE_ID,
     SyncPair,
@@ -148,6 +148,14 @@ def wait_recovered(api: str, timeout: float = 60.0) -> dict[str, Any]:
         time.sleep(0.2)
 
 
+def running(pid: int) -> bool:
+    """Whether ``pid`` is a live process (not gone, not a zombie waiting to be reaped)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def at_round(truth: dict[str, Any], round_: int) -> dict[str, Any]:
     """What the graph should be after ``drone_round(round_)``: every drone's reading."""
     reading = drone_round(round_, 1)[0]["properties"]
@@ -251,8 +259,12 @@ def test_a_rebuild_takes_the_streams_tail_over_the_hubs_older_copy(pair: SyncPai
     replays them, and the hub's (older) share does not roll them back."""
     post_events(pair.edge.api, drone_round(0, DRONES))
     truth = without_versions(pair.wait_synced(minimum=DRONES))
-    pair.edge.kill()
     state = Path(pair.edge.config["state_dir"])
+    embedded = int((state / "nats-server.pid").read_text())
+    pair.edge.kill()
+    # Its embedded server dies with it (PR_SET_PDEATHSIG), a moment later: until then
+    # it holds the port and the store.
+    wait_until(lambda: not running(embedded), "the embedded server gone", 10)
     # The edge's own nats-server alone, on its store: round 1 goes into the stream.
     server = subprocess.Popen(
         [str(nats_server_binary()), "-c", str(state / "nats-server.conf")],
