@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import signal
 import ssl
 import sys
@@ -126,6 +127,10 @@ def run_service(service: Service, prog: str) -> int:
             if pinging is not None:
                 pinging.cancel()
             notifier.stopping()
+            # A start cut short unwinds first (it stops what it started), so that no
+            # part is stopped by two coroutines at once; its error was raised above.
+            with contextlib.suppress(BaseException):
+                await starting
             await service.stop()
             notifier.close()
 

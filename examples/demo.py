@@ -197,11 +197,28 @@ def main() -> int:
     except KeyboardInterrupt:
         pass
     finally:
-        for process in reversed(processes.values()):
-            process.terminate()
-        for process in processes.values():
+        # Ctrl-C again while stopping must not leave children behind.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        stuck = _stop_all(processes)
+    return 1 if stuck else 0
+
+
+def _stop_all(processes: dict[str, subprocess.Popen[bytes]]) -> list[str]:
+    """SIGTERM every process, newest first; kill those still running after 30 s. Their
+    names."""
+    for process in reversed(processes.values()):
+        process.terminate()
+    stuck = []
+    for name, process in processes.items():
+        try:
             process.wait(30)
-    return 0
+        except subprocess.TimeoutExpired:
+            stuck.append(name)
+            process.kill()
+            process.wait()
+            print(f"demo: {name} did not stop within 30 s of SIGTERM; killed", flush=True)
+    return stuck
 
 
 def _flap(processes: dict[str, subprocess.Popen[bytes]]) -> None:
