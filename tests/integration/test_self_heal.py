@@ -334,16 +334,23 @@ def contribute(url: str, edge_id: str, token: str, deltas: list[EntityDelta]) ->
         assert decode_frame(ws.recv(timeout=10), max_bytes=1 << 20) == Ack(seq=1)  # type: ignore[arg-type]
 
 
-def test_a_compromised_edge_gets_its_own_share_and_never_another(tmp_path: Path) -> None:
+def pair_with_edge_2(tmp_path: Path, token: str, resync_min_interval: str) -> SyncPair:
+    """A started :class:`SyncPair` whose hub also takes ``edge-2`` (no process: the
+    test speaks for it) with ``token``."""
     pair = SyncPair(tmp_path)
-    other_token = "other-edge-token-0123456789"
     sync_input = pair.hub.config["components"][0]["config"]
-    sync_input["devices"]["edge-2"] = {"token": other_token}
-    # The real edge-1 resynced when it started: a second one at once (this test's) must
-    # not wait, or edge-1's reconnect would take the link over meanwhile.
-    sync_input["resync_min_interval"] = "0s"
+    sync_input["devices"]["edge-2"] = {"token": token}
+    sync_input["resync_min_interval"] = resync_min_interval
     pair.hub.config_path.write_text(json.dumps(pair.hub.config))
     pair.start()
+    return pair
+
+
+def test_a_compromised_edge_gets_its_own_share_and_never_another(tmp_path: Path) -> None:
+    other_token = "other-edge-token-0123456789"
+    # The real edge-1 resynced when it started: a second one at once (this test's) must
+    # not wait, or edge-1's reconnect would take the link over meanwhile.
+    pair = pair_with_edge_2(tmp_path, other_token, resync_min_interval="0s")
     try:
         post_events(pair.edge.api, drone_round(0, DRONES))
         hub_view = pair.wait_synced(minimum=DRONES)
@@ -371,13 +378,8 @@ def test_an_edge_asking_for_resync_after_resync_gets_one_per_interval(tmp_path: 
     """A compromised edge (or a stolen credential) reconnecting with resync=True over and
     over would have the hub read its whole share each time: the second within
     ``resync_min_interval`` waits for it, with the link open."""
-    pair = SyncPair(tmp_path)
     token = "other-edge-token-0123456789"
-    sync_input = pair.hub.config["components"][0]["config"]
-    sync_input["devices"]["edge-2"] = {"token": token}
-    sync_input["resync_min_interval"] = "3s"
-    pair.hub.config_path.write_text(json.dumps(pair.hub.config))
-    pair.start()
+    pair = pair_with_edge_2(tmp_path, token, resync_min_interval="3s")
     try:
         url = f"ws://127.0.0.1:{pair.proxy.port}/edge-sync"
         now = int(time.time() * 1000)
