@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 from edge_agent.errors import ConfigError
 
-__all__ = ["check_private", "write_private"]
+__all__ = ["check_private", "fill_private", "write_private"]
 
 
 def check_private(path: Path | str, where: str) -> None:
@@ -38,9 +40,14 @@ def check_private(path: Path | str, where: str) -> None:
 
 
 def write_private(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path``, 0600, atomically and durably.
+    """Write ``data`` to ``path``, 0600, atomically and durably (:func:`fill_private`)."""
+    fill_private(path, lambda file: file.write(data))
 
-    A temp file beside it is written and fsynced, renamed over ``path``, and the
+
+def fill_private(path: Path, fill: Callable[[BinaryIO], object]) -> None:
+    """Let ``fill`` write ``path``'s content, 0600, atomically and durably.
+
+    A temp file beside it is filled and fsynced, renamed over ``path``, and the
     directory fsynced, so after a crash ``path`` holds the old or the new content.
     """
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -48,7 +55,7 @@ def write_private(path: Path, data: bytes) -> None:
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         with os.fdopen(fd, "wb") as file:
-            file.write(data)
+            fill(file)
             file.flush()
             os.fsync(file.fileno())
         os.replace(temp, path)

@@ -8,6 +8,8 @@ import shutil
 import stat
 from pathlib import Path
 
+from edge_agent.private_files import fill_private
+
 __all__ = ["copy_private", "create_private", "fsync_tree", "measure"]
 
 _READ_BYTES = 1 << 20
@@ -37,20 +39,10 @@ def create_private(path: Path) -> None:
 
 
 def copy_private(source: Path, target: Path) -> None:
-    """Copy ``source`` to ``target`` (0600), streaming, atomically and durably: a temp
-    file beside ``target`` is written and fsynced, then renamed over it."""
-    target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    temp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as out, source.open("rb") as into:
-            shutil.copyfileobj(into, out, _READ_BYTES)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temp, target)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
+    """Copy ``source`` to ``target`` (0600), streaming, atomically and durably
+    (:func:`~edge_agent.private_files.fill_private`)."""
+    with source.open("rb") as into:
+        fill_private(target, lambda out: shutil.copyfileobj(into, out, _READ_BYTES))
 
 
 def fsync_tree(root: Path) -> None:
