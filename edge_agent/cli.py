@@ -249,8 +249,10 @@ def cmd_backup(args: argparse.Namespace) -> int:
 
 def cmd_restore(args: argparse.Namespace) -> int:
     """Restore a backup into the stopped agent's emptied state directory."""
+    from edge_agent.app import sync_output_settings
     from edge_agent.backup.commands import restore_command
     from edge_agent.backup.plan import DEVICE_KEY, edge_plan
+    from edge_agent.graph.recovery import request_resync
 
     config = load_or_exit(args.config)
     # With provisioning, the id may derive from the device key: the one in the state
@@ -258,9 +260,15 @@ def cmd_restore(args: argparse.Namespace) -> int:
     keys = [Path(config.state_dir) / DEVICE_KEY, Path(args.src) / "secrets" / "device_key.pem"]
     key = next((k for k in keys if k.is_file() and k.stat().st_size < 16 << 10), None)
     ports = [config.services.service_manager.config.http_port]
-    return restore_command(
-        config, lambda: edge_plan(config, key), args.src, prog="edge-agent restore", ports=ports
-    )
+    prog = "edge-agent restore"
+    code = restore_command(config, lambda: edge_plan(config, key), args.src, prog=prog, ports=ports)
+    if code == 0 and sync_output_settings(config) is not None:
+        # The hub may hold what this edge did after the backup, and what it sent of the
+        # changes the backup holds as waiting: the share brings the one back and keeps
+        # the other from being sent again.
+        request_resync(Path(config.state_dir))
+        print(f"{prog}: the next link asks the hub for this edge's share (a resync)")
+    return code
 
 
 def cmd_request_resync(args: argparse.Namespace) -> int:

@@ -217,10 +217,14 @@ class Metrics:
         self.sync_dropped = Counter(
             "semstreams_sync_dropped",
             "Changes not sent, by reason: outbox_full (dropped to stay in max_outbox_bytes),"
-            " filtered (the link's filters keep them on the device).",
+            " filtered (the link's filters keep them on the device), held_by_hub (a"
+            " resync showed the hub already holds them: a restored edge does not send"
+            " again what its lost self sent).",
             ["reason"],
             registry=registry,
         )
+        for reason in ("outbox_full", "filtered", "held_by_hub"):
+            self.sync_dropped.labels(reason)
         self.sync_refused = Counter(
             "semstreams_sync_refused",
             "Links closed or refused by reason (credentials, bad frame, protocol).",

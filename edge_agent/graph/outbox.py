@@ -21,7 +21,7 @@ Invariants (each function runs inside the caller's write transaction):
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Literal
 
 import msgspec
@@ -40,6 +40,7 @@ __all__ = [
     "acknowledge",
     "backlog",
     "bound",
+    "drop_held_by_hub",
     "dropped",
     "next_change_seq",
     "record_events",
@@ -321,6 +322,46 @@ def resume(db: sqlite3.Connection, hwm: int) -> list[OutboxBatch]:
         "SELECT seq, encoding, count, raw_bytes, payload FROM sync_inflight ORDER BY seq"
     ).fetchall()
     return [OutboxBatch(*row) for row in rows]
+
+
+# A waiting change the hub already holds at least as new: the entity here is no newer
+# than the hub's copy (a deletion or a whole resend is always kept).
+_HELD_BY_HUB = """
+DELETE FROM sync_outbox
+WHERE entity_id = ?1 AND reset = 0
+  AND EXISTS (SELECT 1 FROM entities WHERE id = ?1 AND updated_at <= ?2)
+"""
+
+
+def drop_held_by_hub(db: sqlite3.Connection, hub_stamps: Mapping[str, int]) -> int:
+    """Drop the waiting changes the hub's copy already covers, in a resync's transaction.
+
+    An edge restored from a backup (or rebuilt) still holds changes its lost self sent
+    and the hub acked under batch numbers the edge no longer knows; sent again they
+    would be no-ops at the hub (the newer timestamp wins there), but duplicates all the
+    same. The hub's share says, per entity, how new its copy of this edge's data is.
+
+    Args:
+        hub_stamps: entity id -> ``updated_at`` of the hub's copy of this edge's share.
+
+    Returns:
+        The waiting rows dropped (of either mode's table).
+    """
+    before = db.total_changes
+    db.executemany(_HELD_BY_HUB, hub_stamps.items())
+    if db.execute("SELECT EXISTS (SELECT 1 FROM sync_events)").fetchone()[0]:
+        doomed = [
+            (seq,)
+            for seq, blob in db.execute("SELECT seq, delta FROM sync_events")
+            if _held_by_hub(_delta_decoder.decode(blob), hub_stamps)
+        ]
+        db.executemany("DELETE FROM sync_events WHERE seq = ?", doomed)
+    return db.total_changes - before
+
+
+def _held_by_hub(delta: EntityDelta, hub_stamps: Mapping[str, int]) -> bool:
+    stamp = hub_stamps.get(delta.entity_id)
+    return stamp is not None and not (delta.deleted or delta.replace) and delta.updated_at <= stamp
 
 
 # ---- bounds and gauges -------------------------------------------------------------------

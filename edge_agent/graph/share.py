@@ -4,7 +4,9 @@ A share delta is the hub's copy of an entity this edge wrote. It is merged, neve
 imposed: per predicate (and per edge) the newer timestamp wins, so what the edge
 applied since it restarted (its stream's tail, new events) is never rolled back by the
 hub's older copy. Nothing merged here enters the sync outbox (``cseq`` stays 0), so
-the share is not echoed back to the hub.
+the share is not echoed back to the hub, and the changes waiting in the outbox that the
+hub's copy already covers are dropped (an edge restored from a backup would otherwise
+send again what its lost self had sent).
 """
 
 from __future__ import annotations
@@ -15,11 +17,12 @@ from collections.abc import Sequence
 import msgspec
 
 from edge_agent.config import IndexesConfig
+from edge_agent.graph import outbox
 from edge_agent.graph.indexes import TEMPORAL_BUCKET_MS
 from edge_agent.graph.statements import RDF_TYPE, UPDATE_SPATIAL
 from edge_agent.sync.frames import EntityDelta
 
-__all__ = ["merge_share"]
+__all__ = ["ShareMerge", "merge_share"]
 
 _json = msgspec.json.Encoder()
 
@@ -52,9 +55,20 @@ ON CONFLICT (entity_id) DO UPDATE SET bucket = max(bucket, excluded.bucket)
 """
 
 
+class ShareMerge(msgspec.Struct, frozen=True):
+    """What merging one share chunk did."""
+
+    #: Entities whose graph rows changed.
+    changed: int
+    #: Those ids and their edges' objects (the query caches to invalidate).
+    touched: frozenset[str]
+    #: Waiting outbox rows dropped because the hub already holds them.
+    held_by_hub: int
+
+
 def merge_share(
     db: sqlite3.Connection, deltas: Sequence[EntityDelta], origin: str, indexes: IndexesConfig
-) -> tuple[int, frozenset[str]]:
+) -> ShareMerge:
     """Merge share deltas into the graph, inside the caller's write transaction.
 
     Args:
@@ -65,7 +79,7 @@ def merge_share(
         indexes: which secondary indexes to refresh.
 
     Returns:
-        (entities that changed, the ids touched: those and their edges' objects).
+        What changed, and the waiting changes dropped as held by the hub.
     """
     changed = 0
     touched: set[str] = set()
@@ -93,4 +107,6 @@ def merge_share(
             db.execute(_TEMPORAL, (eid, stamp // TEMPORAL_BUCKET_MS))
         if indexes.spatial:
             db.execute(UPDATE_SPATIAL, {"id": eid})
-    return changed, frozenset(touched)
+    stamps = {delta.entity_id: delta.updated_at for delta in deltas if not delta.deleted}
+    held = outbox.drop_held_by_hub(db, stamps)
+    return ShareMerge(changed, frozenset(touched), held)

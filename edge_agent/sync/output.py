@@ -50,6 +50,8 @@ _MIN_BATCH_BYTES = 1024
 _FRAME_OVERHEAD = 1024
 #: The most a Share chunk may expand to (a chunk is at most 1 MiB on the wire).
 _SHARE_RAW_MAX = 16 << 20
+#: What a resync counts: share entities received, merged, and waiting changes dropped.
+_SHARE_FIGURES = ("entities", "applied", "held_by_hub")
 
 
 class SyncRefusedError(ProtocolError):
@@ -119,7 +121,7 @@ class SyncOutput:
         self._resync_marker = resync_marker
         self._on_share = on_share
         self._on_share_end = on_share_end
-        self._share = {"entities": 0, "applied": 0}
+        self._share = dict.fromkeys(_SHARE_FIGURES, 0)
         self._no_resync_told = False
         self.edge_id = edge_id
         self._token = token
@@ -211,7 +213,7 @@ class SyncOutput:
             await self._flush(ws, proto)
             await self._handshake(ws, proto)
             if resync:
-                self._share = {"entities": 0, "applied": 0}
+                self._share = dict.fromkeys(_SHARE_FIGURES, 0)
                 if not proto.resyncing and not self._no_resync_told:
                     self._no_resync_told = True  # once: the marker stays for a newer hub
                     log.warning("sync: asked the hub for a resync; it offers none (older hub)")
@@ -286,15 +288,17 @@ class SyncOutput:
         if len(deltas) != frame.count:
             raise ProtocolError(f"share chunk {frame.chunk}: {len(deltas)} of {frame.count}")
         store = self._store
-        applied, touched = await self._write(
+        merged = await self._write(
             store.database.transaction, merge_share, deltas, self.edge_id, store.indexes
         )
         self._share["entities"] += len(deltas)
-        self._share["applied"] += applied
-        self._metrics.share_entities.labels("applied").inc(applied)
-        self._metrics.share_entities.labels("unchanged").inc(len(deltas) - applied)
-        if touched and self._on_share is not None:
-            self._on_share(touched)
+        self._share["applied"] += merged.changed
+        self._share["held_by_hub"] += merged.held_by_hub
+        self._metrics.share_entities.labels("applied").inc(merged.changed)
+        self._metrics.share_entities.labels("unchanged").inc(len(deltas) - merged.changed)
+        self._metrics.sync_dropped.labels("held_by_hub").inc(merged.held_by_hub)
+        if merged.touched and self._on_share is not None:
+            self._on_share(merged.touched)
         proto.ack_share(frame.chunk)
 
     async def _share_ended(self, end: ShareEnd) -> None:

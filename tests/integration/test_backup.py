@@ -33,6 +33,7 @@ from edge_agent.backup.plan import edge_plan
 from edge_agent.backup.restore import read_backup, restore_backup
 from edge_agent.backup.take import take_backup
 from edge_agent.config import Config
+from edge_agent.graph.recovery import RESYNC_MARKER
 from edge_agent.nats.server import EmbeddedNatsServer
 from edge_agent.nats.subjects import entity_subject
 from tests.conftest import StartAgent
@@ -173,27 +174,36 @@ def test_edge_disaster_recovery_restores_graph_stream_and_sync_positions(
     (applied,) = rows(restored, "SELECT applied_seq FROM consumer_state")[0]
     assert applied == manifest["positions"][f"consumer:graph-{EDGE_ID}-all"]
 
+    assert "asks the hub for this edge's share" in done.stdout
+    assert (state_dir / RESYNC_MARKER).exists()
+
     pair.edge.start()
-    wait_until(lambda: pair.edges()[0]["connected"] and edge_drained(pair), "edge back, drained")
-    edge_after = export(pair.edge.api)
-    # Nothing the graph had applied was applied again (a position lost on restore would
-    # bump every version); the busy entities may have replayed the stream's tail.
-    assert {k: v["version"] for k, v in edge_after.items() if k.startswith("drone")} == {
-        k: v for k, v in in_backup.items() if k.startswith("drone")
-    }
-    for key, version in in_backup.items():
-        assert version <= edge_after[key]["version"] <= hub_before[key]["version"], key
+    wait_until(
+        lambda: (
+            pair.edges()[0]["connected"]
+            and edge_drained(pair)
+            and not (state_dir / RESYNC_MARKER).exists()
+        ),
+        "edge back, resynced, drained",
+    )
     # The batches in flight at the backup are the hub's already: not sent again.
     assert metric(pair.edge.api, "semstreams_sync_batches_total", 'direction="resent"') == 0
-    # The changes the backup held waiting go out again (at least once: the edge cannot
-    # know which of them its lost self had sent), under new batch numbers; the hub holds
-    # newer states of them, which they leave as they were: the hub misses nothing, and
-    # each batch is stored and applied once.
+    # The changes the backup held waiting had been sent by the edge's lost self: the
+    # hub's share showed it holds them, so none goes again, and neither does the
+    # stream's replayed tail. The hub received no batch at all.
+    assert hub_edge_state(pair) == state_before
+    held = metric(pair.edge.api, "semstreams_sync_dropped_total", 'reason="held_by_hub"')
+    assert held >= waiting
     assert export(pair.hub.api) == hub_before
     pair.check_hub_records()
-    seq, batches, deltas = hub_edge_state(pair)
-    assert seq - state_before[0] == batches - state_before[1]
-    assert deltas - state_before[2] <= waiting + BUSY
+    # The edge has back what its lost self did after the backup, from the hub.
+    edge_after = export(pair.edge.api)
+    assert {k: v["version"] for k, v in edge_after.items()} == {
+        k: v["version"] for k, v in hub_before.items()
+    }
+    assert {k: v["properties"] for k, v in edge_after.items()} == {
+        k: v["properties"] for k, v in hub_before.items()
+    }
 
     # New events after the restore are applied (their stream sequences are new) and
     # reach the hub.
@@ -202,7 +212,7 @@ def test_edge_disaster_recovery_restores_graph_stream_and_sync_positions(
         lambda: export(pair.hub.api)["drone-0099"]["properties"]["round"] == 2,
         "round 2 at the hub",
     )
-    assert export(pair.edge.api)["drone-0099"]["version"] == in_backup["drone-0099"] + 1
+    assert export(pair.edge.api)["drone-0099"]["version"] == hub_before["drone-0099"]["version"] + 1
 
 
 # ---- refused backups change nothing ---------------------------------------------------

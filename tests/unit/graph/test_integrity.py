@@ -187,15 +187,16 @@ def test_a_share_merges_without_rolling_back_newer_local_writes(tmp_path: Path) 
             ["two"],
         ),
     ]
-    changed, touched = store.database.transaction(merge_share, share, "edge-1", store.indexes)
-    assert changed == 2 and touched == {"d-1", "d-2"}
+    merged = store.database.transaction(merge_share, share, "edge-1", store.indexes)
+    assert merged.changed == 2 and merged.touched == {"d-1", "d-2"}
+    assert merged.held_by_hub == 0  # d-1 here is newer than the hub's copy: it still goes
     one, two = store.entity("d-1"), store.entity("d-2")
     assert one is not None and two is not None
     assert one["properties"] == {"battery": 10, "alt": 5}  # the newer local value stays
     assert two["properties"] == {"battery": 7} and two["aliases"] == ["two"]
     assert two["relationships"] == [{"predicate": "near", "object": "d-1", "weight": 1.0}]
     again = store.database.transaction(merge_share, share, "edge-1", store.indexes)
-    assert again == (0, frozenset())  # idempotent
+    assert (again.changed, again.touched) == (0, frozenset())  # idempotent
     with store.reader() as db:  # nothing merged is queued to go back to the hub
         assert db.execute("SELECT entity_id FROM sync_outbox").fetchall() == [("d-1",)]
     store.close()

@@ -12,6 +12,7 @@ import pytest
 from edge_agent.errors import GraphError
 from edge_agent.graph import GraphStore
 from edge_agent.graph.outbox import Backlog, BatchLimits, OutboxBatch, SyncMode
+from edge_agent.graph.share import merge_share
 from edge_agent.sync.codec import decode_deltas
 from edge_agent.sync.filters import SyncFilter, compile_filter
 from edge_agent.sync.frames import EntityDelta
@@ -407,6 +408,45 @@ def test_events_mode_queues_every_reading_in_order(tmp_path: Path) -> None:
         ("UAV-2", 0, True),
         ("UAV-1", 5, False),
     ]
+
+
+# ---- a resync's share drops what the hub already holds ---------------------------------------
+
+
+def share_of(*copies: tuple[str, int]) -> list[EntityDelta]:
+    """The hub's copies (entity id, updated_at ms) of ``drone`` entities in a share."""
+    return [
+        EntityDelta(eid, "drone", 9, stamp, 3, [("battery", 1, stamp, "")]) for eid, stamp in copies
+    ]
+
+
+def merge(store: GraphStore, share: list[EntityDelta]) -> int:
+    merged = store.database.transaction(merge_share, share, "edge-1", store.indexes)
+    return merged.held_by_hub
+
+
+def test_a_share_drops_the_waiting_changes_the_hub_holds_as_new(store: GraphStore) -> None:
+    feed = Feed(store)
+    feed(*(ev(f"UAV-{i}", properties={"battery": i}, timestamp=at(5)) for i in (1, 2, 3)))
+    feed(gone("UAV-3"))
+    share = share_of(("UAV-1", ms(5)), ("UAV-2", ms(4)), ("UAV-3", ms(9)), ("UAV-4", ms(9)))
+    assert merge(store, share) == 1
+    # UAV-1: the hub's copy is as new (sent by the edge's lost self): not sent again.
+    # UAV-2: newer here than at the hub. UAV-3: a deletion always goes.
+    assert waiting(store) == {"UAV-2", "UAV-3"}
+    assert merge(store, share) == 0
+
+
+def test_a_share_drops_the_readings_the_hub_holds_in_events_mode(tmp_path: Path) -> None:
+    store = open_store(tmp_path / "edge.db", mode="events")
+    Feed(store)(
+        ev("UAV-1", properties={"battery": 90}, timestamp=at(1)),
+        ev("UAV-2", properties={"battery": 50}, timestamp=at(2)),
+        ev("UAV-1", properties={"battery": 70}, timestamp=at(3)),
+    )
+    assert merge(store, share_of(("UAV-1", ms(2)))) == 1
+    deltas = take_deltas(store)
+    assert [(d.entity_id, d.updated_at) for d in deltas] == [("UAV-2", ms(2)), ("UAV-1", ms(3))]
 
 
 # ---- bounds ------------------------------------------------------------------------------------
