@@ -199,7 +199,6 @@ def run_cuts(tmp_path: Path, sync_interval: str, window: float) -> tuple[set[str
     return lost, publisher
 
 
-@pytest.mark.opt_in  # ~40 s more; kill -9 without loss is test_faults.py's, in make test
 def test_always_loses_nothing_acked(tmp_path: Path) -> None:
     lost, publisher = run_cuts(tmp_path, "always", window=0.0)
     assert len(publisher.acked) > CUTS * 50, "the publisher hardly published"
