@@ -30,6 +30,7 @@ from cloud_hub.config import (
 )
 from cloud_hub.dashboard.routes import dashboard_routes
 from cloud_hub.dashboard.service import Dashboard
+from cloud_hub.graph.provenance import applied_seq
 from cloud_hub.graph.share import read_share
 from cloud_hub.graphrag.communities.api import community_routes
 from cloud_hub.graphrag.schema import GRAPH_MIGRATIONS
@@ -247,6 +248,7 @@ class Hub:
             max_payload=self.nats.client.max_payload,
             hub_id=self.config.platform.id,
             read_share=self._read_share,
+            applied_seq=self._applied_seq,
         )
 
     async def _read_share(self, edge_id: str, after: str, limit: int) -> list[EntityDelta]:
@@ -254,6 +256,10 @@ class Hub:
         return await asyncio.to_thread(
             self.store.database.read, read_share, edge_id, after=after, limit=limit
         )
+
+    async def _applied_seq(self, edge_id: str) -> int:
+        """The last batch of ``edge_id`` this instance's graph applied."""
+        return await asyncio.to_thread(self.store.database.read, applied_seq, edge_id)
 
     async def _start_dashboard(self) -> None:
         self.dashboard = Dashboard(

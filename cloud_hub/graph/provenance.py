@@ -39,7 +39,7 @@ from edge_agent.graph.statements import (
 )
 from edge_agent.sync.frames import EntityDelta
 
-__all__ = ["MAX_CONFLICTS", "BatchResult", "BatchStamp", "apply_batch"]
+__all__ = ["MAX_CONFLICTS", "BatchResult", "BatchStamp", "applied_seq", "apply_batch"]
 
 #: Conflicts kept (the newest); older ones are counted in metrics, then forgotten.
 MAX_CONFLICTS = 10_000
@@ -226,6 +226,12 @@ def _future(delta: EntityDelta, ceiling: int) -> int:
     return max(0, latest - ceiling)
 
 
+def applied_seq(db: sqlite3.Connection, edge_id: str) -> int:
+    """The last batch ``seq`` of ``edge_id`` applied to this graph (0: none)."""
+    row = db.execute("SELECT seq FROM hub_edge_state WHERE edge_id = ?", (edge_id,)).fetchone()
+    return int(row[0]) if row is not None else 0
+
+
 def apply_batch(
     db: sqlite3.Connection,
     stamp: BatchStamp,
@@ -236,8 +242,7 @@ def apply_batch(
     """Apply batch ``stamp.seq`` of ``stamp.edge_id`` as its contribution, unless it was
     applied before (see the module's invariants)."""
     edge = stamp.edge_id
-    row = db.execute("SELECT seq FROM hub_edge_state WHERE edge_id = ?", (edge,)).fetchone()
-    if row is not None and stamp.seq <= row[0]:
+    if stamp.seq <= applied_seq(db, edge):
         return BatchResult(duplicate=True)
     conflicts = _Conflicts(db, stamp)
     contributors = _contributors(db, (d.entity_id for d in deltas))

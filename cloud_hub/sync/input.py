@@ -132,6 +132,7 @@ class SyncInput:
         hub_id: this hub's own id, which no edge may use.
         read_share: reads pages of an edge's share from this instance's graph, for a
             resync the edge asks for (``None``: this hub offers none).
+        applied_seq: the last batch seq of an edge this instance's graph has applied.
     """
 
     def __init__(
@@ -146,9 +147,11 @@ class SyncInput:
         max_payload: int = 0,
         hub_id: str = "",
         read_share: ReadShare | None = None,
+        applied_seq: Callable[[str], Awaitable[int]] | None = None,
     ) -> None:
         self.settings = settings
         self._read_share = read_share
+        self._applied_seq = applied_seq
         self._log = sync_log
         self._metrics = metrics
         self._hub = hub_metrics
@@ -313,8 +316,12 @@ class SyncInput:
         session.after = last.stream_seq
         # An edge the log never heard from resumes where it says it is; so does one the
         # log has forgotten part of (aged out by its byte limit): what the edge says the
-        # hub acked is gone either way, and waiting for it would stall forever.
-        known = max(last.seq, hello.acked_seq)
+        # hub acked is gone either way, and waiting for it would stall forever. Never
+        # below what the graph applied: a reflashed edge whose batches aged out of the
+        # log would otherwise number its new batches from 1, and the materialiser would
+        # drop them as applied already.
+        applied = await self._applied_seq(edge_id) if self._applied_seq else 0
+        known = max(last.seq, hello.acked_seq, applied)
         if known > last.seq and last.seq:
             log.warning(
                 "sync: edge %s had batches up to %d acked, the log holds up to %d:"

@@ -224,6 +224,38 @@ def test_an_asked_resync_of_a_whole_store_changes_nothing(pair: SyncPair) -> Non
     assert health["components"]["sync"]["resync_requested"] is False, health
 
 
+async def _forget_edge_in_log(url: str) -> None:
+    """Purge the edge's batches from the hub's log, as its byte limit ages them out."""
+    client = await nats.connect(url)
+    try:
+        await client.jetstream().purge_stream("SYNC_BATCHES", subject=f"sync.batches.{EDGE_ID}")
+    finally:
+        await client.close()
+
+
+def test_a_reflashed_edge_whose_batches_left_the_log_is_not_taken_for_a_duplicate(
+    pair: SyncPair,
+) -> None:
+    post_events(pair.edge.api, drone_round(0, DRONES))
+    pair.wait_synced(minimum=DRONES)
+    applied = pair.check_hub_records()
+    pair.edge.kill()
+    asyncio.run(_forget_edge_in_log(pair.hub.nats_url))
+    shutil.rmtree(pair.edge.config["state_dir"])  # reflashed: same id, nothing kept
+    pair.edge.start()
+    post_events(pair.edge.api, drone_round(1, DRONES))
+    # The new changes reach the hub's graph: the hub welcomed the edge after the batch
+    # its graph had applied, not after the log's (empty) record of it, so the edge's
+    # new batches were not numbered from 1 and dropped by the materialiser as applied.
+    synced = pair.wait_synced(minimum=DRONES)
+    assert {entity["properties"]["round"] for entity in synced.values()} == {1}
+    duplicates = 'outcome="duplicate"'
+    assert metric(pair.hub.api, "semstreams_hub_materialised_batches_total", duplicates) == 0
+    with contextlib.closing(sqlite3.connect(f"file:{pair.hub_db}?mode=ro", uri=True)) as db:
+        ((seq,),) = db.execute("SELECT seq FROM hub_edge_state").fetchall()
+    assert seq > applied
+
+
 async def _publish(url: str, events: list[dict[str, Any]]) -> None:
     """Publish ``events`` to a nats-server just started: its port and JetStream come up a
     moment after the process does."""
