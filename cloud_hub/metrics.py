@@ -52,6 +52,12 @@ class HubMetrics:
         )
         for outcome in ("started", "deferred"):
             self.resyncs.labels(outcome)
+        self.full_resends = Counter(
+            "semstreams_hub_full_resends",
+            "Edges asked to send everything they wrote again: they had batches acked that"
+            " this hub no longer holds (restored from a backup, or its log lost them).",
+            registry=registry,
+        )
         self.link_failures = Counter(
             "semstreams_hub_link_failures",
             "Sync links whose worker failed unexpectedly; each was closed (1011) after"

@@ -251,6 +251,12 @@ class Metrics:
             "Entities readable in the damaged store the graph still lacks (0 when none).",
             registry=registry,
         )
+        self.sync_full_resends = Counter(
+            "semstreams_sync_full_resends",
+            "Times the hub said it lacks batches it had acked (restored from a backup, or"
+            " rebuilt from a log that lost them), and this edge queued everything it wrote.",
+            registry=registry,
+        )
         self.share_entities = Counter(
             "semstreams_sync_share_entities",
             "Entities of this edge's share received from the hub in a resync, by outcome"

@@ -321,14 +321,19 @@ class SyncInput:
         # log would otherwise number its new batches from 1, and the materialiser would
         # drop them as applied already.
         applied = await self._applied_seq(edge_id) if self._applied_seq else 0
-        known = max(last.seq, hello.acked_seq, applied)
-        if known > last.seq and last.seq:
+        held = max(last.seq, applied)
+        known = max(held, hello.acked_seq)
+        # Batches acked and lost since (a restored or wiped hub, a log aged out before
+        # this instance's graph applied them): the edge sends everything it wrote again.
+        full_resend = known > held
+        if full_resend:
+            self._hub.full_resends.inc()
             log.warning(
-                "sync: edge %s had batches up to %d acked, the log holds up to %d:"
-                " resuming after %d",
+                "sync: edge %s had batches up to %d acked, this hub holds up to %d:"
+                " resuming after %d, and asking the edge for everything it wrote",
                 edge_id,
                 known,
-                last.seq,
+                held,
                 known,
             )
         previous = self._sockets.get(edge_id)
@@ -346,7 +351,9 @@ class SyncInput:
         resync = hello.resync and self._read_share is not None
         if resync:
             log.info("sync: edge %s asks for a resync of its share", edge_id)
-        proto.accept(known, max_batch_bytes=self._max_batch_bytes(), resync=resync)
+        proto.accept(
+            known, max_batch_bytes=self._max_batch_bytes(), resync=resync, full_resend=full_resend
+        )
 
     async def _send_share(self, session: _Session) -> None:
         """Send the next chunks of the edge's share while the window has room; end it

@@ -28,7 +28,7 @@ import msgspec
 
 from edge_agent.graph.statements import RDF_TYPE
 from edge_agent.sync.codec import compress, msgpack_array
-from edge_agent.sync.filters import SyncFilter
+from edge_agent.sync.filters import SyncFilter, compile_filter
 from edge_agent.sync.frames import EntityDelta
 
 __all__ = [
@@ -45,6 +45,7 @@ __all__ = [
     "next_change_seq",
     "record_events",
     "record_state",
+    "requeue_all",
     "resume",
     "take_batch",
     "trim",
@@ -54,6 +55,8 @@ SyncMode = Literal["state", "events"]
 _encoder = msgspec.msgpack.Encoder()
 _delta_decoder = msgspec.msgpack.Decoder(EntityDelta)
 _json_decoder = msgspec.json.Decoder()
+#: No filter: an events-mode row is filtered when its batch is taken.
+_EVERYTHING = compile_filter({})
 # The most a msgpack array header takes (0xdd + 4 bytes), counted against max_bytes.
 _ARRAY_HEADER_MAX = 5
 
@@ -163,6 +166,36 @@ def record_events(db: sqlite3.Connection, deltas: Sequence[EntityDelta], now_ms:
         "INSERT INTO sync_events (priority, size, queued_at, delta) VALUES (?, ?, ?, ?)", rows
     )
     return sum(row[1] for row in rows)
+
+
+# Every entity this edge wrote, whole (``since`` 0: every triple and relationship).
+_REQUEUE_STATE = """
+INSERT INTO sync_outbox (entity_id, cseq, since, priority, reset, size, queued_at)
+SELECT id, ?1, 0, priority, 0,
+       64 + (SELECT coalesce(sum(length(predicate) + length(object) + 12), 0)
+             FROM triples WHERE subject = entities.id),
+       ?2
+FROM entities WHERE origin = ?3
+ON CONFLICT (entity_id) DO UPDATE SET
+    cseq = excluded.cseq, since = 0, size = max(size, excluded.size)
+"""
+
+
+def requeue_all(db: sqlite3.Connection, mode: SyncMode, origin: str, cseq: int, now_ms: int) -> int:
+    """Queue every entity of ``origin`` (this edge) whole, for a hub that lost some of
+    what it had acked; inside the caller's write transaction.
+
+    Returns:
+        The entities queued.
+    """
+    if mode == "state":
+        before = db.total_changes
+        db.execute(_REQUEUE_STATE, (cseq, now_ms, origin))
+        return db.total_changes - before
+    ids = [eid for (eid,) in db.execute("SELECT id FROM entities WHERE origin = ?", (origin,))]
+    deltas = [_state_delta(db, eid, 0, False, _EVERYTHING) for eid in ids]
+    record_events(db, [delta for delta in deltas if delta is not None], now_ms)
+    return len(ids)
 
 
 # ---- taking batches, on the sender's behalf ------------------------------------------

@@ -412,6 +412,20 @@ class GraphStore:
             )
         )
 
+    def sync_requeue_all(self, now_ms: int) -> int:
+        """Queue every entity this edge wrote again, whole, within the outbox's byte
+        bound (see :func:`outbox.requeue_all`); the entities queued."""
+        mode = self.outbox
+        assert mode is not None, "the store keeps no outbox"
+
+        def requeue(db: sqlite3.Connection) -> int:
+            queued = outbox.requeue_all(db, mode, self.origin, outbox.next_change_seq(db), now_ms)
+            if self.max_outbox_bytes:  # measured now: the estimate knows nothing of these
+                outbox.bound(db, mode, self.max_outbox_bytes, self.max_outbox_bytes + 1)
+            return queued
+
+        return self.database.transaction(requeue)
+
     def sync_ack(self, seq: int) -> None:
         """The hub has every batch up to ``seq``."""
         self.database.transaction(outbox.acknowledge, seq)

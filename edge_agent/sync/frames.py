@@ -93,6 +93,9 @@ class Welcome(_Frame, frozen=True):
     encoding: str = "zstd"
     #: The hub will stream this edge's share (Share frames, then one ShareEnd).
     resync: bool = False
+    #: The hub lacks batches this edge had acked (it was restored from a backup, or
+    #: rebuilt from a log that had lost them): the edge queues everything it wrote again.
+    full_resend: bool = False
 
 
 class Batch(_Frame, frozen=True):

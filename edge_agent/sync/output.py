@@ -226,6 +226,8 @@ class SyncOutput:
                 self.edge_id,
                 proto.hwm,
             )
+            if proto.full_resend:
+                await self._requeue_all()
             resend = deque(await self._write(self._store.sync_resume, proto.hwm))
             tasks = {
                 asyncio.create_task(self._receive(ws, proto)),
@@ -258,6 +260,17 @@ class SyncOutput:
         # The hub's own limit on a batch (its frame and JetStream message limits).
         self._hub_max_batch = int(getattr(welcome, "max_batch_bytes", 0))
         self._bucket = _bucket(_lowest(self.settings.max_bytes_per_second, hub_rate))
+
+    async def _requeue_all(self) -> None:
+        """The hub lost batches it had acked: queue everything this edge wrote again."""
+        queued = await self._write(self._store.sync_requeue_all, int(time.time() * 1000))
+        self._metrics.sync_full_resends.inc()
+        log.warning(
+            "sync: the hub lacks batches it had acked (restored or rebuilt): sending all"
+            " %d entities this edge wrote again",
+            queued,
+        )
+        self.notify()
 
     async def _flush(self, ws: ClientConnection, proto: EdgeProtocol) -> None:
         for data in proto.data_to_send():

@@ -165,6 +165,8 @@ class EdgeProtocol(_Protocol):
         self._asked_resync = resync
         #: The hub is streaming this edge's share (granted, not ended yet).
         self.resyncing = False
+        #: The Welcome asked for everything this edge wrote again (the hub lost some).
+        self.full_resend = False
         #: The ShareEnd that closed the resync, once it came.
         self.share_end: ShareEnd | None = None
         self._share_next = 1
@@ -258,6 +260,7 @@ class EdgeProtocol(_Protocol):
                 self.hwm = frame.hwm
                 self.encoding = frame.encoding
                 self.resyncing = frame.resync
+                self.full_resend = frame.full_resend
             case Ack(seq=seq) | Nack(seq=seq):
                 if seq not in self.in_flight:
                     raise RemoteProtocolError(f"{type(frame).__name__} for seq {seq} not in flight")
@@ -358,10 +361,12 @@ class HubProtocol(_Protocol):
         max_bytes_per_second: int = 0,
         max_batch_bytes: int = 0,
         resync: bool = False,
+        full_resend: bool = False,
     ) -> None:
         """Welcome the edge; it resumes after ``hwm``, the last seq durable here.
 
-        ``resync`` grants the resync the Hello asked for (see :meth:`send_share`).
+        ``resync`` grants the resync the Hello asked for (see :meth:`send_share`);
+        ``full_resend`` asks the edge to send everything it wrote again.
         """
         self._require(State.HANDSHAKE, "accept")
         if self._hello is None:
@@ -383,6 +388,7 @@ class HubProtocol(_Protocol):
                 max_bytes_per_second=max_bytes_per_second,
                 encoding=encoding,
                 resync=resync,
+                full_resend=full_resend,
             )
         )
 

@@ -435,13 +435,17 @@ def test_hub_backup_while_an_edge_syncs_restores_a_graph_that_agrees_with_its_lo
     )
     assert export(pair.hub.api) == restored
 
-    # The edge links again and its new changes arrive.
+    # The edge links again: it had batches acked after the backup that the restored
+    # hub lacks, so the hub asks it for everything it wrote, and misses nothing.
     pair.proxy.restore()
     post_events(pair.edge.api, drone_round(1, DRONES))
     wait_until(
         lambda: export(pair.hub.api)["drone-0099"]["properties"]["round"] == 1,
         "round 1 at the restored hub",
     )
+    pair.wait_synced(minimum=DRONES + BUSY)
+    assert metric(pair.hub.api, "semstreams_hub_full_resends_total") == 1
+    assert metric(pair.edge.api, "semstreams_sync_full_resends_total") == 1
 
 
 # ---- the edge's stream position across a restore ---------------------------------------

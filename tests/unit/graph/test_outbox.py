@@ -449,6 +449,25 @@ def test_a_share_drops_the_readings_the_hub_holds_in_events_mode(tmp_path: Path)
     assert [(d.entity_id, d.updated_at) for d in deltas] == [("UAV-2", ms(2)), ("UAV-1", ms(3))]
 
 
+@pytest.mark.parametrize("mode", ["state", "events"])
+def test_requeue_all_queues_every_entity_whole(tmp_path: Path, mode: SyncMode) -> None:
+    store = open_store(tmp_path / "edge.db", mode=mode)
+    feed = Feed(store)
+    feed(*(ev(f"UAV-{i}", properties={"battery": i, "alt": 10}) for i in (1, 2)))
+    feed(ev("UAV-1", properties={"battery": 5}))
+    while (batch := take(store)[0]) is not None:
+        store.sync_ack(batch.seq)
+    assert store.sync_backlog().entities == 0
+    assert store.sync_requeue_all(NOW) == 2
+    deltas = {d.entity_id: d for d in take_deltas(store)}
+    # Whole: the unchanged alt too, as a hub that lost the batches needs it.
+    assert {eid: triples(d) for eid, d in deltas.items()} == {
+        "UAV-1": {"battery": 5, "alt": 10},
+        "UAV-2": {"battery": 2, "alt": 10},
+    }
+    assert not any(d.replace or d.deleted for d in deltas.values())
+
+
 # ---- bounds ------------------------------------------------------------------------------------
 
 

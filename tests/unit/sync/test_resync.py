@@ -137,3 +137,14 @@ def test_a_share_frame_is_bounded_in_entities() -> None:
         decode_frame(msgspec.msgpack.encode({**too_many, "payload": b""}), max_bytes=1 << 20)
     with pytest.raises(RemoteProtocolError, match="over the"):
         decode_frame(b"\x00" * 1025, max_bytes=1024)
+
+
+@pytest.mark.parametrize("lacks", [False, True])
+def test_a_hub_that_lost_acked_batches_asks_for_everything(lacks: bool) -> None:
+    edge, hub = EdgeProtocol("edge-1", "t0k3n", acked_seq=9), HubProtocol()
+    [hello] = exchange(edge, hub)
+    assert isinstance(hello, Hello) and hello.acked_seq == 9
+    hub.accept(9, full_resend=lacks)
+    [welcome] = exchange(hub, edge)
+    assert isinstance(welcome, Welcome) and welcome.full_resend is lacks
+    assert edge.full_resend is lacks and edge.hwm == 9
