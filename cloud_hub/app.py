@@ -249,6 +249,7 @@ class Hub:
             hub_id=self.config.platform.id,
             read_share=self._read_share,
             applied_seq=self._applied_seq,
+            on_linked=self.enrolment.linked if self.enrolment else None,
         )
 
     async def _read_share(self, edge_id: str, after: str, limit: int) -> list[EntityDelta]:

@@ -9,7 +9,9 @@ approves the device.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+import re
 import secrets
 import sqlite3
 from collections.abc import Callable
@@ -26,7 +28,7 @@ from edge_agent.graph.migrations import Migration
 from edge_agent.provision.identity import claim_key
 from edge_agent.provision.messages import EnrolRequest
 
-__all__ = ["ClaimError", "ClaimProof", "Device", "Registry", "Status"]
+__all__ = ["ClaimError", "ClaimProof", "Device", "Registry", "Status", "seen_fields"]
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +62,24 @@ _R002_ROTATION = """
 ALTER TABLE devices ADD COLUMN credentials_after INTEGER NOT NULL DEFAULT 0;
 """
 
+# What the device's last sync link showed: its agent's version, the address it came
+# from, when (for the fleet inventory: ansible/inventory_plugins/semstreams_fleet.py).
+_R003_SEEN = """
+ALTER TABLE devices ADD COLUMN agent_version TEXT NOT NULL DEFAULT '';
+ALTER TABLE devices ADD COLUMN address TEXT NOT NULL DEFAULT '';
+ALTER TABLE devices ADD COLUMN last_seen INTEGER NOT NULL DEFAULT 0;
+"""
+
 #: The registry's schema, as named migrations (the graph store's machinery).
 REGISTRY_MIGRATIONS: list[Migration] = [
     ("registry_001_initial", _R001_INITIAL),
     ("registry_002_rotation", _R002_ROTATION),
+    ("registry_003_seen", _R003_SEEN),
 ]
+
+# An agent version as a sync link's User-Agent carries it (PEP 440 and local labels).
+_VERSION = re.compile(r"[0-9A-Za-z][0-9A-Za-z.+!_-]{0,63}", re.ASCII)
+_AGENT_PREFIX = "semstreams-edge/"
 
 
 class ClaimError(AuthError):
@@ -89,6 +104,32 @@ class Device(msgspec.Struct, frozen=True):
     updated_at: int
     #: Credentials issued at or before this epoch second are refused (rotated away).
     credentials_after: int = 0
+    #: The agent version its last sync link announced ("" until it linked).
+    version: str = ""
+    #: The IP address its last sync link came from, as this hub saw it ("" until then).
+    address: str = ""
+    #: When its last sync link was accepted (epoch second; 0: never).
+    last_seen: int = 0
+
+
+def seen_fields(user_agent: str, peer_host: str) -> tuple[str, str]:
+    """(version, address) of a sync link, from its User-Agent and peer host; "" for a
+    part that is missing or malformed (both come from the peer: never trusted as is).
+
+    >>> seen_fields("semstreams-edge/0.4.0", "10.0.0.7")
+    ('0.4.0', '10.0.0.7')
+    >>> seen_fields("curl/8", "not an address")
+    ('', '')
+    """
+    version = ""
+    if user_agent.startswith(_AGENT_PREFIX):
+        candidate = user_agent[len(_AGENT_PREFIX) :].split(" ", 1)[0]
+        version = candidate if _VERSION.fullmatch(candidate) else ""
+    try:
+        address = str(ipaddress.ip_address(peer_host))
+    except ValueError:
+        address = ""
+    return version, address
 
 
 @dataclass(frozen=True)
@@ -214,6 +255,19 @@ class Registry:
 
         return self._db.transaction(update)
 
+    def seen(self, device_id: str, version: str, address: str, now: float) -> bool:
+        """Record a device's accepted sync link (see :func:`seen_fields`); whether the
+        device is in the registry (edges of the static config are not)."""
+
+        def update(db: sqlite3.Connection) -> bool:
+            cursor = db.execute(
+                "UPDATE devices SET agent_version = ?, address = ?, last_seen = ? WHERE id = ?",
+                (version, address, int(now), device_id),
+            )
+            return bool(cursor.rowcount)
+
+        return self._db.transaction(update)
+
     def get(self, device_id: str) -> Device | None:
         """One device, or ``None``."""
         with self._db.reader() as db:
@@ -323,5 +377,5 @@ def _device(row: tuple[Any, ...]) -> Device:
         row[6],
         row[7],
         row[8],
-        row[9],
+        *row[9:13],
     )

@@ -9,6 +9,7 @@ No I/O of its own beyond the registry: the HTTP views and the sync link call it.
 from __future__ import annotations
 
 import hmac
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -16,7 +17,14 @@ import msgspec
 
 from cloud_hub.provision.credentials import issue_credential, verify_credential
 from cloud_hub.provision.nonces import HubNonces
-from cloud_hub.provision.registry import ClaimError, ClaimProof, Device, Registry, Status
+from cloud_hub.provision.registry import (
+    ClaimError,
+    ClaimProof,
+    Device,
+    Registry,
+    Status,
+    seen_fields,
+)
 from edge_agent.api.security import RateLimiter
 from edge_agent.config.schema import ProvisioningConfig
 from edge_agent.errors import AuthError
@@ -208,6 +216,12 @@ class Enrolment:
         if claims.get("cnf") != device.fingerprint:
             raise AuthError("credential is bound to another device key")
         return from_b64(device.public_key)
+
+    def linked(self, device_id: str, user_agent: str, peer_host: str) -> bool:
+        """Record a device's accepted sync link: its agent version (from the link's
+        User-Agent) and address, now. Whether it is in the registry (blocking: SQLite)."""
+        version, address = seen_fields(user_agent, peer_host)
+        return self.registry.seen(device_id, version, address, time.time())
 
     def delete(self, device_id: str) -> bool:
         """Forget a device (a squatter, a retired Pi) and cut its link; whether it was known."""

@@ -133,6 +133,8 @@ class SyncInput:
         read_share: reads pages of an edge's share from this instance's graph, for a
             resync the edge asks for (``None``: this hub offers none).
         applied_seq: the last batch seq of an edge this instance's graph has applied.
+        on_linked: called (in a worker thread) with the edge id, its link's User-Agent
+            and peer host once a link is accepted: the registry records them.
     """
 
     def __init__(
@@ -148,8 +150,10 @@ class SyncInput:
         hub_id: str = "",
         read_share: ReadShare | None = None,
         applied_seq: Callable[[str], Awaitable[int]] | None = None,
+        on_linked: Callable[[str, str, str], object] | None = None,
     ) -> None:
         self.settings = settings
+        self._on_linked = on_linked
         self._read_share = read_share
         self._applied_seq = applied_seq
         self._log = sync_log
@@ -354,6 +358,18 @@ class SyncInput:
         proto.accept(
             known, max_batch_bytes=self._max_batch_bytes(), resync=resync, full_resend=full_resend
         )
+        await self._record_link(edge_id, websocket)
+
+    async def _record_link(self, edge_id: str, websocket: WebSocket) -> None:
+        """Tell ``on_linked`` about an accepted link; a failure there costs no link."""
+        if self._on_linked is None:
+            return
+        agent = websocket.headers.get("user-agent", "")[:200]
+        host = websocket.client.host if websocket.client else ""
+        try:
+            await asyncio.to_thread(self._on_linked, edge_id, agent, host)
+        except Exception:  # the registry is a record, not the link's business
+            log.exception("sync: could not record edge %s's link in the registry", edge_id)
 
     async def _send_share(self, session: _Session) -> None:
         """Send the next chunks of the edge's share while the window has room; end it
