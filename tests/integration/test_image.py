@@ -30,6 +30,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from tests.integration.test_fleet_inventory import plain
 from tests.integration.test_zero_touch import API_PORT, http, hub_config, start, wait_until
 from tests.netns import Lan, Node, cleanup_stale, netns_available
 
@@ -398,13 +399,18 @@ def test_site_yml_reconfigures_a_device_over_ssh_and_rolls_back_a_failing_change
 
 
 def test_the_mdns_inventory_lists_the_booted_device(
-    first: Device, hub: Hub, image: dict[str, Any]
+    first: Device, hub: Hub, image: dict[str, Any], tmp_path: Path
 ) -> None:
     wait_until(lambda: _ready(first), "the agent to run", BOOT_TO_HUB_S)
     inventory = Path(sys.executable).parent / "ansible-inventory"
-    argv = [str(inventory), "-i", str(REPO / "ansible/inventory/mdns_edges.py"), "--list"]
-    done = hub.node.run(argv, timeout=60)
-    listed = json.loads(done.stdout)
+    source = tmp_path / "lan.semstreams_fleet.yml"
+    source.write_text("plugin: semstreams_fleet\n")  # no hub_url: mDNS only
+    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible/ansible.cfg"))
+    argv = [str(inventory), "-i", str(source), "--list"]
+    done = subprocess.run(
+        hub.node.argv(argv), capture_output=True, text=True, check=True, timeout=60, env=env
+    )
+    listed = plain(json.loads(done.stdout))
     hosts = listed["_meta"]["hostvars"]
     names = [n for n, v in hosts.items() if v["ansible_host"] == first.node.ip]
     assert len(names) == 1, f"{first.node.ip} not found once in {done.stdout}"
