@@ -35,11 +35,12 @@ debian-packages:
 test: $(STAMP) debian-packages
 	$(BIN)/pytest -q
 
-## make lint: ruff (lint + format check) and mypy on the packages
+## make lint: ruff (lint + format check) and mypy on the packages, ansible-lint (production profile, offline) on ansible/
 lint: $(STAMP)
 	$(BIN)/ruff check edge_agent cloud_hub tests bench image ansible tools
 	$(BIN)/ruff format --check edge_agent cloud_hub tests bench image ansible tools
 	$(BIN)/mypy
+	$(BIN)/ansible-lint --offline ansible/
 
 ## make vendor: the dashboard's pinned npm libraries (and the tests' axe-core) from vendor.lock.json, sha512-checked
 vendor: $(STAMP)
