@@ -11,6 +11,7 @@ the cluster's shape. Run Ansible with the Python that has ``semstreams-edge`` in
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -34,10 +35,15 @@ def _convert(nodes: Sequence[Mapping[str, Any]], options: Mapping[str, Any]) -> 
 
     cluster = _cluster()
     try:
+        # Through JSON: Ansible hands over its own (tagged) str and dict subclasses,
+        # which msgspec.convert takes for other types.
+        plain_nodes, plain_options = json.loads(json.dumps([list(nodes), dict(options)]))
         return (
-            msgspec.convert([dict(node) for node in nodes], list[cluster.ClusterNode]),
-            msgspec.convert(dict(options), cluster.ClusterOptions),
+            msgspec.convert(plain_nodes, list[cluster.ClusterNode]),
+            msgspec.convert(plain_options, cluster.ClusterOptions),
         )
+    except TypeError as exc:
+        raise AnsibleFilterError(f"nats_cluster: not JSON-like data: {exc}") from None
     except msgspec.ValidationError as exc:
         raise AnsibleFilterError(f"nats_cluster: {exc}") from None
 
