@@ -60,9 +60,11 @@ def plain(value: Any) -> Any:
     return value
 
 
-def _list(inventory: Path, env: dict[str, str], node: Node | None = None) -> Any:
-    """``ansible-inventory --list`` (inside ``node``'s namespace if given)."""
-    argv = [str(BIN / "ansible-inventory"), "-i", str(inventory), "--list"]
+def _list(
+    inventory: Path, env: dict[str, str], node: Node | None = None, what: str = "--list"
+) -> Any:
+    """``ansible-inventory --list`` (or ``what``), inside ``node``'s namespace if given."""
+    argv = [str(BIN / "ansible-inventory"), "-i", str(inventory), what]
     return subprocess.run(
         node.argv(argv) if node else argv,
         capture_output=True,
@@ -80,34 +82,38 @@ def _cli(node: Node, token_file: Path, *args: str) -> Any:
     return json.loads(node.run(argv).stdout)
 
 
+def _hub_with_two_edges(lan: Lan, tmp_path: Path) -> tuple[Node, Any, Path, list[Node]]:
+    """A hub with JWT auth, and edges e1 (group west) and e2 (east) enrolled by claim
+    tokens and linked; (hub node, hub process, admin token file, edge nodes)."""
+    hub = lan.add_node("hub")
+    edges = [lan.add_node(name) for name in ("e1", "e2")]
+    config = hub_config(hub, tmp_path, "hub")
+    auth = {"type": "jwt", "jwt_secret": helpers.JWT_SECRET}
+    config["services"]["service-manager"]["config"]["auth"] = auth
+    start(hub, "cloud_hub.cli", config, tmp_path)
+    hub_proc = lan.processes[-1]
+    token_file = tmp_path / "admin.token"
+    token_file.write_text(helpers.token(helpers.JWT_SECRET, ttl=600))
+    token_file.chmod(0o600)
+    for node, group in zip(edges, ("west", "east"), strict=True):
+        claim = _cli(hub, token_file, "claim-token", "create", "--group", group)["token"]
+        boot = edge_config(node, tmp_path, 0, {"claim_token": claim})
+        start(node, "edge_agent.cli", boot, tmp_path)
+
+    def linked() -> bool:
+        devices = _cli(hub, token_file, "list")
+        return len(devices) == 2 and all(d["address"] for d in devices)
+
+    wait_until(linked, "both edges enrolled and linked", 90)
+    return hub, hub_proc, token_file, edges
+
+
 def test_the_inventory_lists_the_registry_and_falls_back_to_mdns_when_the_hub_is_down(
     lan: Lan, tmp_path: Path
 ) -> None:
-    hub, ops = lan.add_node("hub"), lan.add_node("ops")
-    edges = [lan.add_node(name) for name in ("e1", "e2")]
-    secret = helpers.JWT_SECRET
-    config = hub_config(hub, tmp_path, "hub")
-    config["services"]["service-manager"]["config"]["auth"] = {"type": "jwt", "jwt_secret": secret}
-    start(hub, "cloud_hub.cli", config, tmp_path)
-    hub_proc = lan.processes[-1]
-    admin = helpers.token(secret, ttl=600)
-    token_file = tmp_path / "admin.token"
-    token_file.write_text(admin)
-    token_file.chmod(0o600)
-
-    for node, group in zip(edges, ("west", "east"), strict=True):
-        claim = _cli(hub, token_file, "claim-token", "create", "--group", group)["token"]
-        start(
-            node, "edge_agent.cli", edge_config(node, tmp_path, 0, {"claim_token": claim}), tmp_path
-        )
-
-    def linked() -> bool:
-        return (
-            all(d["address"] for d in _cli(hub, token_file, "list"))
-            and len(_cli(hub, token_file, "list")) == 2
-        )
-
-    wait_until(linked, "both edges enrolled and linked", 90)
+    hub, hub_proc, token_file, edges = _hub_with_two_edges(lan, tmp_path)
+    ops = lan.add_node("ops")
+    admin = token_file.read_text()
 
     inventory = _inventory_file(
         tmp_path, hub_url=f"http://{hub.ip}:{API_PORT}", token_file=str(token_file)
@@ -128,6 +134,9 @@ def test_the_inventory_lists_the_registry_and_falls_back_to_mdns_when_the_hub_is
         assert listed[group]["hosts"] == [node.name]
     assert sorted(listed["semstreams_edges"]["hosts"]) == ["e1", "e2"]
     assert admin not in done.stdout + done.stderr
+    graph = _list(inventory, _env(), ops, "--graph")
+    print(graph.stdout)
+    assert "@west:\n  |  |--e1" in graph.stdout or "@west:\n  |--e1" in graph.stdout, graph.stdout
 
     # The token from the environment variable works too; a wrong one is a clear error.
     by_env = _inventory_file(tmp_path, hub_url=f"http://{hub.ip}:{API_PORT}")
