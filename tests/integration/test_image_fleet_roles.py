@@ -49,12 +49,14 @@ _SOURCES = ("edge_agent", "cloud_hub", "ansible", "image", "systemd", "pyproject
 
 
 def _newest_source() -> float:
-    """The mtime of the newest file the image is built from."""
+    """The mtime of the newest file the image is built from (bytecode aside: importing
+    a module writes it at any time)."""
     newest = 0.0
     for name in _SOURCES:
         path = REPO / name
         files = [path] if path.is_file() else path.rglob("*")
-        newest = max([newest, *(f.stat().st_mtime for f in files if f.is_file())])
+        mtimes = (f.stat().st_mtime for f in files if f.is_file() and f.suffix != ".pyc")
+        newest = max([newest, *mtimes])
     return newest
 
 
