@@ -9,7 +9,7 @@ what a CI machine of this kind can do, as root but without loop devices or mount
    as a tarball in the cache dir, so later runs skip the downloads);
 2. build a wheelhouse of the project and its dependencies for this host;
 3. apply the fleet's Ansible role through the chroot connection (``ansible/rootfs.yml``),
-   which installs the agent into ``/opt/semstreams/<version>``, enables the units and
+   which installs the agent into ``/opt/semstreams/releases/<version>``, enables the units and
    seals the image (no SSH host keys, empty machine-id, no agent state);
 4. check that no private key or claim token is left, write a package manifest;
 5. assemble ``<name>.img`` with no mounts: ``mkfs.ext4 -d`` for the root partition,
@@ -246,14 +246,15 @@ def manifest(rootfs: Path) -> dict[str, object]:
     """The Debian packages and the venv's Python packages, with their versions."""
     debs = run(["dpkg-query", "-W", f"--admindir={rootfs}/var/lib/dpkg",
                 "--showformat=${Package}\t${Version}\n"])  # fmt: skip
-    # The link is absolute inside the image: /opt/semstreams/<version>.
-    venv = rootfs / "opt/semstreams" / Path(os.readlink(rootfs / "opt/semstreams/current")).name
+    # The link is absolute inside the image: /opt/semstreams/releases/<version>.
+    target = os.readlink(rootfs / "opt/semstreams/current")
+    venv = rootfs / target.lstrip("/")
     site = next(venv.glob("lib/python3*/site-packages"))
     wheels = {d.metadata["Name"]: d.version for d in metadata.distributions(path=[str(site)])}
     return {
         "suite": SUITE,
         "arch": "amd64",
-        "agent": {"version": venv.name, "path": f"/opt/semstreams/{venv.name}"},
+        "agent": {"version": venv.name, "path": target},
         "debian": dict(line.split("\t", 1) for line in debs.splitlines()),
         "python": dict(sorted(wheels.items(), key=lambda kv: kv[0].lower())),
     }

@@ -72,11 +72,17 @@ def _namespaces_forbidden() -> str | None:
     return None
 
 
+_built: dict[str, Any] = {}
+
+
 @pytest.fixture(scope="module")
 def image() -> dict[str, Any]:
-    """Build the CI image once for this module; its build-info."""
+    """Build the CI image once per session (test_rollout.py imports this fixture too);
+    its build-info."""
     if reason := _namespaces_forbidden():
         pytest.skip(reason)
+    if _built:
+        return _built
     cleanup_stale()
     out, cache = BUILD_DIR / "out", BUILD_DIR / "cache"
     done = subprocess.run(
@@ -89,6 +95,7 @@ def image() -> dict[str, Any]:
     assert done.returncode == 0, f"image/build.py failed:\n{done.stdout[-3000:]}{done.stderr}"
     info: dict[str, Any] = json.loads(done.stdout.splitlines()[-1])
     print(f"image built in {info['total_seconds']} s: {info['seconds']}")
+    _built.update(info)
     return info
 
 
@@ -333,11 +340,14 @@ def test_a_wedged_agent_is_restarted_by_the_watchdog(first: Device) -> None:
     assert replaced <= watchdog_s + restart_s + 1.0, journal
 
 
-def _playbook(hub: Hub, device: Device, image: dict[str, Any], key: Path, **extra: Any) -> Any:
-    """Run ansible/site.yml from the hub's namespace against ``device`` over SSH."""
+def _playbook(
+    hub: Hub, inventory: str | Path, wheelhouse: str | Path, key: Path, **extra: Any
+) -> subprocess.CompletedProcess[str]:
+    """Run ansible/rollout.yml from the hub's namespace over SSH (as root, with ``key``)
+    against ``inventory`` (a file, or ``"<ip>,"``)."""
     variables = {
         "semstreams_hosts": "all",
-        "semstreams_wheelhouse": image["wheelhouse"],
+        "semstreams_wheelhouse": str(wheelhouse),
         "ansible_user": "root",
         "ansible_ssh_private_key_file": str(key),
         "ansible_ssh_common_args": "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null",
@@ -346,33 +356,44 @@ def _playbook(hub: Hub, device: Device, image: dict[str, Any], key: Path, **extr
         **extra,
     }
     playbook = Path(sys.executable).parent / "ansible-playbook"
-    argv = [str(playbook), "-i", f"{device.node.ip},", str(REPO / "ansible/site.yml")]
+    argv = [str(playbook), "-i", str(inventory), str(REPO / "ansible/rollout.yml")]
     env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_HOST_KEY_CHECKING="False")
     return subprocess.run(
         hub.node.argv([*argv, "-e", json.dumps(variables)]),
         capture_output=True,
         text=True,
         check=False,
-        timeout=400,
+        timeout=600,
         env=env,
     )
 
 
-def test_site_yml_reconfigures_a_device_over_ssh_and_rolls_back_a_failing_change(
-    first: Device, hub: Hub, image: dict[str, Any], tmp_path: Path
-) -> None:
-    # Test-only access: the image itself has no authorized key.
-    key = tmp_path / "id_ed25519"
+def ssh_key(directory: Path) -> Path:
+    """A fresh test-only SSH key pair (the image itself has no authorized key)."""
+    key = directory / "id_ed25519"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", key], check=True)
-    ssh_dir = first.root / "root/.ssh"
+    return key
+
+
+def authorize(device: Device, key: Path) -> None:
+    """Let ``key`` log in as root on ``device``."""
+    ssh_dir = device.root / "root/.ssh"
     ssh_dir.mkdir(mode=0o700, exist_ok=True)
     (ssh_dir / "authorized_keys").write_bytes(key.with_suffix(".pub").read_bytes())
+
+
+def test_rollout_yml_reconfigures_a_device_over_ssh_and_rolls_back_a_failing_change(
+    first: Device, hub: Hub, image: dict[str, Any], tmp_path: Path
+) -> None:
+    key = ssh_key(tmp_path)
+    authorize(first, key)
     wait_until(lambda: _ready(first), "the agent to run", BOOT_TO_HUB_S)
     assert first.unit("ssh.service")["ActiveState"] == "active", first.journal("ssh.service")
     config = "/etc/semstreams/edge.json"
 
     started = time.monotonic()
-    good = _playbook(hub, first, image, key, semstreams_telemetry_interval="5s")
+    target, wheels = f"{first.node.ip},", image["wheelhouse"]
+    good = _playbook(hub, target, wheels, key, semstreams_telemetry_interval="5s")
     good_s = time.monotonic() - started
     assert good.returncode == 0, good.stdout[-4000:]
     assert json.loads(first.read(config))["components"][0]["config"]["interval"] == "5s"
@@ -384,18 +405,26 @@ def test_site_yml_reconfigures_a_device_over_ssh_and_rolls_back_a_failing_change
     bad_port = {"services": {"service-manager": {"config": {"http_port": 22}}}}
     started = time.monotonic()
     bad = _playbook(
-        hub, first, image, key, semstreams_telemetry_interval="7s", semstreams_config_extra=bad_port
+        hub,
+        target,
+        wheels,
+        key,
+        semstreams_telemetry_interval="7s",
+        semstreams_config_extra=bad_port,
     )
     bad_s = time.monotonic() - started
     assert bad.returncode != 0, bad.stdout[-4000:]
-    assert "failed its health gate; rolled back" in bad.stdout, (
-        f"{bad.stdout[-3000:]}\n{first.journal()}"
-    )
+    rolled_back = r"did not pass \(.*\); rolled back to \S+ in [\d.]+ s, healthy"
+    assert re.search(rolled_back, bad.stdout), f"{bad.stdout[-3000:]}\n{first.journal()}"
+    record = json.loads(first.read("/var/lib/semstreams/rollout-failed.json"))
+    assert record["rolled_back_healthy"] is True and record["failed_task"], record
     restored = json.loads(first.read(config))
     assert restored["components"][0]["config"]["interval"] == "5s"
     assert restored["services"]["service-manager"]["config"]["http_port"] == API_PORT
     wait_until(lambda: _ready(first), "the rolled-back agent", 30)
-    print(f"site.yml over SSH: a good change in {good_s:.1f} s, a rolled-back one in {bad_s:.1f} s")
+    print(
+        f"rollout.yml over SSH: a good change in {good_s:.1f} s, a rolled-back one in {bad_s:.1f} s"
+    )
 
 
 def test_the_mdns_inventory_lists_the_booted_device(
