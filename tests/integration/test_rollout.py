@@ -50,9 +50,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
 NAMES = [f"edge{n}" for n in range(1, 9)]
 FAILING = ("edge3", "edge4")
-# edge1 | edge2 | edge3 edge4 edge5 | edge6 edge7 edge8: two of the third wave's three
-# fail (67 % > 50 %), so the rollout stops there and the fourth wave is never touched.
-WAVES: list[int | str] = [1, 1, 3, 3]
+# edge1 | edge2 edge3 edge4 | edge5 ... edge8: two of the second wave's three fail
+# (67 % > 50 %), so the rollout stops there and the third wave is never touched.
+WAVES: list[int | str] = [1, 3, 4]
 MAX_FAIL_PERCENTAGE = 50
 NEW_VERSION = "0.1.1"
 GATE_TIMEOUT_S = 40
@@ -208,11 +208,11 @@ def check_first_run(
 ) -> dict[str, float]:
     """After the first rollout: the first two waves' good devices run the new release, the
     failing two the old one again (healthy, linked, with their old config and a record of
-    why), and the fourth wave was never touched. The failing devices' rollback times."""
+    why), and the third wave was never touched. The failing devices' rollback times."""
     by_name = {d.node.name: d for d in devices}
     wait_until(lambda: poller.linked(NAMES), "every device healthy and linked after it", 60)
     now = latest(poller.events())
-    for name in ("edge1", "edge2", "edge5"):
+    for name in ("edge1", "edge2"):
         assert release_of(by_name[name]) == NEW_VERSION, name
         assert now[name][2] == NEW_VERSION, now[name]
     rollback_s = {}
@@ -224,6 +224,8 @@ def check_first_run(
         (OUT / f"rollout-failed-{name}.json").write_bytes(raw)
         record = json.loads(raw)
         assert record["rolled_back_healthy"] is True, record
+        # Why, in the agent's own words: it may not bind port 22.
+        assert any("Permission denied" in line for line in record["journal"]), record
         assert record["release"].endswith(f"/releases/{NEW_VERSION}"), record
         assert record["rolled_back_to"].endswith(f"/{old_version}"), record
         config = json.loads(device.read("/etc/semstreams/edge.json"))
@@ -271,14 +273,15 @@ def test_a_release_rolls_out_in_waves_and_the_failing_devices_roll_back(
     wait_until(lambda: poller.linked(NAMES), "all 8 devices healthy and linked", 240)
     ready = time.monotonic()
     print(f"8 devices healthy and linked {ready - devices[0].started:.1f} s after the first boot")
-    untouched = {d.node.name: d.unit()["MainPID"] for d in devices[5:]}
+    untouched = {d.node.name: d.unit()["MainPID"] for d in devices[4:]}
     common = {
         "semstreams_waves": WAVES,
         "semstreams_max_fail_percentage": MAX_FAIL_PERCENTAGE,
         "semstreams_health_timeout_s": GATE_TIMEOUT_S,
+        "semstreams_health_poll_s": 1,
     }
 
-    # 1. The rollout: edge1 and edge2 alone, then edge3-5, of which two fail: stop.
+    # 1. The rollout: edge1 alone, then edge2-4, of which two fail: stop.
     started = time.monotonic()
     first = _playbook(
         hub, inventory(tmp_path / "fleet.yml", devices, FAILING), wheels, key, **common
@@ -287,30 +290,26 @@ def test_a_release_rolls_out_in_waves_and_the_failing_devices_roll_back(
     (OUT / "rollout-1.txt").write_text(first.stdout)
     assert first.returncode != 0, first.stdout[-4000:]
     counts = recap(first.stdout)
-    assert sorted(counts) == NAMES[:5], first.stdout[-4000:]  # the fourth wave never ran
-    assert [n for n in NAMES[:5] if counts[n]["failed"]] == list(FAILING), first.stdout[-4000:]
+    assert sorted(counts) == NAMES[:4], first.stdout[-4000:]  # the third wave never ran
+    assert [n for n in NAMES[:4] if counts[n]["failed"]] == list(FAILING), first.stdout[-4000:]
     rollback_s = check_first_run(devices, poller, old_version, untouched)
 
-    # 2. The two devices' config fixed: the same command finishes the fleet.
+    # 2. The two devices' config fixed, the rest of the fleet at once (one wave, for the
+    # time budget of make test): the same playbook finishes the fleet.
+    at_once = common | {"semstreams_waves": ["100%"]}
     started = time.monotonic()
-    second = _playbook(hub, inventory(tmp_path / "fixed.yml", devices, ()), wheels, key, **common)
+    second = _playbook(hub, inventory(tmp_path / "fixed.yml", devices, ()), wheels, key, **at_once)
     second_s, second_end = time.monotonic() - started, time.monotonic()
     (OUT / "rollout-2.txt").write_text(second.stdout)
     assert second.returncode == 0, second.stdout[-4000:]
     assert all(release_of(d) == NEW_VERSION for d in devices)
     assert not any((d.root / "var/lib/semstreams/rollout-failed.json").exists() for d in devices)
     counts = recap(second.stdout)
-    assert [n for n in NAMES if counts[n]["changed"]] == [
-        "edge3",
-        "edge4",
-        "edge6",
-        "edge7",
-        "edge8",
-    ]
+    assert [n for n in NAMES if counts[n]["changed"]] == NAMES[2:]
 
     # 3. Nothing left to change: nothing changes, on any device.
     started = time.monotonic()
-    third = _playbook(hub, tmp_path / "fixed.yml", wheels, key, **common)
+    third = _playbook(hub, tmp_path / "fixed.yml", wheels, key, **at_once)
     third_s = time.monotonic() - started
     (OUT / "rollout-3.txt").write_text(third.stdout)
     assert third.returncode == 0, third.stdout[-4000:]
@@ -329,13 +328,11 @@ def test_a_release_rolls_out_in_waves_and_the_failing_devices_roll_back(
         return {h: [float(found[h]["total"]), float(found[h]["gate"])] for h in hosts}
 
     figures = {
-        "rollout_1_s (stops after the 3rd wave)": round(first_s, 1),
+        "rollout_1_s (stops after the 2nd wave)": round(first_s, 1),
         "rollout_2_s (finishes the fleet)": round(second_s, 1),
         "rollout_3_s (nothing to change)": round(third_s, 1),
-        "switch_s [in all, restart to gate] by host": switch_s(
-            first.stdout, ["edge1", "edge2", "edge5"]
-        )
-        | switch_s(second.stdout, ["edge3", "edge4", "edge6", "edge7", "edge8"]),
+        "switch_s [in all, restart to gate] by host": switch_s(first.stdout, NAMES[:2])
+        | switch_s(second.stdout, NAMES[2:]),
         "longest_health_gap_s by host": {
             n: round(max(outages(events, n, ready, second_end), default=0.0), 1) for n in NAMES
         },
