@@ -5,7 +5,8 @@ network namespace of a :class:`tests.netns.Lan` (``test_image.py``'s image fixtu
 once per session, and its Device/Fleet/Hub), enrolled with a real hub by a claim token,
 so its sync link is up before the rollout. Ansible runs from the hub's namespace over
 SSH. The new release is the project's wheel built again with a bumped version, beside
-the same dependencies. Two devices get a per-host config (an API port the agent cannot
+the same dependencies. One device runs its release from the layout of before
+(``/opt/semstreams/<version>``). Two devices get a per-host config (an API port the agent cannot
 bind) that makes the new release fail its gate: they must end on the old release and
 healthy, a later wave must not be touched, and a run with nothing left to change must
 change nothing. A poller in each device's namespace watches its ``/health``
@@ -30,6 +31,7 @@ from typing import Any
 import pytest
 
 from tests.integration.test_image import (
+    AGENT_UNIT,
     REPO,
     Device,
     Fleet,
@@ -240,6 +242,38 @@ def check_first_run(
     return rollback_s
 
 
+def to_old_layout(device: Device, version: str) -> None:
+    """Move the device's release to where releases were before ``releases/`` existed,
+    ``/opt/semstreams/<version>`` (a venv's scripts name their interpreter by absolute
+    path: rewritten), point ``current`` there and restart the agent from it."""
+    opt = device.root / "opt/semstreams"
+    old = opt / version
+    (opt / "releases" / version).rename(old)
+    (opt / "releases").rmdir()
+    before, after = (
+        f"/opt/semstreams/releases/{version}".encode(),
+        f"/opt/semstreams/{version}".encode(),
+    )
+    for script in (old / "bin").iterdir():
+        if script.is_symlink() or not script.is_file():
+            continue
+        with script.open("rb") as head:
+            if head.read(2) != b"#!":
+                continue  # a binary (nats-server, running)
+        script.write_bytes(script.read_bytes().replace(before, after))
+    (opt / "current").unlink()
+    (opt / "current").symlink_to(f"/opt/semstreams/{version}")
+    before = device.unit()["MainPID"]
+    device.run("systemctl", "--no-block", "restart", AGENT_UNIT)
+
+    def restarted() -> bool:
+        return device.unit()["MainPID"] not in ("0", before)
+
+    wait_until(restarted, f"{device.node.name}'s agent restarted", 60)
+    cmdline = device.run("cat", f"/proc/{device.unit()['MainPID']}/cmdline")
+    assert f"/opt/semstreams/{version}/bin/python" in cmdline, cmdline
+
+
 @pytest.fixture(scope="module")
 def devices(fleet: Fleet, hub: Hub) -> list[Device]:
     """Eight devices, each flashed with its own claim token and booted."""
@@ -271,6 +305,9 @@ def test_a_release_rolls_out_in_waves_and_the_failing_devices_roll_back(
         authorize(device, key)
     wheels = release_wheelhouse(Path(image["wheelhouse"]), tmp_path, NEW_VERSION)
     wait_until(lambda: poller.linked(NAMES), "all 8 devices healthy and linked", 240)
+    # edge8 runs its release from where releases were before releases/ existed.
+    to_old_layout(devices[-1], old_version)
+    wait_until(lambda: poller.linked(NAMES), "edge8 healthy and linked from the old layout", 90)
     ready = time.monotonic()
     print(f"8 devices healthy and linked {ready - devices[0].started:.1f} s after the first boot")
     untouched = {d.node.name: d.unit()["MainPID"] for d in devices[4:]}
@@ -303,6 +340,8 @@ def test_a_release_rolls_out_in_waves_and_the_failing_devices_roll_back(
     (OUT / "rollout-2.txt").write_text(second.stdout)
     assert second.returncode == 0, second.stdout[-4000:]
     assert all(release_of(d) == NEW_VERSION for d in devices)
+    # The device of the old layout is on the new one, its old release kept (rollback target).
+    assert (devices[-1].root / f"opt/semstreams/{old_version}/bin/edge-agent").exists()
     assert not any((d.root / "var/lib/semstreams/rollout-failed.json").exists() for d in devices)
     counts = recap(second.stdout)
     assert [n for n in NAMES if counts[n]["changed"]] == NAMES[2:]
