@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import platform
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -40,6 +41,8 @@ log = logging.getLogger(__name__)
 THERMAL_ZONE = Path("/sys/class/thermal/thermal_zone0/temp")
 #: The Raspberry Pi firmware's throttling bitmask (under-voltage, capped, throttled …).
 THROTTLED = Path("/sys/devices/platform/soc/soc:firmware/get_throttled")
+# What the hub sees of the build it runs (x86_64 in CI, aarch64 on a Pi 3/4/5).
+_MACHINE = platform.machine()
 #: Sensors tried first, in order: the Pi's SoC, then common x86 CPU drivers.
 _PREFERRED_SENSORS = ("cpu_thermal", "soc_thermal", "coretemp", "k10temp", "cpu-thermal")
 #: A CPU percentage over less time than this is noise; the first sample waits it out.
@@ -130,8 +133,9 @@ class SystemSampler:
             ``system.disk_used_bytes``/``free_bytes``/``percent``,
             ``system.temperature_c``, ``system.uptime_s``, ``system.throttled``,
             ``agent.rss_bytes``, ``nats.rss_bytes``, ``sync.backlog_entities``/``bytes``,
-            the agent's counters (``ingest.dead_letters``) and ``agent.version``; a
-            source that is absent or fails is left out.
+            the agent's counters (``ingest.dead_letters``), ``agent.version`` and
+            ``platform.machine`` (``aarch64`` on a Pi); a source that is absent or fails
+            is left out.
         """
         properties: dict[str, Scalar] = {}
         for part in (
@@ -149,6 +153,7 @@ class SystemSampler:
             except (OSError, psutil.Error, GraphError) as exc:
                 log.debug("telemetry: %s failed: %s", part.__name__, exc)
         properties["agent.version"] = __version__
+        properties["platform.machine"] = _MACHINE
         return properties
 
     def _cpu_part(self) -> dict[str, Scalar]:

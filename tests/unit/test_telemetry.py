@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 from collections import namedtuple
@@ -75,6 +76,8 @@ def test_a_sample_has_every_reading_with_sane_types(tmp_path: Path, child_pid: i
     assert found["sync.backlog_bytes"] == 1200
     assert found["ingest.dead_letters"] == 4
     assert found["agent.version"] == __version__
+    # The kernel's word for the machine (aarch64 when this runs on a Pi or under qemu).
+    assert found["platform.machine"] == os.uname().machine
     assert all(isinstance(v, str | int | float | bool) for v in found.values())
 
 
