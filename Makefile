@@ -6,11 +6,15 @@ STAMP  := $(VENV)/.installed
 # Debian packages the image build and boot tests use (tests/integration/test_image.py),
 # the chromium the browser tests drive through Playwright (tests/browser/harness.py), and the
 # curl that runs the seed's runbook lines as printed (tests/integration/test_runbooks.py).
-DEBIAN_PACKAGES := debootstrap systemd-container mtools dosfstools e2fsprogs fdisk iproute2 chromium curl
-DEBIAN_TOOLS    := debootstrap systemd-nspawn mcopy mkfs.vfat mkfs.ext4 sfdisk ip chromium curl
+# qemu-user-static and binfmt-support run the arm64 image's binaries here
+# (tests/integration/test_image_arm64.py); qemu-system-arm boots its .img (-m image_full).
+DEBIAN_PACKAGES := debootstrap systemd-container mtools dosfstools e2fsprogs fdisk iproute2 chromium curl \
+	qemu-user-static binfmt-support qemu-system-arm
+DEBIAN_TOOLS    := debootstrap systemd-nspawn mcopy mkfs.vfat mkfs.ext4 sfdisk ip chromium curl \
+	qemu-aarch64-static update-binfmts qemu-system-aarch64
 SUDO   := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: demo test lint bench soak vendor clean debian-packages
+.PHONY: demo test lint bench soak vendor clean debian-packages emulation
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,8 +35,13 @@ debian-packages:
 			$(DEBIAN_PACKAGES) >/dev/null; \
 	fi
 
-## make test: the whole suite (unit, integration with real nats-servers, faults, an image boot)
-test: $(STAMP) debian-packages
+## make emulation: mount binfmt_misc and register qemu-aarch64 (the arm64 image tests skip,
+## saying why, when this fails)
+emulation: $(STAMP) debian-packages
+	-$(SUDO) $(BIN)/python image/build.py --arch arm64 --set-up-emulation
+
+## make test: the whole suite (unit, integration with real nats-servers, faults, image boots)
+test: $(STAMP) debian-packages emulation
 	$(BIN)/pytest -q
 
 ## make lint: ruff (lint + format check) and mypy on the packages, ansible-lint (production profile, offline) on ansible/

@@ -29,6 +29,7 @@ import argparse
 import hashlib
 import json
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -37,6 +38,7 @@ import tempfile
 import time
 from importlib import metadata
 from pathlib import Path
+from typing import NamedTuple
 
 REPO = Path(__file__).resolve().parent.parent
 SUITE = "bookworm"
@@ -56,7 +58,81 @@ PACKAGES = [
 HOSTNAME = "semstreams-edge"
 SECTOR = 512
 BOOT_START_MIB = 1
-BOOT_SIZE_MIB = 64
+ROOT_LABEL = "rootfs"
+BOOT_LABEL = "BOOTFS"
+# The glibc of bookworm is 2.36; pip matches --platform tags exactly, so every manylinux
+# tag an aarch64 wheel of this Python can carry is listed.
+_AARCH64_WHEEL_TAGS = (
+    "manylinux2014_aarch64",
+    *(f"manylinux_2_{minor}_aarch64" for minor in range(17, 37)),
+)
+
+
+class Arch(NamedTuple):
+    """What differs between the CI image (amd64) and the Raspberry Pi image (arm64)."""
+
+    name: str  # Debian's name
+    machine: str  # platform.machine() on it
+    extra_packages: tuple[str, ...]  # besides PACKAGES
+    components: str
+    boot_size_mib: int
+    wheel_tags: tuple[str, ...]  # pip --platform tags; () for the host's own
+
+
+ARCHES = {
+    "amd64": Arch("amd64", "x86_64", (), "main", 64, ()),
+    # What Debian's own Raspberry Pi images are made of: the generic arm64 kernel and
+    # raspi-firmware (non-free-firmware), which puts the firmware, the kernel, the initrd,
+    # the device trees and a config.txt into /boot/firmware.
+    "arm64": Arch(
+        "arm64",
+        "aarch64",
+        ("linux-image-arm64", "raspi-firmware"),
+        "main,non-free-firmware",
+        512,
+        _AARCH64_WHEEL_TAGS,
+    ),
+}
+# The Pi firmware reads cmdline.txt from the boot partition; the root is found by label
+# (the same on a card, a USB disk or qemu's virtio disk).
+CMDLINE_TXT = (
+    f"console=serial0,115200 console=tty1 root=LABEL={ROOT_LABEL} rootfstype=ext4 "
+    "rootwait fsck.repair=yes\n"
+)
+# The initrd holds only what finds and mounts the root on a Pi 3/4/5's SD card or USB disk
+# and on qemu's virtio disk. initramfs-tools' default (MODULES=most, some 700 modules)
+# takes 15 minutes per run under qemu-user, and the kernel's install runs it twice.
+INITRAMFS_CONF = (
+    "# SemStreams Edge image: see /usr/share/initramfs-tools/modules.d/semstreams\nMODULES=list\n"
+)
+INITRAMFS_MODULES = """\
+# The SD card: Pi 4/5 (sdhci-iproc), Pi 3 (bcm2835 sdhost, sdhci)
+sdhci_iproc
+bcm2835
+sdhci_pltfm
+mmc_block
+# A USB disk: the Pi 4's xhci behind the VL805 (reset_raspberrypi loads its firmware)
+reset_raspberrypi
+xhci_pci
+xhci_plat_hcd
+dwc2
+usb_storage
+uas
+# qemu -M virt
+virtio_pci
+virtio_mmio
+virtio_blk
+# The root and boot filesystems
+ext4
+vfat
+nls_cp437
+nls_ascii
+"""
+FSTAB = (
+    f"LABEL={ROOT_LABEL}\t/\text4\tdefaults,noatime\t0\t1\n"
+    # nofail: under systemd-nspawn the boot partition is a bind mount, not a device.
+    f"LABEL={BOOT_LABEL}\t/boot/firmware\tvfat\tdefaults,nofail,x-systemd.device-timeout=10s\t0\t2\n"
+)
 # A private key in PEM (the armour lines with a body between: ssh and TLS libraries carry
 # the first line alone as a format string), and a claim token (ct_<id>.<secret>).
 PRIVATE_KEY = re.compile(
@@ -75,6 +151,11 @@ semstreams-firstboot.service reads it and the agent enrols with the hub.
 CONFIG_TXT = """\
 # Placeholder: the Raspberry Pi firmware's config.txt lives here on the real (pi-gen)
 # image. The CI image boots in systemd-nspawn and has no firmware.
+"""
+# Appended to raspi-firmware's config.txt on the arm64 image.
+CONFIG_TXT_ARM64 = """
+# SemStreams Edge: the kernel and initrd raspi-firmware put here, 64-bit, serial console.
+enable_uart=1
 """
 
 
@@ -116,22 +197,29 @@ class Steps:
         return round(time.monotonic() - self._started, 1)
 
 
-def debootstrap(rootfs: Path, cache: Path, mirror: str) -> None:
-    """A minbase rootfs, from the cache when it can be.
+def debootstrap(rootfs: Path, cache: Path, mirror: str, arch: Arch) -> None:
+    """A minbase rootfs for ``arch``, from the cache when it can be.
 
-    Two things are cached, keyed by suite, mirror and packages: debootstrap's own tarball
-    of the downloaded .debs (``--make-tarball``/``--unpack-tarball``), and a tar of the
-    finished base system, which makes a repeat run take seconds instead of a minute.
+    Two things are cached, keyed by suite, arch, mirror, components and packages:
+    debootstrap's own tarball of the downloaded .debs (``--make-tarball``/
+    ``--unpack-tarball``), and a tar of the finished base system, which makes a repeat run
+    take seconds instead of minutes. A foreign arch (arm64 on an amd64 builder) runs its
+    maintainer scripts under qemu-user through binfmt_misc (see :func:`foreign_arch_ready`).
     """
-    key = hashlib.sha256(f"{SUITE} amd64 {mirror} {PACKAGES}".encode()).hexdigest()[:12]
-    debs = cache / f"debootstrap-{SUITE}-amd64-{key}.tgz"
-    base = cache / f"rootfs-{SUITE}-amd64-{key}.tar"
+    packages = [*PACKAGES, *arch.extra_packages]
+    inputs = f"{SUITE} {arch.name} {mirror} {packages}"
+    if arch.components != "main":
+        inputs += f" {arch.components}"
+    key = hashlib.sha256(inputs.encode()).hexdigest()[:12]
+    debs = cache / f"debootstrap-{SUITE}-{arch.name}-{key}.tgz"
+    base = cache / f"rootfs-{SUITE}-{arch.name}-{key}.tar"
     tar = ["tar", "--numeric-owner", "--xattrs", "--xattrs-include=*", "--acls"]
     if base.exists():
         rootfs.mkdir(parents=True)
         run([*tar, "-xf", base, "-C", rootfs])
     else:
-        common = ["--variant=minbase", f"--include={','.join(PACKAGES)}", "--arch=amd64"]
+        common = ["--variant=minbase", f"--include={','.join(packages)}",
+                  f"--arch={arch.name}", f"--components={arch.components}"]  # fmt: skip
         cache.mkdir(parents=True, exist_ok=True)
         if not debs.exists():
             with tempfile.TemporaryDirectory(dir=cache) as scratch:
@@ -139,6 +227,14 @@ def debootstrap(rootfs: Path, cache: Path, mirror: str) -> None:
                 run(["debootstrap", *common, f"--make-tarball={partial}", SUITE,
                      Path(scratch) / "root", mirror])  # fmt: skip
                 partial.replace(debs)
+        if arch.name == "arm64":
+            # Not conffiles of any package: the kernel's postinst finds them in place.
+            (rootfs / "etc/initramfs-tools/conf.d").mkdir(parents=True)
+            (rootfs / "etc/initramfs-tools/conf.d/semstreams").write_text(INITRAMFS_CONF)
+            (rootfs / "usr/share/initramfs-tools/modules.d").mkdir(parents=True)
+            (rootfs / "usr/share/initramfs-tools/modules.d/semstreams").write_text(
+                INITRAMFS_MODULES
+            )
         run(["debootstrap", *common, f"--unpack-tarball={debs}", SUITE, rootfs, mirror])
         # The .debs debootstrap leaves in the rootfs are in the tarball already.
         for deb in (rootfs / "var/cache/apt/archives").glob("*.deb"):
@@ -147,16 +243,49 @@ def debootstrap(rootfs: Path, cache: Path, mirror: str) -> None:
         base.with_suffix(".partial").replace(base)
     (rootfs / "etc/hostname").write_text(f"{HOSTNAME}\n")
     (rootfs / "etc/hosts").write_text(f"127.0.0.1\tlocalhost\n127.0.1.1\t{HOSTNAME}\n")
+    if arch.name == "arm64":
+        (rootfs / "etc/fstab").write_text(FSTAB)
+        # raspi-firmware's kernel hook writes cmdline.txt from this when a kernel update
+        # comes on the device.
+        with (rootfs / "etc/default/raspi-firmware").open("a") as defaults:
+            defaults.write(f"\nROOTPART=LABEL={ROOT_LABEL}\n")
 
 
-def wheelhouse(target: Path) -> None:
-    """The project's wheel and every dependency's, for this host (the CI image's arch)."""
+def wheelhouse(target: Path, arch: Arch, cache: Path) -> None:
+    """The project's wheel and every dependency's, for ``arch``.
+
+    The host resolves and builds the set (the project and any sdist-only dependency are
+    pure Python); for a foreign arch each binary wheel is then swapped for the same
+    version's wheel for that arch, so both images carry the same versions.
+    """
     shutil.rmtree(target, ignore_errors=True)
     # setuptools stages the package in <repo>/build/lib and never deletes a module from
     # there, so a module removed from the tree would still end up in the wheel.
     shutil.rmtree(REPO / "build/lib", ignore_errors=True)
     run([sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check",
          "--wheel-dir", target, REPO])  # fmt: skip
+    if arch.wheel_tags:
+        _swap_binary_wheels(target, arch, cache)
+
+
+def _swap_binary_wheels(wheels: Path, arch: Arch, cache: Path) -> None:
+    """Replace the host's binary wheels in ``wheels`` by ``arch``'s (cached by pins)."""
+    binary = sorted(w for w in wheels.glob("*.whl") if not w.name.endswith("-none-any.whl"))
+    pins = [f"{w.name.split('-')[0]}=={w.name.split('-')[1]}" for w in binary]
+    inputs = f"{arch.name} {arch.wheel_tags} {pins}"
+    store = cache / f"wheels-{arch.name}-{hashlib.sha256(inputs.encode()).hexdigest()[:12]}"
+    if not store.exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(dir=cache, prefix=".wheels-"))
+        platforms = [word for tag in arch.wheel_tags for word in ("--platform", tag)]
+        run([sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
+             "--no-deps", "--only-binary=:all:", *platforms, "--python-version", "3.11",
+             "--implementation", "cp", "--dest", scratch, *pins])  # fmt: skip
+        scratch.rename(store)
+    for wheel in binary:
+        wheel.unlink()
+    for wheel in store.glob("*.whl"):
+        shutil.copy2(wheel, wheels)
 
 
 def apply_role(rootfs: Path, wheels: Path) -> None:
@@ -242,7 +371,7 @@ def _md5(path: Path) -> str:
     return hashlib.md5(path.read_bytes(), usedforsecurity=False).hexdigest()
 
 
-def manifest(rootfs: Path) -> dict[str, object]:
+def manifest(rootfs: Path, arch: Arch) -> dict[str, object]:
     """The Debian packages and the venv's Python packages, with their versions."""
     debs = run(["dpkg-query", "-W", f"--admindir={rootfs}/var/lib/dpkg",
                 "--showformat=${Package}\t${Version}\n"])  # fmt: skip
@@ -253,38 +382,60 @@ def manifest(rootfs: Path) -> dict[str, object]:
     wheels = {d.metadata["Name"]: d.version for d in metadata.distributions(path=[str(site)])}
     return {
         "suite": SUITE,
-        "arch": "amd64",
+        "arch": arch.name,
         "agent": {"version": venv.name, "path": target},
         "debian": dict(line.split("\t", 1) for line in debs.splitlines()),
         "python": dict(sorted(wheels.items(), key=lambda kv: kv[0].lower())),
     }
 
 
-def disk_image(rootfs: Path, out: Path, name: str) -> Path:
+def boot_files(rootfs: Path, arch: Arch, staging: Path) -> list[Path]:
+    """The boot partition's files, written under ``staging``; return the top-level ones.
+
+    On arm64 what raspi-firmware put in the rootfs's /boot/firmware (firmware, kernel,
+    initrd, device trees, config.txt) moves to the partition, which the device mounts
+    there (so the root filesystem does not carry a second copy), with our cmdline.txt.
+    """
+    (staging / "README.txt").write_text(BOOT_README)
+    if arch.name != "arm64":
+        (staging / "config.txt").write_text(CONFIG_TXT)
+        return sorted(staging.iterdir())
+    firmware = rootfs / "boot/firmware"
+    for entry in firmware.iterdir():
+        shutil.move(entry, staging / entry.name)
+    kernel, initrd = staging / "vmlinuz", staging / "initrd.img"
+    if not (kernel.exists() and initrd.exists()):
+        raise BuildError(f"raspi-firmware left no vmlinuz and initrd.img in {firmware}")
+    with (staging / "config.txt").open("a") as config:
+        config.write(CONFIG_TXT_ARM64)
+    (staging / "cmdline.txt").write_text(CMDLINE_TXT)
+    return sorted(staging.iterdir())
+
+
+def disk_image(rootfs: Path, out: Path, name: str, arch: Arch) -> Path:
     """``<name>.img``: a DOS label, a FAT boot partition and an ext4 root, no mounts."""
     root_img, boot_img, image = out / "root.img", out / "boot.img", out / f"{name}.img"
     for part in (root_img, boot_img, image):
         part.unlink(missing_ok=True)
+    boot_mib = arch.boot_size_mib
+    with tempfile.TemporaryDirectory() as scratch:
+        files = boot_files(rootfs, arch, Path(scratch))
+        run(["mkfs.vfat", "-n", BOOT_LABEL, "-C", boot_img, str(boot_mib * 1024)])
+        env = dict(os.environ, MTOOLS_SKIP_CHECK="1")
+        run(["mcopy", "-s", "-i", boot_img, *files, "::"], env=env)
+
     used_mib = int(run(["du", "-s", "--block-size=1M", rootfs]).split()[0])
     root_mib = int(used_mib * 1.25) + 128
-    run(["mkfs.ext4", "-q", "-F", "-L", "rootfs", "-d", rootfs, root_img, f"{root_mib}M"])
+    run(["mkfs.ext4", "-q", "-F", "-L", ROOT_LABEL, "-d", rootfs, root_img, f"{root_mib}M"])
 
-    run(["mkfs.vfat", "-n", "BOOTFS", "-C", boot_img, str(BOOT_SIZE_MIB * 1024)])
-    with tempfile.TemporaryDirectory() as scratch:
-        files = {"README.txt": BOOT_README, "config.txt": CONFIG_TXT}
-        for filename, text in files.items():
-            (Path(scratch) / filename).write_text(text)
-        env = dict(os.environ, MTOOLS_SKIP_CHECK="1")
-        run(["mcopy", "-i", boot_img, *(Path(scratch) / f for f in files), "::"], env=env)
-
-    root_start_mib = BOOT_START_MIB + BOOT_SIZE_MIB
+    root_start_mib = BOOT_START_MIB + boot_mib
     total_mib = root_start_mib + root_mib
     with image.open("wb") as file:
         file.truncate(total_mib << 20)
     mib = (1 << 20) // SECTOR
     table = (
         "label: dos\n"
-        f"start={BOOT_START_MIB * mib}, size={BOOT_SIZE_MIB * mib}, type=c, bootable\n"
+        f"start={BOOT_START_MIB * mib}, size={boot_mib * mib}, type=c, bootable\n"
         f"start={root_start_mib * mib}, size={root_mib * mib}, type=83\n"
     )
     run(["sfdisk", "--quiet", "--no-reread", "--no-tell-kernel", image], input=table)
@@ -304,7 +455,47 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def build(out: Path, cache: Path, mirror: str, name: str) -> dict[str, object]:
+BINFMT = Path("/proc/sys/fs/binfmt_misc")
+
+
+def emulation_ready(arch: Arch) -> str | None:
+    """None if this machine runs ``arch``'s binaries (natively or by qemu-user), else why."""
+    if arch.machine == platform.machine():
+        return None
+    handler = BINFMT / f"qemu-{arch.machine}"
+    if not (BINFMT / "status").exists():
+        return f"binfmt_misc is not mounted on {BINFMT}"
+    if not handler.exists():
+        return f"no {handler} handler (apt-get install qemu-user-static binfmt-support)"
+    text = handler.read_text()
+    if not text.startswith("enabled"):
+        return f"{handler} is disabled"
+    # F: the kernel opens the interpreter at registration, so it works inside a chroot
+    # or container that has no qemu of its own.
+    flags = next((line.split()[1] for line in text.splitlines() if line.startswith("flags:")), "")
+    if "F" not in flags:
+        return f"{handler} lacks the F flag (flags: {flags!r}); the chroot cannot find qemu"
+    return None
+
+
+def set_up_emulation(arch: Arch) -> None:
+    """Mount binfmt_misc and register qemu-user for ``arch`` if needed.
+
+    Raises:
+        BuildError: naming the command that failed and its error.
+    """
+    if emulation_ready(arch) is None:
+        return
+    if not (BINFMT / "status").exists():
+        run(["mount", "-t", "binfmt_misc", "binfmt_misc", BINFMT])
+    if shutil.which("update-binfmts") is None:
+        raise BuildError("update-binfmts not found (apt-get install binfmt-support)")
+    run(["update-binfmts", "--enable", f"qemu-{arch.machine}"])
+    if reason := emulation_ready(arch):
+        raise BuildError(reason)
+
+
+def build(out: Path, cache: Path, mirror: str, name: str, arch: Arch) -> dict[str, object]:
     """Build everything into ``out``; return what was built, with each step's seconds."""
     if os.geteuid() != 0:
         raise BuildError("run as root: debootstrap and chroot need it")
@@ -312,14 +503,15 @@ def build(out: Path, cache: Path, mirror: str, name: str) -> dict[str, object]:
                if shutil.which(t) is None]  # fmt: skip
     if missing:
         raise BuildError(f"missing tools: {', '.join(missing)} (see .ci/run for the packages)")
+    set_up_emulation(arch)
     steps = Steps()
     rootfs = out / "rootfs"
     shutil.rmtree(rootfs, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
     with steps("debootstrap"):
-        debootstrap(rootfs, cache, mirror)
+        debootstrap(rootfs, cache, mirror, arch)
     with steps("wheelhouse"):
-        wheelhouse(out / "wheelhouse")
+        wheelhouse(out / "wheelhouse", arch, cache)
     with steps("ansible role (chroot)"):
         apply_role(rootfs, out / "wheelhouse")
     scan = SecretScan()
@@ -327,9 +519,10 @@ def build(out: Path, cache: Path, mirror: str, name: str) -> dict[str, object]:
         if found := scan.scan_rootfs(rootfs):
             raise BuildError("per-device secrets left in the image:\n" + "\n".join(found))
     with steps("manifest"):
-        (out / f"{name}.manifest.json").write_text(json.dumps(manifest(rootfs), indent=2) + "\n")
+        document = manifest(rootfs, arch)
+        (out / f"{name}.manifest.json").write_text(json.dumps(document, indent=2) + "\n")
     with steps("disk image"):
-        image = disk_image(rootfs, out, name)
+        image = disk_image(rootfs, out, name, arch)
     with steps("secret scan (image)"):
         if found := scan.scan_image(image):
             raise BuildError("per-device secrets in the disk image:\n" + "\n".join(found))
@@ -337,6 +530,7 @@ def build(out: Path, cache: Path, mirror: str, name: str) -> dict[str, object]:
         digest = sha256(image)
         (out / f"{image.name}.sha256").write_text(f"{digest}  {image.name}\n")
     info = {
+        "arch": arch.name,
         "image": str(image),
         "bytes": image.stat().st_size,
         "sha256": digest,
@@ -353,13 +547,31 @@ def build(out: Path, cache: Path, mirror: str, name: str) -> dict[str, object]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=REPO / "build/image", help="output dir")
+    parser.add_argument("--arch", choices=sorted(ARCHES), default="amd64", help="Debian arch")
+    parser.add_argument("--out", type=Path, default=None, help="output dir (build/image[-ARCH])")
     parser.add_argument("--cache", type=Path, default=REPO / "build/cache", help="cache dir")
     parser.add_argument("--mirror", default=MIRROR, help=f"Debian mirror (default {MIRROR})")
-    parser.add_argument("--name", default="semstreams-edge-amd64", help="image file name")
+    parser.add_argument("--name", default=None, help="image file name (semstreams-edge-ARCH)")
+    parser.add_argument(
+        "--set-up-emulation",
+        action="store_true",
+        help="only mount binfmt_misc and register qemu-user for --arch; say why if it cannot",
+    )
     args = parser.parse_args(argv)
+    arch = ARCHES[args.arch]
+    out = args.out or REPO / ("build/image" if arch.name == "amd64" else f"build/image-{arch.name}")
     try:
-        info = build(args.out.resolve(), args.cache.resolve(), args.mirror, args.name)
+        if args.set_up_emulation:
+            set_up_emulation(arch)
+            print(f"{arch.name}: binaries run here ({platform.machine()} host)")
+            return 0
+        info = build(
+            out.resolve(),
+            args.cache.resolve(),
+            args.mirror,
+            args.name or f"semstreams-edge-{arch.name}",
+            arch,
+        )
     except BuildError as exc:
         print(f"image/build.py: {exc}", file=sys.stderr)
         return 1
