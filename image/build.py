@@ -36,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zipfile
 from importlib import metadata
 from pathlib import Path
 from typing import NamedTuple
@@ -93,12 +94,6 @@ ARCHES = {
         _AARCH64_WHEEL_TAGS,
     ),
 }
-# The Pi firmware reads cmdline.txt from the boot partition; the root is found by label
-# (the same on a card, a USB disk or qemu's virtio disk).
-CMDLINE_TXT = (
-    f"console=serial0,115200 console=tty1 root=LABEL={ROOT_LABEL} rootfstype=ext4 "
-    "rootwait fsck.repair=yes\n"
-)
 # The initrd holds only what finds and mounts the root on a Pi 3/4/5's SD card or USB disk
 # and on qemu's virtio disk. initramfs-tools' default (MODULES=most, some 700 modules)
 # takes 15 minutes per run under qemu-user, and the kernel's install runs it twice.
@@ -152,11 +147,6 @@ CONFIG_TXT = """\
 # Placeholder: the Raspberry Pi firmware's config.txt lives here on the real (pi-gen)
 # image. The CI image boots in systemd-nspawn and has no firmware.
 """
-# Appended to raspi-firmware's config.txt on the arm64 image.
-CONFIG_TXT_ARM64 = """
-# SemStreams Edge: the kernel and initrd raspi-firmware put here, 64-bit, serial console.
-enable_uart=1
-"""
 
 
 class BuildError(RuntimeError):
@@ -197,6 +187,56 @@ class Steps:
         return round(time.monotonic() - self._started, 1)
 
 
+TAR = ["tar", "--numeric-owner", "--xattrs", "--xattrs-include=*", "--acls"]
+
+
+def _base_key(mirror: str, arch: Arch) -> str:
+    """What the base system depends on: suite, arch, mirror, components, packages."""
+    inputs = f"{SUITE} {arch.name} {mirror} {[*PACKAGES, *arch.extra_packages]}"
+    if arch.components != "main":
+        inputs += f" {arch.components}"
+    return hashlib.sha256(inputs.encode()).hexdigest()[:12]
+
+
+def _role_key(base_key: str, wheels: Path) -> str:
+    """What the rootfs with the role applied depends on: the base system, the role and
+    playbook files, and every wheel's contents (its members, not the zip's timestamps)."""
+    digest = hashlib.sha256(base_key.encode())
+    for path in sorted((REPO / "ansible").rglob("*")):
+        if path.is_file() and "__pycache__" not in path.parts:
+            digest.update(f"{path.relative_to(REPO)}\0".encode() + path.read_bytes())
+    for wheel in sorted(wheels.glob("*.whl")):
+        with zipfile.ZipFile(wheel) as archive:
+            for member in sorted(archive.namelist()):
+                digest.update(f"{wheel.name}/{member}\0".encode() + archive.read(member))
+    return digest.hexdigest()[:12]
+
+
+def base_and_role(
+    rootfs: Path, cache: Path, mirror: str, arch: Arch, wheels: Path, *, steps: Steps
+) -> None:
+    """The base system with the role applied, from the cache when its inputs are unchanged.
+
+    Under emulation the role takes minutes (every Ansible module is a Python started by
+    qemu-user), so its result is kept as a tar keyed by :func:`_role_key`.
+    """
+    key = _role_key(_base_key(mirror, arch), wheels)
+    applied = cache / f"rootfs-{SUITE}-{arch.name}-role-{key}.tar"
+    if applied.exists():
+        with steps("rootfs with the role (cached)"):
+            rootfs.mkdir(parents=True)
+            run([*TAR, "-xf", applied, "-C", rootfs])
+        return
+    with steps("debootstrap"):
+        debootstrap(rootfs, cache, mirror, arch)
+    with steps("ansible role (chroot)"):
+        apply_role(rootfs, wheels)
+        for stale in cache.glob(f"rootfs-{SUITE}-{arch.name}-role-*.tar"):
+            stale.unlink()  # one per arch: each is the size of a rootfs
+        run([*TAR, "-cf", applied.with_suffix(".partial"), "-C", rootfs, "."])
+        applied.with_suffix(".partial").replace(applied)
+
+
 def debootstrap(rootfs: Path, cache: Path, mirror: str, arch: Arch) -> None:
     """A minbase rootfs for ``arch``, from the cache when it can be.
 
@@ -207,16 +247,12 @@ def debootstrap(rootfs: Path, cache: Path, mirror: str, arch: Arch) -> None:
     maintainer scripts under qemu-user through binfmt_misc (see :func:`foreign_arch_ready`).
     """
     packages = [*PACKAGES, *arch.extra_packages]
-    inputs = f"{SUITE} {arch.name} {mirror} {packages}"
-    if arch.components != "main":
-        inputs += f" {arch.components}"
-    key = hashlib.sha256(inputs.encode()).hexdigest()[:12]
+    key = _base_key(mirror, arch)
     debs = cache / f"debootstrap-{SUITE}-{arch.name}-{key}.tgz"
     base = cache / f"rootfs-{SUITE}-{arch.name}-{key}.tar"
-    tar = ["tar", "--numeric-owner", "--xattrs", "--xattrs-include=*", "--acls"]
     if base.exists():
         rootfs.mkdir(parents=True)
-        run([*tar, "-xf", base, "-C", rootfs])
+        run([*TAR, "-xf", base, "-C", rootfs])
     else:
         common = ["--variant=minbase", f"--include={','.join(packages)}",
                   f"--arch={arch.name}", f"--components={arch.components}"]  # fmt: skip
@@ -239,7 +275,7 @@ def debootstrap(rootfs: Path, cache: Path, mirror: str, arch: Arch) -> None:
         # The .debs debootstrap leaves in the rootfs are in the tarball already.
         for deb in (rootfs / "var/cache/apt/archives").glob("*.deb"):
             deb.unlink()
-        run([*tar, "-cf", base.with_suffix(".partial"), "-C", rootfs, "."])
+        run([*TAR, "-cf", base.with_suffix(".partial"), "-C", rootfs, "."])
         base.with_suffix(".partial").replace(base)
     (rootfs / "etc/hostname").write_text(f"{HOSTNAME}\n")
     (rootfs / "etc/hosts").write_text(f"127.0.0.1\tlocalhost\n127.0.1.1\t{HOSTNAME}\n")
@@ -393,22 +429,23 @@ def boot_files(rootfs: Path, arch: Arch, staging: Path) -> list[Path]:
     """The boot partition's files, written under ``staging``; return the top-level ones.
 
     On arm64 what raspi-firmware put in the rootfs's /boot/firmware (firmware, kernel,
-    initrd, device trees, config.txt) moves to the partition, which the device mounts
-    there (so the root filesystem does not carry a second copy), with our cmdline.txt.
+    initrd, device trees, config.txt, cmdline.txt) moves to the partition, which the
+    device mounts there (so the root filesystem does not carry a second copy).
     """
     (staging / "README.txt").write_text(BOOT_README)
     if arch.name != "arm64":
         (staging / "config.txt").write_text(CONFIG_TXT)
         return sorted(staging.iterdir())
     firmware = rootfs / "boot/firmware"
+    # raspi-firmware's own kernel hook, as a kernel update on the device runs it: it
+    # rewrites config.txt and cmdline.txt (root=LABEL=rootfs from
+    # /etc/default/raspi-firmware, which the base system's install did not have yet).
+    run(["chroot", rootfs, "/etc/kernel/postinst.d/z50-raspi-firmware"])
+    for pattern in ("vmlinuz-*", "initrd.img-*", "start4.elf", "config.txt"):
+        if not any(firmware.glob(pattern)):
+            raise BuildError(f"raspi-firmware left no {pattern} in {firmware}")
     for entry in firmware.iterdir():
         shutil.move(entry, staging / entry.name)
-    kernel, initrd = staging / "vmlinuz", staging / "initrd.img"
-    if not (kernel.exists() and initrd.exists()):
-        raise BuildError(f"raspi-firmware left no vmlinuz and initrd.img in {firmware}")
-    with (staging / "config.txt").open("a") as config:
-        config.write(CONFIG_TXT_ARM64)
-    (staging / "cmdline.txt").write_text(CMDLINE_TXT)
     return sorted(staging.iterdir())
 
 
@@ -508,12 +545,9 @@ def build(out: Path, cache: Path, mirror: str, name: str, arch: Arch) -> dict[st
     rootfs = out / "rootfs"
     shutil.rmtree(rootfs, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
-    with steps("debootstrap"):
-        debootstrap(rootfs, cache, mirror, arch)
     with steps("wheelhouse"):
         wheelhouse(out / "wheelhouse", arch, cache)
-    with steps("ansible role (chroot)"):
-        apply_role(rootfs, out / "wheelhouse")
+    base_and_role(rootfs, cache, mirror, arch, out / "wheelhouse", steps=steps)
     scan = SecretScan()
     with steps("secret scan (rootfs)"):
         if found := scan.scan_rootfs(rootfs):
