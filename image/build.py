@@ -440,7 +440,10 @@ def boot_files(rootfs: Path, arch: Arch, staging: Path) -> list[Path]:
     # raspi-firmware's own kernel hook, as a kernel update on the device runs it: it
     # rewrites config.txt and cmdline.txt (root=LABEL=rootfs from
     # /etc/default/raspi-firmware, which the base system's install did not have yet).
-    run(["chroot", rootfs, "/etc/kernel/postinst.d/z50-raspi-firmware"])
+    hook = "/etc/kernel/postinst.d/z50-raspi-firmware"
+    # In a container (a bare chroot without /proc passes neither of its chroot checks).
+    run(["systemd-nspawn", "--quiet", "--register=no", "--keep-unit", "--private-network",
+         f"--directory={rootfs}", "--setenv=DEB_MAINT_PARAMS=configure", hook])  # fmt: skip
     for pattern in ("vmlinuz-*", "initrd.img-*", "start4.elf", "config.txt"):
         if not any(firmware.glob(pattern)):
             raise BuildError(f"raspi-firmware left no {pattern} in {firmware}")
