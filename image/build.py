@@ -126,7 +126,7 @@ nls_ascii
 FSTAB = (
     f"LABEL={ROOT_LABEL}\t/\text4\tdefaults,noatime\t0\t1\n"
     # nofail: under systemd-nspawn the boot partition is a bind mount, not a device.
-    f"LABEL={BOOT_LABEL}\t/boot/firmware\tvfat\tdefaults,nofail,x-systemd.device-timeout=10s\t0\t2\n"
+    f"LABEL={BOOT_LABEL}\t/boot/firmware\tvfat\tdefaults,nofail,x-systemd.device-timeout=90s\t0\t2\n"
 )
 # A private key in PEM (the armour lines with a body between: ssh and TLS libraries carry
 # the first line alone as a format string), and a claim token (ct_<id>.<secret>).
@@ -277,14 +277,20 @@ def debootstrap(rootfs: Path, cache: Path, mirror: str, arch: Arch) -> None:
             deb.unlink()
         run([*TAR, "-cf", base.with_suffix(".partial"), "-C", rootfs, "."])
         base.with_suffix(".partial").replace(base)
+
+
+def configure(rootfs: Path, arch: Arch) -> None:
+    """Files the cached base and role tars must not freeze: written on every build."""
     (rootfs / "etc/hostname").write_text(f"{HOSTNAME}\n")
     (rootfs / "etc/hosts").write_text(f"127.0.0.1\tlocalhost\n127.0.1.1\t{HOSTNAME}\n")
-    if arch.name == "arm64":
-        (rootfs / "etc/fstab").write_text(FSTAB)
-        # raspi-firmware's kernel hook writes cmdline.txt from this when a kernel update
-        # comes on the device.
-        with (rootfs / "etc/default/raspi-firmware").open("a") as defaults:
-            defaults.write(f"\nROOTPART=LABEL={ROOT_LABEL}\n")
+    if arch.name != "arm64":
+        return
+    (rootfs / "etc/fstab").write_text(FSTAB)
+    # raspi-firmware's kernel hook writes cmdline.txt from this (here, and when a kernel
+    # update comes on the device).
+    defaults = rootfs / "etc/default/raspi-firmware"
+    lines = [line for line in defaults.read_text().splitlines() if not line.startswith("ROOTPART=")]
+    defaults.write_text("\n".join([*lines, f"ROOTPART=LABEL={ROOT_LABEL}"]) + "\n")
 
 
 def wheelhouse(target: Path, arch: Arch, cache: Path) -> None:
@@ -551,6 +557,7 @@ def build(out: Path, cache: Path, mirror: str, name: str, arch: Arch) -> dict[st
     with steps("wheelhouse"):
         wheelhouse(out / "wheelhouse", arch, cache)
     base_and_role(rootfs, cache, mirror, arch, out / "wheelhouse", steps=steps)
+    configure(rootfs, arch)
     scan = SecretScan()
     with steps("secret scan (rootfs)"):
         if found := scan.scan_rootfs(rootfs):

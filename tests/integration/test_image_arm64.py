@@ -269,6 +269,10 @@ def test_the_agent_suite_slice_passes_on_aarch64(image: dict[str, Any], tmp_path
     src = root / "opt/src"
     src.mkdir()
     shutil.copytree(REPO / "tests", src / "tests", ignore=shutil.ignore_patterns("__pycache__"))
+    # Some tests read the example configs (examples/edge-small.json).
+    shutil.copytree(
+        REPO / "examples", src / "examples", ignore=shutil.ignore_patterns("__pycache__")
+    )
     shutil.copy2(REPO / "pyproject.toml", src)
     tests = _suite_slice()
     started = time.monotonic()
@@ -277,8 +281,8 @@ def test_the_agent_suite_slice_passes_on_aarch64(image: dict[str, Any], tmp_path
             "systemd-nspawn", "--quiet", "--register=no", "--keep-unit", "--private-network",
             f"--directory={root}", "--chdir=/opt/src", "--setenv=PYTHONPATH=/opt/test-tools",
             "--setenv=PYTHONDONTWRITEBYTECODE=1",
-            "/opt/semstreams/current/bin/python", "-m", "pytest", "-q", "-p", "no:cacheprovider",
-            "-o", "timeout=600", *tests,
+            "/opt/semstreams/current/bin/python", "-m", "pytest", "-q", "--color=no",
+            "-p", "no:cacheprovider", "-o", "timeout=600", *tests,
         ],
         capture_output=True, text=True, check=False, timeout=1800,
     )  # fmt: skip
