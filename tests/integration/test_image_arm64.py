@@ -241,18 +241,19 @@ def _test_wheels(cache: Path) -> Path:
 
 
 def _suite_slice() -> list[str]:
-    """The agent's unit tests (those that import neither the hub nor hub-only libraries)
+    """The agent's unit tests (those that need neither the hub nor the fleet tooling)
     plus the ingest -> graph -> PathRAG path through a running agent.
 
-    Left out: ``tests/unit/hub`` and the unit files importing ``cloud_hub`` or hypothesis
-    (the image carries the edge's dependencies only).
+    Left out: ``tests/unit/hub``, ``tests/unit/fleet`` (Ansible, run from an operator's
+    machine) and the unit files importing ``cloud_hub``, hypothesis or ansible: the image
+    carries the edge's dependencies only.
     """
-    hub_only = ("cloud_hub", "hypothesis")
+    host_only = ("cloud_hub", "hypothesis", "ansible")
     unit = [
         str(path.relative_to(REPO))
         for path in sorted((REPO / "tests/unit").rglob("test_*.py"))
-        if "hub" not in path.relative_to(REPO / "tests/unit").parts[:-1]
-        and not any(word in path.read_text() for word in hub_only)
+        if not {"hub", "fleet"} & set(path.relative_to(REPO / "tests/unit").parts[:-1])
+        and not any(word in path.read_text() for word in host_only)
     ]
     return [*unit, "tests/integration/test_queries.py", "tests/integration/test_agent.py"]
 
@@ -281,7 +282,7 @@ def test_the_agent_suite_slice_passes_on_aarch64(image: dict[str, Any], tmp_path
             "systemd-nspawn", "--quiet", "--register=no", "--keep-unit", "--private-network",
             f"--directory={root}", "--chdir=/opt/src", "--setenv=PYTHONPATH=/opt/test-tools",
             "--setenv=PYTHONDONTWRITEBYTECODE=1",
-            "/opt/semstreams/current/bin/python", "-m", "pytest", "-q", "--color=no",
+            "/opt/semstreams/current/bin/python", "-m", "pytest", "-q", "-rs", "--color=no",
             "-p", "no:cacheprovider", "-o", "timeout=600", *tests,
         ],
         capture_output=True, text=True, check=False, timeout=1800,
