@@ -8,10 +8,10 @@ STAMP  := $(VENV)/.installed
 # curl that runs the seed's runbook lines as printed (tests/integration/test_runbooks.py).
 # qemu-user-static and binfmt-support run the arm64 image's binaries here
 # (tests/integration/test_image_arm64.py); qemu-system-arm boots its .img (-m image_full).
-DEBIAN_PACKAGES := debootstrap systemd-container mtools dosfstools e2fsprogs fdisk iproute2 chromium curl \
-	qemu-user-static binfmt-support qemu-system-arm
-DEBIAN_TOOLS    := debootstrap systemd-nspawn mcopy mkfs.vfat mkfs.ext4 sfdisk ip chromium curl \
-	qemu-aarch64-static update-binfmts qemu-system-aarch64
+DEBIAN_PACKAGES := debootstrap systemd-container mtools dosfstools e2fsprogs fdisk iproute2 chromium curl
+DEBIAN_TOOLS    := debootstrap systemd-nspawn mcopy mkfs.vfat mkfs.ext4 sfdisk ip chromium curl
+EMULATION_PACKAGES := qemu-user-static binfmt-support qemu-system-arm
+EMULATION_TOOLS    := qemu-aarch64-static update-binfmts qemu-system-aarch64
 SUDO   := $(if $(filter 0,$(shell id -u)),,sudo)
 
 .PHONY: demo test lint bench soak vendor clean debian-packages emulation
@@ -26,22 +26,29 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python examples/demo.py
 
-## make debian-packages: what apt must add for the image, boot and browser tests (only when missing)
-debian-packages:
-	@for tool in $(DEBIAN_TOOLS); do command -v $$tool >/dev/null || missing=1; done; \
+# apt installs PACKAGES when one of TOOLS is missing.
+define apt_install
+	@for tool in $(2); do command -v $$tool >/dev/null || missing=1; done; \
 	if [ -n "$$missing" ]; then \
 		$(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
-			$(DEBIAN_PACKAGES) >/dev/null; \
+			$(1) >/dev/null; \
 	fi
+endef
 
-## make emulation: mount binfmt_misc and register qemu-aarch64 (the arm64 image tests skip,
-## saying why, when this fails)
+## make debian-packages: what apt must add for the image, boot and browser tests (only when missing)
+debian-packages:
+	$(call apt_install,$(DEBIAN_PACKAGES),$(DEBIAN_TOOLS))
+
+## make emulation: qemu, binfmt_misc mounted and qemu-aarch64 registered, for the arm64
+## image tests (opt-in: .venv/bin/pytest --opt-in tests/integration/test_image_arm64.py;
+## they skip, saying why, when this fails)
 emulation: $(STAMP) debian-packages
+	$(call apt_install,$(EMULATION_PACKAGES),$(EMULATION_TOOLS))
 	-$(SUDO) $(BIN)/python image/build.py --arch arm64 --set-up-emulation
 
-## make test: the whole suite (unit, integration with real nats-servers, faults, image boots)
-test: $(STAMP) debian-packages emulation
+## make test: the whole suite (unit, integration with real nats-servers, faults, an image boot)
+test: $(STAMP) debian-packages
 	$(BIN)/pytest -q
 
 ## make lint: ruff (lint + format check) and mypy on the packages, ansible-lint (production profile, offline) on ansible/
