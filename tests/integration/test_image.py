@@ -84,18 +84,23 @@ def image() -> dict[str, Any]:
     if _built:
         return _built
     cleanup_stale()
-    out, cache = BUILD_DIR / "out", BUILD_DIR / "cache"
+    _built.update(build_image(BUILD_DIR, timeout=840))
+    return _built
+
+
+def build_image(build_dir: Path, *options: str, timeout: float) -> dict[str, Any]:
+    """Run ``image/build.py`` into ``build_dir`` (``out/``, ``cache/``); its build-info."""
+    out, cache = build_dir / "out", build_dir / "cache"
     done = subprocess.run(
-        [sys.executable, REPO / "image/build.py", "--out", out, "--cache", cache],
+        [sys.executable, REPO / "image/build.py", *options, "--out", out, "--cache", cache],
         capture_output=True,
         text=True,
         check=False,
-        timeout=840,
+        timeout=timeout,
     )
     assert done.returncode == 0, f"image/build.py failed:\n{done.stdout[-3000:]}{done.stderr}"
     info: dict[str, Any] = json.loads(done.stdout.splitlines()[-1])
-    print(f"image built in {info['total_seconds']} s: {info['seconds']}")
-    _built.update(info)
+    print(f"image {' '.join(options)} built in {info['total_seconds']} s: {info['seconds']}")
     return info
 
 

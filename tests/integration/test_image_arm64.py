@@ -43,6 +43,7 @@ from tests.integration.test_image import (  # noqa: F401 (fixtures used by name)
     _namespaces_forbidden,
     _ready,
     build,
+    build_image,
     fleet,
     hub,
     lan,
@@ -78,18 +79,7 @@ def image() -> dict[str, Any]:
     for reason in (_namespaces_forbidden(), _emulation_forbidden()):
         if reason:
             pytest.skip(reason)
-    out, cache = BUILD_DIR / "out", BUILD_DIR / "cache"
-    done = subprocess.run(
-        [sys.executable, REPO / "image/build.py", "--arch=arm64", "--out", out, "--cache", cache],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=2100,
-    )
-    assert done.returncode == 0, f"image/build.py failed:\n{done.stdout[-3000:]}{done.stderr}"
-    info: dict[str, Any] = json.loads(done.stdout.splitlines()[-1])
-    print(f"arm64 image built in {info['total_seconds']} s: {info['seconds']}")
-    return info
+    return build_image(BUILD_DIR, "--arch=arm64", timeout=2100)
 
 
 # zeroconf's mDNS sockets set IP_MULTICAST_IF; qemu-user 7.2 (bookworm's) answers that
