@@ -14,6 +14,7 @@ named after its registry group, and in ``semstreams_version_<x_y_z>`` and
 
 from __future__ import annotations
 
+import bisect
 import re
 import ssl
 import time
@@ -88,9 +89,13 @@ class Listing(msgspec.Struct):
         """Add a host to :data:`EDGES_GROUP` and ``groups`` (empty names are skipped)."""
         self.hostvars[name] = hostvars
         for group in (EDGES_GROUP, *groups):
-            if group and name not in self.groups.setdefault(group, []):
-                self.groups[group].append(name)
-                self.groups[group].sort()
+            if not group:
+                continue
+            # Kept sorted as it grows: a bisect, not a sort per host (fleets of thousands).
+            hosts = self.groups.setdefault(group, [])
+            at = bisect.bisect_left(hosts, name)
+            if at == len(hosts) or hosts[at] != name:
+                hosts.insert(at, name)
 
     def to_json(self) -> dict[str, Any]:
         """What an Ansible dynamic inventory script prints for ``--list``."""
