@@ -41,6 +41,7 @@ class FakeManager:
         self.received: list[tuple[float, str]] = []
         self.health_url = ""
         self.health_at_ready: int | str | None = None
+        self._health_checked = threading.Event()
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._receive, daemon=True)
         self._thread.start()
@@ -61,6 +62,7 @@ class FakeManager:
                     self.health_at_ready = http_json(self.health_url, timeout=2)[0]
                 except OSError as exc:
                     self.health_at_ready = repr(exc)
+                self._health_checked.set()
 
     def times(self, line: str, since: float = 0.0) -> list[float]:
         return [at for at, got in list(self.received) if got == line and at >= since]
@@ -75,6 +77,13 @@ class FakeManager:
                 return found[0]
             time.sleep(0.02)
         raise AssertionError(f"no {line} within {timeout}s; got {self.received}")
+
+    def wait_ready(self, timeout: float = 30.0) -> float:
+        """Wait for READY=1 and for the health check made on its arrival; return its time."""
+        ready_at = self.wait_for("READY=1", timeout)
+        # The check runs in the receiving thread after the line is recorded.
+        assert self._health_checked.wait(5), "the health check on READY did not finish"
+        return ready_at
 
     def close(self) -> None:
         self._closed.set()
@@ -104,7 +113,7 @@ def test_ready_watchdog_status_and_stopping(tmp_path: Path, manager: FakeManager
     agent = _agent(tmp_path, manager)
     agent.start()
     try:
-        ready_at = manager.wait_for("READY=1")
+        ready_at = manager.wait_ready()
         # READY came only once the API answered: checked the moment it arrived.
         assert manager.health_at_ready == 200
         assert manager.lines("STATUS=")[0] == "STATUS=starting"
@@ -159,7 +168,7 @@ def test_the_hub_notifies_too(tmp_path: Path, manager: FakeManager) -> None:
     hub = _agent(tmp_path, manager, program="cloud_hub.cli")
     hub.start()
     try:
-        manager.wait_for("READY=1")
+        manager.wait_ready()
         assert manager.health_at_ready == 200
         manager.wait_for("WATCHDOG=1")
     finally:
