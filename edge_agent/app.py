@@ -142,6 +142,8 @@ class Agent:
         self.provisioner: Provisioner | None = None
         self.storage: StorageWatch | None = None
         self._advertiser: Advertiser | None = None
+        #: ``off`` (provisioning.advertise false), ``on``, or ``failed: <why>``.
+        self.advertising = "off"
         self._tasks = Tasks(on_failure=lambda name: self.metrics.task_failures.labels(name).inc())
         self._stream_stats = {"dead_letters": 0, "stream_pending": 0}
         self.started_at = 0.0
@@ -340,20 +342,37 @@ class Agent:
                 "version": __version__,
                 "api_port": str(self.http_port),
             }
-            self._advertiser = Advertiser(
+            advertiser = Advertiser(
                 EDGE_SERVICE,
                 self.config.platform.id,
                 self.http_port,
                 properties,
                 interfaces=settings.interfaces or None,
             )
-            await self._advertiser.start()
+            await self._advertise(advertiser)
         if sync_output_settings(self.config) is None:
             # Not restarted: it starts the sync link once, and a second one would fight it.
             provisioner = self.provisioner
             self._tasks.spawn(
                 lambda: self._enrol_and_sync(provisioner), "provisioning", restart=False
             )
+
+    async def _advertise(self, advertiser: Advertiser) -> None:
+        """Start advertising; a host where mDNS cannot run keeps the agent running.
+
+        Nothing else depends on being found (enrolment and sync reach out to the hub), so
+        a missing multicast route or socket option costs only discovery by the fleet
+        tooling: logged, counted, and shown in ``/health``.
+        """
+        try:
+            await advertiser.start()
+        except OSError as exc:
+            self.advertising = f"failed: {exc}"
+            self.metrics.errors.labels(reason="mdns_error").inc()
+            log.warning("provisioning: not advertised by mDNS, running on without it: %s", exc)
+            return
+        self._advertiser = advertiser
+        self.advertising = "on"
 
     async def _stop_advertising(self) -> None:
         if self._advertiser is not None:
@@ -578,6 +597,7 @@ class Agent:
         if self.provisioner is not None:
             components["provisioning"] = {
                 "status": self.provisioner.status,
+                "advertising": self.advertising,
                 "device_key": self.provisioner.identity.fingerprint,
                 "hub_key": self.provisioner.hub_fingerprint,
             }

@@ -22,10 +22,19 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 #: Every ``reason`` of ``semstreams_errors_total``: refused events, refused requests
 #: (``auth``), batches not applied, and storage refusals (``disk_full``: under
 #: ``nats.jetstream.min_free_bytes``, or SQLite's SQLITE_FULL on a commit the processor
-#: retries; ``stream_full``: JetStream refused at the stream's byte limit). Each series
+#: retries; ``stream_full``: JetStream refused at the stream's byte limit; ``mdns_error``:
+#: mDNS could not be set up to advertise or discover, and the agent runs without). Each series
 #: exists at zero from the start, so the seed's ``rate(semstreams_errors_total[5m])``
 #: answers 0 on a healthy agent, not "no data".
-ERROR_REASONS = (*REASONS, "auth", "store_error", "nats_error", "disk_full", "stream_full")
+ERROR_REASONS = (
+    *REASONS,
+    "auth",
+    "store_error",
+    "nats_error",
+    "disk_full",
+    "stream_full",
+    "mdns_error",
+)
 _BATCH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 

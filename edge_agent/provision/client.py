@@ -279,11 +279,16 @@ class Provisioner:
         url = boot.hub_url or self.settings.hub_url
         if url:
             return [url.rstrip("/")]
-        found = await browse(
-            HUB_SERVICE,
-            timeout=self.settings.discovery_timeout,
-            interfaces=self.settings.interfaces or None,
-        )
+        try:
+            found = await browse(
+                HUB_SERVICE,
+                timeout=self.settings.discovery_timeout,
+                interfaces=self.settings.interfaces or None,
+            )
+        except OSError as exc:  # no multicast here: the next round tries again
+            self.status = f"mDNS discovery failed: {exc}"
+            log.warning("provisioning: %s", self.status)
+            return []
         urls = [f"http://{hub.addresses[0]}:{hub.port}" for hub in found if hub.addresses]
         self.status = f"discovered {len(urls)} hub(s)" if urls else "no hub found"
         log.info("provisioning: %s", self.status)

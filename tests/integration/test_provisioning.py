@@ -82,9 +82,12 @@ def edge(tmp_path: Path, hub: AgentProcess) -> Iterator[EdgeFactory]:
         hub_key: str = "",
         platform_id: str | None = None,
         state: Path | None = None,
+        hub_url: str | None = None,
+        mdns: dict[str, Any] | None = None,
     ) -> AgentProcess:
         boot = tmp_path / f"{name}-provision.json"
-        boot.write_text(json.dumps({"claim_token": claim, "hub_url": hub.api, "hub_key": hub_key}))
+        hub_url = hub.api if hub_url is None else hub_url
+        boot.write_text(json.dumps({"claim_token": claim, "hub_url": hub_url, "hub_key": hub_key}))
         config = config_dict(
             state or tmp_path / f"{name}-state",
             platform={"id": platform_id if platform_id is not None else name},
@@ -93,6 +96,7 @@ def edge(tmp_path: Path, hub: AgentProcess) -> Iterator[EdgeFactory]:
                 "advertise": False,
                 "file": str(boot),
                 "retry": {"initial": "200ms", "max": "1s"},
+                **(mdns or {}),
             },
             components=[
                 {"id": "sim", "type": "simulator", "config": {"entities": 3, "interval": "300ms"}}
@@ -405,3 +409,35 @@ def test_over_https_a_device_enrols_and_gets_a_wss_link_on_the_hubs_own_sync_por
         for process in (trusting, untrusting, hub):
             if process is not None:
                 process.stop()
+
+
+#: An address on no interface here (TEST-NET-1): zeroconf cannot bind its sockets to it,
+#: as on a host whose kernel or emulator refuses a multicast socket option.
+NO_MULTICAST = {"advertise": True, "interfaces": ["192.0.2.77"], "discovery_timeout": "1s"}
+
+
+def test_a_device_where_mdns_cannot_run_still_enrols_and_syncs(
+    hub: AgentProcess, edge: EdgeFactory
+) -> None:
+    device = edge("nomdns", claim=claim_token(hub), mdns=NO_MULTICAST)
+    wait_until(lambda: synced(hub, "nomdns"), "sync without mDNS")
+    health = http_json(f"{device.api}/health")[1]
+    assert health["status"] == "healthy", health
+    advertising = health["components"]["provisioning"]["advertising"]
+    assert advertising.startswith("failed: [Errno"), advertising
+    assert metric(device.api, "semstreams_errors_total", 'reason="mdns_error"') == 1
+    assert "not advertised by mDNS, running on without it" in device.log_path.read_text()
+
+
+def test_without_a_hub_url_failed_discovery_is_retried_not_fatal(
+    hub: AgentProcess, edge: EdgeFactory
+) -> None:
+    device = edge("lost", claim=claim_token(hub), hub_url="", mdns=NO_MULTICAST)
+    wait_until(
+        lambda: provisioning_status(device).startswith("mDNS discovery failed: [Errno"),
+        "the discovery failure in /health",
+    )
+    time.sleep(2)  # several rounds of retries: the agent stays up and answers
+    assert device.proc is not None and device.proc.poll() is None
+    assert http_json(f"{device.api}/health")[1]["status"] == "healthy"
+    assert "lost" not in devices(hub)
