@@ -67,9 +67,12 @@ class HttpServer:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((self.host, self.port))
-        except OSError:
+        except OSError as exc:
             sock.close()
-            raise
+            # The errno alone ("Permission denied") does not say which port to fix.
+            raise OSError(
+                exc.errno, f"cannot bind {self.host}:{self.port}: {exc.strerror}"
+            ) from exc
         self.port = sock.getsockname()[1]
         config = uvicorn.Config(
             self._app,

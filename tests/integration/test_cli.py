@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import sys
 from pathlib import Path
 
@@ -160,3 +161,16 @@ async def test_an_agent_refuses_a_token_file_others_can_read(tmp_path: Path) -> 
     assert code != 0
     assert "token_file" in err and "chmod 600 it" in err
     assert "a-device-credential" not in err
+
+
+async def test_a_taken_api_port_stops_the_agent_naming_the_address(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        service = {"service-manager": {"config": {"http_port": port}}}
+        path = tmp_path / "agent.json"
+        path.write_text(json.dumps(config_dict(tmp_path / "state", services=service)))
+        code, _, err = await cli("run", "--config", str(path))
+    assert code != 0
+    assert f"cannot bind 127.0.0.1:{port}: Address already in use" in err, err[-2000:]
