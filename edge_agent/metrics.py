@@ -266,6 +266,12 @@ class Metrics:
             " rebuilt from a log that lost them), and this edge queued everything it wrote.",
             registry=registry,
         )
+        self.sync_full_resends_deferred = Counter(
+            "semstreams_sync_full_resends_deferred",
+            "Times the hub asked for a full resend within 10 minutes of the last one, and"
+            " this edge did not queue everything again (served at a later link).",
+            registry=registry,
+        )
         self.share_entities = Counter(
             "semstreams_sync_share_entities",
             "Entities of this edge's share received from the hub in a resync, by outcome"

@@ -43,6 +43,10 @@ log = logging.getLogger(__name__)
 Writer = Callable[..., Awaitable[Any]]
 _HANDSHAKE_TIMEOUT_S = 10.0
 _HOUSEKEEPING_S = 1.0
+#: A hub's ``full_resend`` is honoured at most this often: a hostile or broken hub
+#: asking at every link would have the edge resend its whole graph each time. A hub
+#: that still lacks batches asks again at a later link and is served then.
+FULL_RESEND_MIN_INTERVAL_S = 600.0
 # Under a cap, a compressed batch is kept to this many seconds of the rate, so an urgent
 # change never waits long behind the one on the wire.
 _BATCH_SECONDS_UNDER_CAP = 0.25
@@ -123,6 +127,8 @@ class SyncOutput:
         self._on_share_end = on_share_end
         self._share = dict.fromkeys(_SHARE_FIGURES, 0)
         self._no_resync_told = False
+        #: When the last full resend was queued (monotonic); None: never.
+        self._full_resend_at: float | None = None
         self.edge_id = edge_id
         self._token = token
         self._prove = prove
@@ -262,7 +268,20 @@ class SyncOutput:
         self._bucket = _bucket(_lowest(self.settings.max_bytes_per_second, hub_rate))
 
     async def _requeue_all(self) -> None:
-        """The hub lost batches it had acked: queue everything this edge wrote again."""
+        """The hub lost batches it had acked: queue everything this edge wrote again
+        (at most every ``FULL_RESEND_MIN_INTERVAL_S``)."""
+        now = time.monotonic()
+        last = self._full_resend_at
+        if last is not None and now - last < FULL_RESEND_MIN_INTERVAL_S:
+            self._metrics.sync_full_resends_deferred.inc()
+            log.warning(
+                "sync: the hub asks for a full resend again %.0f s after the last one;"
+                " deferred (at most one every %.0f s)",
+                now - last,
+                FULL_RESEND_MIN_INTERVAL_S,
+            )
+            return
+        self._full_resend_at = now
         queued = await self._write(self._store.sync_requeue_all, int(time.time() * 1000))
         self._metrics.sync_full_resends.inc()
         log.warning(
