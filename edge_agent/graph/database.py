@@ -85,8 +85,18 @@ class Database:
         self.connection.execute(f"PRAGMA cache_size = -{self._cache_kib}")
 
     def close(self) -> None:
-        """Finish queued writes, then close the write connection."""
+        """Finish queued writes, fold the WAL into the file, then close the write
+        connection.
+
+        SQLite checkpoints on its own only when the last connection closes, and reader
+        threads may still hold theirs: without this, a clean stop left every write since
+        the last checkpoint in ``-wal`` (a file copied alone would lack them).
+        """
         self._writer.shutdown(wait=True)
+        try:
+            self.connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        except sqlite3.Error as exc:  # e.g. disk full: the WAL stays, nothing is lost
+            log.warning("%s: WAL not checkpointed at close: %s", self.path, exc)
         self.connection.close()
 
     # ---- writes ------------------------------------------------------------------------

@@ -37,7 +37,15 @@ from edge_agent.graph.recovery import RESYNC_MARKER
 from edge_agent.nats.server import EmbeddedNatsServer
 from edge_agent.nats.subjects import entity_subject
 from tests.conftest import StartAgent
-from tests.helpers import AgentProcess, config_dict, event, make_config, wait_for, wait_until
+from tests.helpers import (
+    AgentProcess,
+    config_dict,
+    event,
+    http_json,
+    make_config,
+    wait_for,
+    wait_until,
+)
 from tests.integration.sync_harness import (
     EDGE_ID,
     SyncPair,
@@ -586,3 +594,21 @@ async def test_with_an_external_nats_restore_leaves_the_streams_to_it(
     assert "stream GRAPH_ENTITIES: left to the external NATS" in out
     assert (tmp_path / "restored" / "graph.db").exists()
     assert not (tmp_path / "restored" / "jetstream").exists()
+
+
+def test_a_clean_stop_leaves_the_whole_graph_in_the_database_file(tmp_path: Path) -> None:
+    """The seed's runbook stops the service and copies files: graph.db alone must do."""
+    agent = AgentProcess(config_dict(tmp_path / "state"), tmp_path)
+    agent.start()
+    body = "\n".join(json.dumps(event(f"wal-{i}")) for i in range(2000)).encode()
+    assert http_json(f"{agent.api}/ingest", body, timeout=30)[0] == 202
+    wait_until(lambda: http_json(f"{agent.api}/graph/stats")[1]["entities"] == 2000, "all applied")
+    wal = tmp_path / "state" / "graph.db-wal"
+    assert wal.stat().st_size > 0  # the writes are in the WAL while it runs
+    assert agent.stop() == 0
+    assert not wal.exists() or wal.stat().st_size == 0
+    alone = tmp_path / "copy" / "graph.db"
+    alone.parent.mkdir()
+    shutil.copy(tmp_path / "state" / "graph.db", alone)
+    with sqlite3.connect(alone) as db:
+        assert db.execute("SELECT count(*) FROM entities").fetchone() == (2000,)
