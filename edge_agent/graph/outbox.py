@@ -49,6 +49,7 @@ __all__ = [
     "resume",
     "take_batch",
     "trim",
+    "waiting_resets",
 ]
 
 SyncMode = Literal["state", "events"]
@@ -359,11 +360,47 @@ def resume(db: sqlite3.Connection, hwm: int) -> list[OutboxBatch]:
 
 # A waiting change the hub already holds at least as new: the entity here is no newer
 # than the hub's copy (a deletion or a whole resend is always kept).
+# A reset row (deleted, or deleted and made again) goes too: it would replace the hub's
+# copy whole with this entity, which the share's merge has just made the hub's copy
+# when that was newer.
 _HELD_BY_HUB = """
 DELETE FROM sync_outbox
-WHERE entity_id = ?1 AND reset = 0
+WHERE entity_id = ?1
   AND EXISTS (SELECT 1 FROM entities WHERE id = ?1 AND updated_at <= ?2)
 """
+
+
+def waiting_resets(db: sqlite3.Connection, ids: Sequence[str]) -> dict[str, int]:
+    """Entity id -> how new this edge's whole state of it is (ms), for those of ``ids``
+    deleted here (and perhaps made again) since the hub last heard of them.
+
+    Such a waiting change replaces the hub's copy whole when sent. A share carries no
+    tombstones and merges per property: an older hub copy merged here would bring back
+    an entity deleted here since, or properties its deletion removed. The time is the
+    entity's ``updated_at``, or for one still deleted, when its waiting change was
+    queued (in state mode, first queued: a hub copy stamped between that and the
+    deletion is taken as the newer).
+    """
+    found: dict[str, int] = {}
+    for start in range(0, len(ids), 500):
+        part = ids[start : start + 500]
+        found.update(
+            db.execute(
+                "SELECT entity_id, queued_at FROM sync_outbox"
+                f" WHERE reset = 1 AND entity_id IN ({','.join('?' * len(part))})",
+                part,
+            ).fetchall()
+        )
+    wanted = set(ids)
+    for queued_at, blob in db.execute("SELECT queued_at, delta FROM sync_events ORDER BY seq"):
+        delta = _delta_decoder.decode(blob)
+        if delta.deleted and delta.entity_id in wanted:
+            found[delta.entity_id] = queued_at
+    for eid in found:
+        row = db.execute("SELECT updated_at FROM entities WHERE id = ?", (eid,)).fetchone()
+        if row is not None:
+            found[eid] = row[0]
+    return found
 
 
 def drop_held_by_hub(db: sqlite3.Connection, hub_stamps: Mapping[str, int]) -> int:
@@ -393,8 +430,16 @@ def drop_held_by_hub(db: sqlite3.Connection, hub_stamps: Mapping[str, int]) -> i
 
 
 def _held_by_hub(delta: EntityDelta, hub_stamps: Mapping[str, int]) -> bool:
+    """Whether a queued reading is stale against the hub's copy in the share.
+
+    A deletion goes when the hub holds the entity: the share's merge has just put the
+    hub's copy back into this graph (a share carries no tombstones), and sent, the
+    deletion would erase it at the hub alone; edge and hub would disagree for good.
+    """
     stamp = hub_stamps.get(delta.entity_id)
-    return stamp is not None and not (delta.deleted or delta.replace) and delta.updated_at <= stamp
+    if stamp is None:
+        return False
+    return delta.deleted or delta.updated_at <= stamp
 
 
 # ---- bounds and gauges -------------------------------------------------------------------

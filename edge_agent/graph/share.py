@@ -74,7 +74,9 @@ def merge_share(
     Args:
         db: the write connection, in a transaction.
         deltas: whole-entity deltas from the hub (deleted ones are skipped: a share
-            holds none).
+            holds none). A copy older than a deletion waiting here (the entity
+            gone, or made again since) is skipped too: this edge's state is newer and
+            replaces the hub's copy when sent, as it would have.
         origin: this edge's id, the ``origin`` of what it merges.
         indexes: which secondary indexes to refresh.
 
@@ -83,9 +85,11 @@ def merge_share(
     """
     changed = 0
     touched: set[str] = set()
-    for delta in deltas:
-        if delta.deleted:
-            continue
+    replaced_here = outbox.waiting_resets(db, [d.entity_id for d in deltas if not d.deleted])
+    kept = [
+        d for d in deltas if not d.deleted and d.updated_at > replaced_here.get(d.entity_id, -1)
+    ]
+    for delta in kept:
         eid = delta.entity_id
         before = db.total_changes
         stamp = delta.updated_at
@@ -107,6 +111,6 @@ def merge_share(
             db.execute(_TEMPORAL, (eid, stamp // TEMPORAL_BUCKET_MS))
         if indexes.spatial:
             db.execute(UPDATE_SPATIAL, {"id": eid})
-    stamps = {delta.entity_id: delta.updated_at for delta in deltas if not delta.deleted}
+    stamps = {delta.entity_id: delta.updated_at for delta in kept}
     held = outbox.drop_held_by_hub(db, stamps)
     return ShareMerge(changed, frozenset(touched), held)

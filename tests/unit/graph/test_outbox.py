@@ -427,14 +427,32 @@ def merge(store: GraphStore, share: list[EntityDelta]) -> int:
 
 def test_a_share_drops_the_waiting_changes_the_hub_holds_as_new(store: GraphStore) -> None:
     feed = Feed(store)
-    feed(*(ev(f"UAV-{i}", properties={"battery": i}, timestamp=at(5)) for i in (1, 2, 3)))
-    feed(gone("UAV-3"))
+    feed(*(ev(f"UAV-{i}", properties={"battery": i}, timestamp=at(5)) for i in (1, 2, 3, 7)))
+    feed(gone("UAV-3"), gone("UAV-7"))  # queued at NOW
     share = share_of(("UAV-1", ms(5)), ("UAV-2", ms(4)), ("UAV-3", ms(9)), ("UAV-4", ms(9)))
-    assert merge(store, share) == 1
+    share.append(EntityDelta("UAV-7", "drone", 9, NOW - 1, 3, [("battery", 1, NOW - 1, "")]))
+    assert merge(store, share) == 2
     # UAV-1: the hub's copy is as new (sent by the edge's lost self): not sent again.
-    # UAV-2: newer here than at the hub. UAV-3: a deletion always goes.
-    assert waiting(store) == {"UAV-2", "UAV-3"}
+    # UAV-2: newer here than at the hub.
+    # UAV-3: the hub's copy is newer than the deletion here: it comes back, not deleted.
+    # UAV-7: deleted here after the hub's copy: not brought back; the deletion goes.
+    assert waiting(store) == {"UAV-2", "UAV-7"}
+    assert store.entity("UAV-3") is not None and store.entity("UAV-7") is None
     assert merge(store, share) == 0
+
+
+def test_a_share_drops_a_recreated_entity_the_hub_holds_as_new(store: GraphStore) -> None:
+    """Deleted and made again: the waiting change replaces the hub's copy whole when
+    sent; a hub whose copy is as new already holds it (its lost sender sent it)."""
+    feed = Feed(store)
+    for eid, made_again in (("UAV-5", 6), ("UAV-6", 7)):
+        feed(ev(eid, properties={"battery": 1}, timestamp=at(1)))
+        feed(gone(eid))
+        feed(ev(eid, properties={"alt": 2}, timestamp=at(made_again)))
+    assert merge(store, share_of(("UAV-5", ms(9)), ("UAV-6", ms(6)))) == 1
+    assert waiting(store) == {"UAV-6"}
+    [delta] = take_deltas(store)
+    assert (delta.entity_id, delta.replace, triples(delta)) == ("UAV-6", True, {"alt": 2})
 
 
 def test_a_share_drops_the_readings_the_hub_holds_in_events_mode(tmp_path: Path) -> None:
@@ -447,6 +465,20 @@ def test_a_share_drops_the_readings_the_hub_holds_in_events_mode(tmp_path: Path)
     assert merge(store, share_of(("UAV-1", ms(2)))) == 1
     deltas = take_deltas(store)
     assert [(d.entity_id, d.updated_at) for d in deltas] == [("UAV-2", ms(2)), ("UAV-1", ms(3))]
+
+
+def test_a_share_drops_a_deletion_of_what_the_hub_holds_in_events_mode(tmp_path: Path) -> None:
+    """The merge puts the hub's copy back here (a share has no tombstones): sent, the
+    queued deletion would erase it at the hub alone, and the two would disagree."""
+    store = open_store(tmp_path / "edge.db", mode="events")
+    feed = Feed(store)
+    feed(ev("UAV-1", properties={"battery": 90}, timestamp=at(1)))
+    feed(gone("UAV-1"), gone("UAV-2"))
+    feed(ev("UAV-1", properties={"alt": 3}, timestamp=at(3)))
+    assert merge(store, share_of(("UAV-1", ms(8)))) == 3
+    # The hub never had UAV-2 in this edge's share: its deletion still goes.
+    assert [(d.entity_id, d.deleted) for d in take_deltas(store)] == [("UAV-2", True)]
+    assert store.entity("UAV-1") is not None
 
 
 @pytest.mark.parametrize("mode", ["state", "events"])
