@@ -55,7 +55,7 @@ from edge_agent.graph.service import GraphService
 from edge_agent.metrics import Metrics
 from edge_agent.nats.connection import NatsConnection
 from edge_agent.provision.identity import Identity
-from edge_agent.provision.mdns import Advertiser
+from edge_agent.provision.mdns import Advertiser, start_or_report
 from edge_agent.sync.frames import EntityDelta
 
 __all__ = ["Hub"]
@@ -78,6 +78,8 @@ class Hub:
         self.sync_input: SyncInput | None = None
         self.enrolment: Enrolment | None = None
         self._advertiser: Advertiser | None = None
+        #: ``off`` (provisioning.advertise false or no enrolment), ``on``, or ``failed: <why>``.
+        self.advertising = "off"
         self.started_at = 0.0
         self.nats = NatsConnection(
             config.nats,
@@ -337,8 +339,12 @@ class Hub:
 
     async def _start_advertising(self) -> None:
         if self.enrolment is not None and self.config.provisioning.advertise:
-            self._advertiser = hub_advertiser(self, self.config.provisioning)
-            await self._advertiser.start()
+            advertiser = hub_advertiser(self, self.config.provisioning)
+            self.advertising = await start_or_report(advertiser)
+            if self.advertising != "on":
+                self.metrics.errors.labels(reason="mdns_error").inc()
+                return
+            self._advertiser = advertiser
 
     async def _stop_advertising(self) -> None:
         if self._advertiser is not None:
@@ -419,6 +425,8 @@ class Hub:
                 "edges": len(links),
                 "connected": sum(1 for link in links if link.connected),
             }
+        if self.enrolment is not None:
+            components["provisioning"] = {"advertising": self.advertising}
         verdicts = (components["store"]["status"], components["materialiser"]["status"])
         if "down" in verdicts:
             status = "unhealthy"

@@ -358,21 +358,15 @@ class Agent:
             )
 
     async def _advertise(self, advertiser: Advertiser) -> None:
-        """Start advertising; a host where mDNS cannot run keeps the agent running.
+        """Advertise the device; where mDNS cannot run, the agent runs on without it
+        (counted, and shown in ``/health``)."""
+        from edge_agent.provision.mdns import start_or_report
 
-        Nothing else depends on being found (enrolment and sync reach out to the hub), so
-        a missing multicast route or socket option costs only discovery by the fleet
-        tooling: logged, counted, and shown in ``/health``.
-        """
-        try:
-            await advertiser.start()
-        except OSError as exc:
-            self.advertising = f"failed: {exc}"
-            self.metrics.errors.labels(reason="mdns_error").inc()
-            log.warning("provisioning: not advertised by mDNS, running on without it: %s", exc)
+        self.advertising = await start_or_report(advertiser)
+        if self.advertising == "on":
+            self._advertiser = advertiser
             return
-        self._advertiser = advertiser
-        self.advertising = "on"
+        self.metrics.errors.labels(reason="mdns_error").inc()
 
     async def _stop_advertising(self) -> None:
         if self._advertiser is not None:

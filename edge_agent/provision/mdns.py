@@ -18,11 +18,18 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 import re
 from dataclasses import dataclass
 
 import ifaddr
-from zeroconf import InterfaceChoice, IPVersion, ServiceStateChange, Zeroconf
+from zeroconf import (
+    InterfaceChoice,
+    IPVersion,
+    NonUniqueNameException,
+    ServiceStateChange,
+    Zeroconf,
+)
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
 HUB_SERVICE = "_semstreams-hub._tcp.local."
@@ -35,6 +42,9 @@ RESOLVE_TIMEOUT = 1.0
 _LOOPBACK = "127.0.0.1"
 
 
+log = logging.getLogger(__name__)
+
+
 @dataclass
 class Found:
     """One service instance found by :func:`browse`."""
@@ -43,6 +53,10 @@ class Found:
     addresses: list[str]
     port: int
     properties: dict[str, str]
+
+
+class AdvertiseError(Exception):
+    """The service could not be advertised: mDNS cannot run here, or its name is taken."""
 
 
 class Advertiser:
@@ -79,14 +93,23 @@ class Advertiser:
     async def start(self) -> None:
         """Bind mDNS, probe for the name and announce the service.
 
-        Raises ``zeroconf.NonUniqueNameException`` if another host owns the name.
+        Raises:
+            AdvertiseError: mDNS cannot run here (no multicast, an address no interface
+                has, a socket option the system lacks), or another host answers for
+                the name (a device with the same id, or a neighbour squatting it).
         """
         if self._zeroconf is not None:
             raise RuntimeError("advertiser already started")
-        self._zeroconf = _open(self.interfaces)
-        self._info = self._make_info()
         try:
+            self._zeroconf = _open(self.interfaces)
+            self._info = self._make_info()
             await self._zeroconf.async_register_service(self._info)
+        except OSError as exc:
+            await self._close()
+            raise AdvertiseError(f"mDNS cannot run here: {exc}") from exc
+        except NonUniqueNameException as exc:
+            await self._close()
+            raise AdvertiseError(f"another host answers for {self.name}") from exc
         except BaseException:
             await self._close()
             raise
@@ -121,6 +144,24 @@ class Advertiser:
             server=f"{host_label(self.instance_name)}.local.",
             parsed_addresses=list(self.addresses),
         )
+
+
+async def start_or_report(advertiser: Advertiser) -> str:
+    """Start ``advertiser``; where it cannot run, log why and go on without it.
+
+    Nothing else waits on being found (devices with a hub URL enrol and sync anyway), so
+    a host without multicast, or a LAN neighbour answering for the name, must cost only
+    discovery, never a stopped program.
+
+    Returns:
+        ``"on"``, or ``"failed: <why>"`` (for ``/health``).
+    """
+    try:
+        await advertiser.start()
+    except AdvertiseError as exc:
+        log.warning("not advertised by mDNS, running on without it: %s", exc)
+        return f"failed: {exc}"
+    return "on"
 
 
 async def browse(

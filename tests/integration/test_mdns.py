@@ -178,3 +178,30 @@ def test_updates_are_seen_and_a_stopped_advertiser_is_gone(lan: Lan) -> None:
 
     hub.stop()
     assert browse_from(a, timeout=1.5) == []
+
+
+# argv: instance name. Prints what start_or_report returned, then stops.
+START_OR_REPORT = """
+import asyncio, sys
+from edge_agent.provision.mdns import HUB_SERVICE, Advertiser, start_or_report
+
+async def main():
+    advertiser = Advertiser(HUB_SERVICE, sys.argv[1], 8080, {})
+    print(await start_or_report(advertiser), flush=True)
+    await advertiser.stop()
+
+asyncio.run(main())
+"""
+
+
+def test_a_neighbour_answering_for_the_name_costs_discovery_not_the_program(lan: Lan) -> None:
+    squatter, hub = lan.add_node("squatter"), lan.add_node("hub")
+    taken = python(squatter, ADVERTISE, "hub", json.dumps(HUB_TXT), stdin=subprocess.PIPE)
+    expect_line(taken, "ready")
+    try:
+        out, err = python(hub, START_OR_REPORT, "hub").communicate(timeout=30)
+        assert out.strip() == f"failed: another host answers for hub.{HUB_SERVICE}", err
+        assert "not advertised by mDNS, running on without it" in err
+    finally:
+        taken.kill()
+        taken.wait(5)

@@ -424,7 +424,7 @@ def test_a_device_where_mdns_cannot_run_still_enrols_and_syncs(
     health = http_json(f"{device.api}/health")[1]
     assert health["status"] == "healthy", health
     advertising = health["components"]["provisioning"]["advertising"]
-    assert advertising.startswith("failed: [Errno"), advertising
+    assert advertising.startswith("failed: mDNS cannot run here: [Errno"), advertising
     assert metric(device.api, "semstreams_errors_total", 'reason="mdns_error"') == 1
     assert "not advertised by mDNS, running on without it" in device.log_path.read_text()
 
