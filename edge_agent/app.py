@@ -60,6 +60,9 @@ __all__ = ["Agent", "Tasks", "retry_until_ready"]
 log = logging.getLogger(__name__)
 _STREAM_POLL_S = 2.0
 _JETSTREAM_READY_TIMEOUT_S = 20.0
+#: Tasks.cancel asks a task again after this long, this many times at most.
+_CANCEL_AGAIN_S = 0.5
+_CANCEL_TRIES = 20
 _T = TypeVar("_T")
 _P = ParamSpec("_P")
 
@@ -116,12 +119,29 @@ class Tasks:
             await asyncio.sleep(backoff.next())
 
     async def cancel(self) -> None:
-        """Cancel every task, newest first, and wait for them."""
+        """Cancel every task, newest first, and wait for them.
+
+        A cancellation can be swallowed: Python 3.11's ``asyncio.wait_for`` returns its
+        awaitable's result when that finished at the moment it was cancelled, and a
+        task looping around such a call runs on. So each task is asked again every
+        ``_CANCEL_AGAIN_S`` until it ends; one that never does is logged and left, so
+        that stopping the program cannot hang on it.
+        """
         for task in reversed(self._tasks):
             task.cancel()
         for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            for _ in range(_CANCEL_TRIES):
+                await asyncio.wait({task}, timeout=_CANCEL_AGAIN_S)
+                if task.done():
+                    break
+                task.cancel()
+            else:
+                log.error(
+                    "task %s ignored %d cancellations; left running", task.get_name(), _CANCEL_TRIES
+                )
+                continue
+            if not task.cancelled():
+                task.exception()  # retrieved: a failure was logged by _supervise already
         self._tasks.clear()
 
 

@@ -91,8 +91,12 @@ class Backoff:
 
     def next(self) -> float:
         """The wait after one more failure."""
-        base = min(self.maximum, self.initial * self.multiplier**self.failures)
-        self.failures += 1
+        # Compared as the exponent grows, never computed past the cap: multiplier**failures
+        # overflows a float after ~1,000 failures (a link down for hours).
+        base = self.initial * self.multiplier**self.failures
+        if base < self.maximum:
+            self.failures += 1
+        base = min(self.maximum, base)
         spread = base * self.jitter
         return max(0.0, base + self._rng.uniform(-spread, spread))
 

@@ -63,3 +63,27 @@ async def test_cancelling_stops_a_task_without_counting_a_failure() -> None:
     await started.wait()
     await tasks.cancel()
     assert failures == []
+
+
+async def test_a_task_that_swallows_a_cancellation_is_cancelled_again() -> None:
+    """As one looping around Python 3.11's wait_for, when its awaitable finishes at the
+    moment of the cancel: stopping the program hung on such a task."""
+    started = asyncio.Event()
+    swallowed = 0
+
+    async def stubborn() -> None:
+        nonlocal swallowed
+        started.set()
+        while True:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                if swallowed == 2:
+                    raise
+                swallowed += 1
+
+    tasks = Tasks()
+    tasks.spawn(stubborn, "sync")
+    await started.wait()
+    await asyncio.wait_for(tasks.cancel(), 5)
+    assert swallowed == 2

@@ -92,6 +92,13 @@ def test_backoff_grows_by_the_multiplier_up_to_the_cap() -> None:
     assert waits == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0]
 
 
+def test_backoff_stays_at_the_cap_through_any_number_of_failures() -> None:
+    # 2.0**1024 overflows a float: a link down for hours once crashed the sync task.
+    backoff = Backoff(0.1, 0.2, multiplier=2.0, jitter=0.0)
+    waits = [backoff.next() for _ in range(5000)]
+    assert waits[:2] == [0.1, 0.2] and set(waits[1:]) == {0.2}
+
+
 def test_backoff_jitter_stays_within_its_spread() -> None:
     initial, maximum, multiplier, jitter = 0.5, 30.0, 3.0, 0.2
     backoff = Backoff(initial, maximum, multiplier, jitter, rng=random.Random(42))
