@@ -44,7 +44,7 @@ from edge_agent.nats.connection import NatsConnection
 from edge_agent.nats.server import EmbeddedNatsServer
 from edge_agent.nats.subjects import DEAD_LETTER_STREAM, ENTITY_STREAM
 from edge_agent.storage import StorageWatch, watch_agent_storage
-from edge_agent.sync.pacing import Backoff
+from edge_agent.tasks import Tasks
 from edge_agent.tracing import setup_tracing, shutdown_tracing
 
 # What only some configs use (provisioning: zeroconf, cryptography; GPIO: gpiozero;
@@ -60,9 +60,6 @@ __all__ = ["Agent", "Tasks", "retry_until_ready"]
 log = logging.getLogger(__name__)
 _STREAM_POLL_S = 2.0
 _JETSTREAM_READY_TIMEOUT_S = 20.0
-#: Tasks.cancel asks a task again after this long, this many times at most.
-_CANCEL_AGAIN_S = 0.5
-_CANCEL_TRIES = 20
 _T = TypeVar("_T")
 _P = ParamSpec("_P")
 
@@ -73,76 +70,6 @@ def sync_output_settings(config: Config) -> tuple[int, WebsocketOutputConfig] | 
         if isinstance(component.config, WebsocketOutputConfig):
             return index, component.config
     return None
-
-
-class Tasks:
-    """The background tasks of a program's own parts: spawned, supervised, then cancelled
-    together.
-
-    None dies silently: a task that fails (anything but being cancelled) is logged with
-    its traceback and counted (``on_failure`` gets its name), and, unless spawned with
-    ``restart=False``, started again after a backoff (``first_wait``, doubling to 30 s).
-
-    Args:
-        on_failure: called with a task's name each time it fails.
-        first_wait: seconds before the first restart.
-    """
-
-    def __init__(
-        self, on_failure: Callable[[str], None] | None = None, first_wait: float = 1.0
-    ) -> None:
-        self._tasks: list[asyncio.Task[None]] = []
-        self._on_failure = on_failure
-        self._first_wait = first_wait
-
-    def spawn(
-        self, start: Callable[[], Awaitable[None]], name: str, *, restart: bool = True
-    ) -> None:
-        """Run ``start()`` as task ``name`` until it returns or :meth:`cancel`."""
-        task = asyncio.create_task(self._supervise(start, name, restart), name=name)
-        self._tasks.append(task)
-
-    async def _supervise(
-        self, start: Callable[[], Awaitable[None]], name: str, restart: bool
-    ) -> None:
-        backoff = Backoff(self._first_wait, 30.0)
-        while True:
-            try:
-                await start()
-                return
-            except Exception:
-                log.exception("task %s failed%s", name, "; starting it again" if restart else "")
-                if self._on_failure is not None:
-                    self._on_failure(name)
-                if not restart:
-                    return
-            await asyncio.sleep(backoff.next())
-
-    async def cancel(self) -> None:
-        """Cancel every task, newest first, and wait for them.
-
-        A cancellation can be swallowed: Python 3.11's ``asyncio.wait_for`` returns its
-        awaitable's result when that finished at the moment it was cancelled, and a
-        task looping around such a call runs on. So each task is asked again every
-        ``_CANCEL_AGAIN_S`` until it ends; one that never does is logged and left, so
-        that stopping the program cannot hang on it.
-        """
-        for task in reversed(self._tasks):
-            task.cancel()
-        for task in self._tasks:
-            for _ in range(_CANCEL_TRIES):
-                await asyncio.wait({task}, timeout=_CANCEL_AGAIN_S)
-                if task.done():
-                    break
-                task.cancel()
-            else:
-                log.error(
-                    "task %s ignored %d cancellations; left running", task.get_name(), _CANCEL_TRIES
-                )
-                continue
-            if not task.cancelled():
-                task.exception()  # retrieved: a failure was logged by _supervise already
-        self._tasks.clear()
 
 
 class Agent:

@@ -9,7 +9,6 @@ proxies keep the connection. Open streams are capped.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -23,6 +22,7 @@ from cloud_hub.dashboard.history import record_samples
 from cloud_hub.dashboard.status import Thresholds
 from edge_agent.errors import GraphError
 from edge_agent.graph import GraphStore
+from edge_agent.tasks import stop_task
 
 __all__ = ["Dashboard"]
 
@@ -91,9 +91,7 @@ class Dashboard:
     async def stop(self) -> None:
         """Stop sampling (open streams end with the server)."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await stop_task(self._task)
 
     async def _sample_forever(self) -> None:
         while True:

@@ -32,6 +32,7 @@ from cloud_hub.graphrag.embedding.client import EmbeddingClient, EmbeddingError,
 from cloud_hub.graphrag.vectors import QueuedText, QueueStats, VectorIndex, queue_stats, store, take
 from cloud_hub.metrics import HubMetrics
 from edge_agent.errors import GraphError
+from edge_agent.tasks import stop_task
 
 __all__ = ["Embedder", "Read", "Write"]
 
@@ -109,9 +110,7 @@ class Embedder:
     async def stop(self) -> None:
         """Stop draining (what is queued stays queued) and close the client."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await stop_task(self._task)
         await self.client.aclose()
 
     async def _run(self) -> None:

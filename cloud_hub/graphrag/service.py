@@ -12,7 +12,6 @@ embedding service is away.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import sqlite3
 import time
 from collections.abc import Sequence
@@ -26,6 +25,7 @@ from cloud_hub.graphrag.search import GlobalQuery, LocalQuery, Searcher, SearchQ
 from cloud_hub.metrics import HubMetrics
 from edge_agent.config.schema import EmbeddingConfig
 from edge_agent.graph.service import GraphService
+from edge_agent.tasks import stop_task
 
 __all__ = ["GraphRag"]
 
@@ -102,9 +102,7 @@ class GraphRag:
     async def stop(self) -> None:
         """Stop the community service and the embedder (what is queued stays queued)."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await stop_task(self._task)
         if self.embedder is not None:
             await self.embedder.stop()
 

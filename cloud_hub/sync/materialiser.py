@@ -30,6 +30,7 @@ from edge_agent.graph import GraphStore
 from edge_agent.metrics import Metrics
 from edge_agent.sync.codec import decode_payload
 from edge_agent.sync.frames import Batch, decode_frame
+from edge_agent.tasks import stop_task
 
 __all__ = ["Materialiser"]
 
@@ -100,9 +101,7 @@ class Materialiser:
     async def stop(self) -> None:
         """Stop applying (the position is safe in the graph)."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await stop_task(self._task)
 
     def health(self) -> dict[str, object]:
         """Running, how far behind the log, and the last error."""

@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from edge_agent.app import Tasks
+from edge_agent.tasks import Tasks
 
 
 async def test_a_failing_task_is_logged_counted_and_started_again(
@@ -25,7 +25,7 @@ async def test_a_failing_task_is_logged_counted_and_started_again(
         done.set()
 
     tasks = Tasks(on_failure=failures.append, first_wait=0.01)
-    with caplog.at_level(logging.ERROR, logger="edge_agent.app"):
+    with caplog.at_level(logging.ERROR, logger="edge_agent.tasks"):
         tasks.spawn(flaky, "sync (test)")
         await asyncio.wait_for(done.wait(), 5)
     await tasks.cancel()
