@@ -30,6 +30,7 @@ from edge_agent.config.schema import ServerTlsConfig
 from edge_agent.config.units import Duration
 from edge_agent.errors import ConfigError, NatsServerError
 from edge_agent.private_files import write_private
+from edge_agent.tasks import stop_task
 
 __all__ = ["EmbeddedNatsServer", "nats_server_binary", "sync_interval_text"]
 
@@ -172,9 +173,7 @@ class EmbeddedNatsServer:
         """Stop supervising and shut the server down (SIGTERM, then SIGKILL)."""
         self._stopping = True
         if self._supervisor:
-            self._supervisor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._supervisor
+            await stop_task(self._supervisor)
         await self._terminate()
 
     def set_aside_consumer(self, stream: str, consumer: str) -> list[Path]:
