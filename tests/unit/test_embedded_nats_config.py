@@ -129,8 +129,10 @@ def test_public_keys_are_checked_by_form_role_and_checksum() -> None:
 
 def test_the_loader_names_each_bad_authorized_nkey() -> None:
     _, good = user_key()
+    # Its checksum broken: the last character changed (to one it is not already).
+    broken = good[:-1] + ("Q" if good[-1] != "Q" else "R")
     found = problems(
-        {"nkey_seed": "/secrets/agent.seed", "authorized_nkeys": [good, "UABC", good[:-1] + "Q"]}
+        {"nkey_seed": "/secrets/agent.seed", "authorized_nkeys": [good, "UABC", broken]}
     )
     assert [p.split(":")[0] for p in found] == [
         "nats.authorized_nkeys[1]",
