@@ -20,6 +20,7 @@ from typing import Any
 
 import jwt
 import msgspec
+import psutil
 from websockets.sync.client import connect
 
 from edge_agent.config import Config, load_config_bytes
@@ -211,10 +212,21 @@ class AgentProcess:
         raise AssertionError(f"agent not up in {timeout}s: {self.log_path.read_text()[-2000:]}")
 
     def kill(self) -> None:
-        """``kill -9`` the agent and reap it."""
+        """``kill -9`` the agent, reap it, and wait for its embedded nats-server to exit.
+
+        The kernel sends the server SIGTERM when the agent dies (``PR_SET_PDEATHSIG``); it
+        still writes its store for a moment, which a test that then damages or removes
+        the state directory would race (``rmtree``: Directory not empty).
+        """
         assert self.proc is not None
+        try:
+            children = psutil.Process(self.proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:  # it died already: reaped below
+            children = []
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(10)
+        _, alive = psutil.wait_procs(children, timeout=10)
+        assert not alive, f"still running after the agent was killed: {alive}"
 
     def stop(self) -> int:
         """SIGTERM, wait, return the exit code."""
