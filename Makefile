@@ -6,12 +6,14 @@ STAMP  := $(VENV)/.installed
 # Debian packages the image build and boot tests use (tests/integration/test_image.py),
 # the chromium the browser tests drive through Playwright (tests/browser/harness.py), and the
 # curl that runs the seed's runbook lines as printed (tests/integration/test_runbooks.py).
-# qemu-user-static and binfmt-support run the arm64 image's binaries here
+# The arm64 image's binaries run here under qemu-user from bookworm-backports (bookworm's
+# 7.2 lacks what the agent's mDNS needs): image/build.py --set-up-emulation fetches it, with
+# gpgv checking Debian's signed index, and registers it with binfmt_misc
 # (tests/integration/test_image_arm64.py); qemu-system-arm boots its .img (-m image_full).
 DEBIAN_PACKAGES := debootstrap systemd-container mtools dosfstools e2fsprogs fdisk iproute2 chromium curl
 DEBIAN_TOOLS    := debootstrap systemd-nspawn mcopy mkfs.vfat mkfs.ext4 sfdisk ip chromium curl
-EMULATION_PACKAGES := qemu-user-static binfmt-support qemu-system-arm
-EMULATION_TOOLS    := qemu-aarch64-static update-binfmts qemu-system-aarch64
+EMULATION_PACKAGES := gpgv debian-archive-keyring qemu-system-arm
+EMULATION_TOOLS    := gpgv qemu-system-aarch64
 SUDO   := $(if $(filter 0,$(shell id -u)),,sudo)
 
 .PHONY: demo test lint bench soak vendor clean debian-packages emulation
@@ -40,7 +42,7 @@ endef
 debian-packages:
 	$(call apt_install,$(DEBIAN_PACKAGES),$(DEBIAN_TOOLS))
 
-## make emulation: qemu, binfmt_misc mounted and qemu-aarch64 registered, for the arm64
+## make emulation: qemu, binfmt_misc mounted and backports' qemu-aarch64 registered, for the arm64
 ## image tests (opt-in: .venv/bin/pytest --opt-in tests/integration/test_image_arm64.py;
 ## they skip, saying why, when this fails)
 emulation: $(STAMP) debian-packages

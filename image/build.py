@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import lzma
 import os
 import platform
 import re
@@ -36,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import zipfile
 from importlib import metadata
 from pathlib import Path
@@ -237,6 +239,27 @@ def base_and_role(
         applied.with_suffix(".partial").replace(applied)
 
 
+def mounts_below(mounts: str, root: Path) -> list[Path]:
+    """The mount points at or below ``root`` in a ``/proc/mounts`` text, deepest first."""
+    points = []
+    for line in mounts.splitlines():
+        fields = line.split()
+        if len(fields) < 2:
+            continue
+        # /proc/mounts writes a space, tab, newline or backslash in a path as \ooo.
+        point = Path(re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), fields[1]))
+        if point == root or root in point.parents:
+            points.append(point)
+    return sorted(points, key=lambda point: len(point.parts), reverse=True)
+
+
+def unmount_below(root: Path) -> None:
+    """Unmount whatever is mounted at or below ``root`` (a debootstrap can leave its /proc
+    mounted: seen under qemu-user 10), so neither tar nor a removal walks into it."""
+    for point in mounts_below(Path("/proc/mounts").read_text(), root.resolve()):
+        run(["umount", "--lazy", point])
+
+
 def debootstrap(rootfs: Path, cache: Path, mirror: str, arch: Arch) -> None:
     """A minbase rootfs for ``arch``, from the cache when it can be.
 
@@ -244,7 +267,7 @@ def debootstrap(rootfs: Path, cache: Path, mirror: str, arch: Arch) -> None:
     debootstrap's own tarball of the downloaded .debs (``--make-tarball``/
     ``--unpack-tarball``), and a tar of the finished base system, which makes a repeat run
     take seconds instead of minutes. A foreign arch (arm64 on an amd64 builder) runs its
-    maintainer scripts under qemu-user through binfmt_misc (see :func:`foreign_arch_ready`).
+    maintainer scripts under qemu-user through binfmt_misc (see :func:`set_up_emulation`).
     """
     packages = [*PACKAGES, *arch.extra_packages]
     key = _base_key(mirror, arch)
@@ -272,6 +295,7 @@ def debootstrap(rootfs: Path, cache: Path, mirror: str, arch: Arch) -> None:
                 INITRAMFS_MODULES
             )
         run(["debootstrap", *common, f"--unpack-tarball={debs}", SUITE, rootfs, mirror])
+        unmount_below(rootfs)
         # The .debs debootstrap leaves in the rootfs are in the tarball already.
         for deb in (rootfs / "var/cache/apt/archives").glob("*.deb"):
             deb.unlink()
@@ -502,42 +526,201 @@ def sha256(path: Path) -> str:
 
 
 BINFMT = Path("/proc/sys/fs/binfmt_misc")
+# bookworm's qemu-user (7.2) does not emulate setsockopt(IP_MULTICAST_IF), which the agent's
+# mDNS (zeroconf) calls at start: under it the agent exits "[Errno 92] Protocol not
+# available". bookworm-backports carries qemu 10, which does. Its static qemu-<machine> is
+# taken from there without touching the host's apt sources: the InRelease file verified by
+# gpgv with Debian's archive keyring, then the Packages index and the .deb checked against
+# the hashes the layer above gives.
+QEMU_SUITE = "bookworm-backports"
+QEMU_PACKAGE = "qemu-user"
+QEMU_STORE = REPO / "build/qemu-user"
+DEBIAN_KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
+# Bounds on what is read from the mirror (today InRelease ~60 KB, Packages.xz ~300 KB, the
+# .deb ~63 MB): a broken or hostile mirror cannot fill memory or the disk.
+INDEX_MAX_BYTES = 16 << 20
+DEB_MAX_BYTES = 512 << 20
 
 
-def emulation_ready(arch: Arch) -> str | None:
-    """None if this machine runs ``arch``'s binaries (natively or by qemu-user), else why."""
+class DebFile(NamedTuple):
+    """A package's entry in a Packages index: where its .deb is and what it must hash to."""
+
+    version: str
+    filename: str
+    sha256: str
+    size: int
+
+
+def release_entry(release: str, path: str) -> tuple[str, int]:
+    """The SHA256 and size a (verified) Release text gives for the index file ``path``.
+
+    Raises:
+        BuildError: if the Release text lists no SHA256 for ``path``.
+    """
+    in_sha256 = False
+    for line in release.splitlines():
+        if not line.startswith(" "):
+            in_sha256 = line.strip() == "SHA256:"
+            continue
+        words = line.split()
+        if in_sha256 and len(words) == 3 and words[2] == path and words[1].isdigit():
+            return words[0], int(words[1])
+    raise BuildError(f"the Release file lists no SHA256 for {path}")
+
+
+def package_entry(packages: str, name: str, deb_arch: str) -> DebFile:
+    """``name``'s entry for ``deb_arch`` in a Packages index (backports carries one version).
+
+    Raises:
+        BuildError: if there is none, or it lacks a field, or its path leaves ``pool/``.
+    """
+    for stanza in packages.split("\n\n"):
+        fields = dict(
+            line.split(": ", 1) for line in stanza.splitlines() if ": " in line and line[0] != " "
+        )
+        if fields.get("Package") != name or fields.get("Architecture") != deb_arch:
+            continue
+        try:
+            deb = DebFile(
+                fields["Version"], fields["Filename"], fields["SHA256"], int(fields["Size"])
+            )
+        except (KeyError, ValueError) as exc:
+            raise BuildError(f"{name}'s entry in the Packages index lacks {exc}") from None
+        # The version names a directory under the store, the filename a URL under the mirror.
+        if not re.fullmatch(r"[0-9A-Za-z.+~:-]+", deb.version) or ".." in deb.filename:
+            raise BuildError(f"{name}'s entry in the Packages index is malformed: {deb}")
+        return deb
+    raise BuildError(f"no {name} for {deb_arch} in the Packages index")
+
+
+def binfmt_line(conf: str, interpreter: Path) -> str:
+    """The package's binfmt.d line (``:name:type:offset:magic:mask:interpreter:flags``)
+    with ``interpreter`` in place of the package's path.
+
+    Raises:
+        BuildError: if ``conf`` is not one such line or lacks the F flag.
+    """
+    fields = conf.strip().split(":")
+    if len(fields) != 8 or fields[0] != "" or fields[2] != "M":
+        raise BuildError(f"unexpected binfmt.d line: {conf.strip()!r}")
+    # F: the kernel opens the interpreter at registration, so it runs inside a chroot or
+    # container that has no qemu of its own.
+    if "F" not in fields[7]:
+        raise BuildError(f"the binfmt.d line lacks the F flag: {conf.strip()!r}")
+    if ":" in str(interpreter) or any(c.isspace() for c in str(interpreter)):
+        raise BuildError(f"binfmt_misc cannot register {interpreter} (':' or a space in it)")
+    fields[6] = str(interpreter)
+    return ":".join(fields)
+
+
+def _download(url: str, limit: int) -> bytes:
+    """``url``'s body, at most ``limit`` bytes. Raises BuildError naming the URL."""
+    try:
+        with urllib.request.urlopen(url, timeout=120) as answer:
+            body: bytes = answer.read(limit + 1)
+    except OSError as exc:
+        raise BuildError(f"GET {url}: {exc}") from None
+    if len(body) > limit:
+        raise BuildError(f"GET {url}: more than {limit} bytes")
+    return body
+
+
+def _checked(body: bytes, entry: tuple[str, int], what: str) -> bytes:
+    """``body`` if it has the (sha256, size) its index gives; else BuildError."""
+    digest = hashlib.sha256(body).hexdigest()
+    if (digest, len(body)) != entry:
+        raise BuildError(f"{what}: sha256 {digest}, {len(body)} bytes; the index says {entry}")
+    return body
+
+
+def fetch_qemu_user(mirror: str, arch: Arch, store: Path) -> Path:
+    """Backports' qemu-``arch.machine``, in ``store/<pool file name>/`` with its ``binfmt.conf``.
+
+    Raises:
+        BuildError: naming the URL, the command or the mismatch.
+    """
+    host = next((a.name for a in ARCHES.values() if a.machine == platform.machine()), None)
+    if host is None:
+        raise BuildError(f"no Debian arch known for this {platform.machine()} host")
+    if not DEBIAN_KEYRING.exists():
+        raise BuildError(f"{DEBIAN_KEYRING} missing (apt-get install debian-archive-keyring)")
+    dists = f"{mirror}/dists/{QEMU_SUITE}"
+    store.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=store) as scratch:
+        signed = Path(scratch) / "InRelease"
+        signed.write_bytes(_download(f"{dists}/InRelease", INDEX_MAX_BYTES))
+        # --output: only the text the signature covers is read further.
+        release = run(["gpgv", "--keyring", DEBIAN_KEYRING, "--output", "-", signed])
+        index = f"main/binary-{host}/Packages.xz"
+        body = _checked(_download(f"{dists}/{index}", INDEX_MAX_BYTES),
+                        release_entry(release, index), index)  # fmt: skip
+        deb = package_entry(lzma.decompress(body).decode(), QEMU_PACKAGE, host)
+        # The pool file's name, epoch-less: binfmt_misc's fields are split on ':'.
+        target = store / Path(deb.filename).name.removesuffix(".deb")
+        if (target / "binfmt.conf").exists():
+            return target / f"qemu-{arch.machine}"
+        package = Path(scratch) / "package.deb"
+        package.write_bytes(_checked(_download(f"{mirror}/{deb.filename}", DEB_MAX_BYTES),
+                                     (deb.sha256, deb.size), deb.filename))  # fmt: skip
+        binary = f"usr/bin/qemu-{arch.machine}"
+        conf = f"usr/share/qemu/binfmt.d/qemu-{arch.machine}.conf"
+        with subprocess.Popen(["dpkg-deb", "--fsys-tarfile", package],
+                              stdout=subprocess.PIPE) as unpack:  # fmt: skip
+            run(["tar", "-x", "-C", scratch, f"./{binary}", f"./{conf}"], stdin=unpack.stdout)
+        if unpack.returncode != 0:
+            raise BuildError(f"dpkg-deb --fsys-tarfile {deb.filename} exited {unpack.returncode}")
+        unpacked = Path(scratch) / "unpacked"
+        unpacked.mkdir()
+        os.rename(Path(scratch) / binary, unpacked / f"qemu-{arch.machine}")
+        line = binfmt_line((Path(scratch) / conf).read_text(), target / f"qemu-{arch.machine}")
+        (unpacked / "binfmt.conf").write_text(line + "\n")
+        shutil.rmtree(target, ignore_errors=True)
+        os.rename(unpacked, target)
+    return target / f"qemu-{arch.machine}"
+
+
+def emulation_ready(arch: Arch, store: Path = QEMU_STORE) -> str | None:
+    """None if this machine runs ``arch``'s binaries (natively, or by a qemu-user from
+    ``store`` registered with the F flag), else why."""
     if arch.machine == platform.machine():
         return None
     handler = BINFMT / f"qemu-{arch.machine}"
     if not (BINFMT / "status").exists():
         return f"binfmt_misc is not mounted on {BINFMT}"
     if not handler.exists():
-        return f"no {handler} handler (apt-get install qemu-user-static binfmt-support)"
+        return f"no {handler} handler (image/build.py --arch {arch.name} --set-up-emulation)"
     text = handler.read_text()
     if not text.startswith("enabled"):
         return f"{handler} is disabled"
-    # F: the kernel opens the interpreter at registration, so it works inside a chroot
-    # or container that has no qemu of its own.
-    flags = next((line.split()[1] for line in text.splitlines() if line.startswith("flags:")), "")
-    if "F" not in flags:
-        return f"{handler} lacks the F flag (flags: {flags!r}); the chroot cannot find qemu"
+    fields = dict(line.split(" ", 1) for line in text.splitlines() if " " in line)
+    if "F" not in fields.get("flags:", ""):
+        return f"{handler} lacks the F flag (flags: {fields.get('flags:')!r})"
+    interpreter = Path(fields.get("interpreter", ""))
+    if interpreter.parent.parent != store or not interpreter.exists():
+        return f"{handler} runs {interpreter}, not backports' qemu from {store}"
     return None
 
 
-def set_up_emulation(arch: Arch) -> None:
-    """Mount binfmt_misc and register qemu-user for ``arch`` if needed.
+def set_up_emulation(arch: Arch, mirror: str = MIRROR, store: Path = QEMU_STORE) -> None:
+    """Mount binfmt_misc and register backports' qemu-user for ``arch`` if needed (in
+    place of any other handler of that name, e.g. bookworm's qemu-user-static).
 
     Raises:
         BuildError: naming the command that failed and its error.
     """
-    if emulation_ready(arch) is None:
+    if emulation_ready(arch, store) is None:
         return
     if not (BINFMT / "status").exists():
         run(["mount", "-t", "binfmt_misc", "binfmt_misc", BINFMT])
-    if shutil.which("update-binfmts") is None:
-        raise BuildError("update-binfmts not found (apt-get install binfmt-support)")
-    run(["update-binfmts", "--enable", f"qemu-{arch.machine}"])
-    if reason := emulation_ready(arch):
+    binary = fetch_qemu_user(mirror, arch, store)
+    handler = BINFMT / f"qemu-{arch.machine}"
+    try:
+        if handler.exists():
+            handler.write_text("-1")  # unregisters it
+        (BINFMT / "register").write_text((binary.parent / "binfmt.conf").read_text())
+    except OSError as exc:
+        raise BuildError(f"registering {binary} in {BINFMT}: {exc}") from None
+    if reason := emulation_ready(arch, store):
         raise BuildError(reason)
 
 
@@ -549,9 +732,10 @@ def build(out: Path, cache: Path, mirror: str, name: str, arch: Arch) -> dict[st
                if shutil.which(t) is None]  # fmt: skip
     if missing:
         raise BuildError(f"missing tools: {', '.join(missing)} (see .ci/run for the packages)")
-    set_up_emulation(arch)
+    set_up_emulation(arch, mirror)
     steps = Steps()
     rootfs = out / "rootfs"
+    unmount_below(rootfs)
     shutil.rmtree(rootfs, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
     with steps("wheelhouse"):
@@ -606,7 +790,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or REPO / ("build/image" if arch.name == "amd64" else f"build/image-{arch.name}")
     try:
         if args.set_up_emulation:
-            set_up_emulation(arch)
+            set_up_emulation(arch, args.mirror)
             print(f"{arch.name}: binaries run here ({platform.machine()} host)")
             return 0
         info = build(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import json
 import os
 import signal
@@ -16,6 +17,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import jwt
@@ -37,6 +39,16 @@ JWT_SECRET = "test-secret-0123456789abcdef0123456789"
 #: handed out again once its socket is closed, and a test asking for several (a
 #: cluster's nine) would then give two listeners the same one.
 _handed_out: set[int] = set()
+
+
+def load_image_build() -> ModuleType:
+    """``image/build.py`` as a module (a script, not a package: loaded by path)."""
+    path = Path(__file__).resolve().parents[1] / "image/build.py"
+    spec = importlib.util.spec_from_file_location("image_build", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def free_port() -> int:

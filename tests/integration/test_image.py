@@ -12,7 +12,6 @@ test only watches (the hub's API, the agent's ``/health``, ``systemctl show`` in
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import os
 import re
@@ -23,13 +22,13 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from tests.helpers import load_image_build
 from tests.integration.test_fleet_inventory import plain
 from tests.integration.test_zero_touch import API_PORT, http, hub_config, start, wait_until
 from tests.netns import Lan, Node, cleanup_stale, netns_available
@@ -42,15 +41,7 @@ AGENT_UNIT = "semstreams-edge.service"
 BOOT_TO_HUB_S = 60.0
 
 
-def _load_build_module() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("image_build", REPO / "image/build.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-build = _load_build_module()
+build = load_image_build()
 
 
 def _namespaces_forbidden() -> str | None:
