@@ -123,12 +123,24 @@ def hub(lan: Lan, tmp_path_factory: pytest.TempPathFactory) -> Hub:
 class Device:
     """A copy of the image's rootfs booted by systemd-nspawn in a node's namespace."""
 
-    def __init__(self, image: dict[str, Any], node: Node, workdir: Path, **provision: str):
+    def __init__(
+        self,
+        image: dict[str, Any],
+        node: Node,
+        workdir: Path,
+        drop_ins: dict[str, str] | None = None,
+        **provision: str,
+    ):
         self.node = node
         self.root = workdir / "rootfs"
         self.boot = workdir / "boot"
         self.log = workdir / "nspawn.log"
         subprocess.run(["cp", "-a", image["rootfs"], self.root], check=True)
+        # Unit drop-ins written into this copy only (path under /etc/systemd/system: text).
+        for name, text in (drop_ins or {}).items():
+            path = self.root / "etc/systemd/system" / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
         self._boot_partition(Path(image["image"]), workdir, provision)
         self.started = time.monotonic()
         with self.log.open("wb") as log:
@@ -212,14 +224,17 @@ class Device:
 class Fleet:
     """Boots devices from the image, each in a new node of the Lan; stops them all."""
 
-    def __init__(self, image: dict[str, Any], lan: Lan, workdir: Path) -> None:
-        self.image, self.lan, self.workdir = image, lan, workdir
+    def __init__(
+        self, image: dict[str, Any], lan: Lan, workdir: Path, drop_ins: dict[str, str] | None = None
+    ) -> None:
+        self.image, self.lan, self.workdir, self.drop_ins = image, lan, workdir, drop_ins
         self.devices: list[Device] = []
 
     def boot(self, name: str, **provision: str) -> Device:
         workdir = self.workdir / name
         workdir.mkdir()
-        device = Device(self.image, self.lan.add_node(name), workdir, **provision)
+        node = self.lan.add_node(name)
+        device = Device(self.image, node, workdir, self.drop_ins, **provision)
         self.devices.append(device)
         return device
 
@@ -231,10 +246,20 @@ class Fleet:
 
 
 @pytest.fixture(scope="module")
+def drop_ins() -> dict[str, str]:
+    """Unit drop-ins the booted copies get (none: the amd64 devices run the units as
+    shipped; the arm64 module overrides this for what qemu-user cannot do)."""
+    return {}
+
+
+@pytest.fixture(scope="module")
 def fleet(
-    image: dict[str, Any], lan: Lan, tmp_path_factory: pytest.TempPathFactory
+    image: dict[str, Any],
+    lan: Lan,
+    tmp_path_factory: pytest.TempPathFactory,
+    drop_ins: dict[str, str],
 ) -> Iterator[Fleet]:
-    booted = Fleet(image, lan, tmp_path_factory.mktemp("devices"))
+    booted = Fleet(image, lan, tmp_path_factory.mktemp("devices"), drop_ins)
     yield booted
     booted.stop()
 
