@@ -202,9 +202,11 @@ def _base_key(mirror: str, arch: Arch) -> str:
 
 def _role_key(base_key: str, wheels: Path) -> str:
     """What the rootfs with the role applied depends on: the base system, the role and
-    playbook files, and every wheel's contents (its members, not the zip's timestamps)."""
+    playbook files, the units the role copies from ``systemd/``, and every wheel's
+    contents (its members, not the zip's timestamps)."""
     digest = hashlib.sha256(base_key.encode())
-    for path in sorted((REPO / "ansible").rglob("*")):
+    files = [*(REPO / "ansible").rglob("*"), *(REPO / "systemd").rglob("*")]
+    for path in sorted(files):
         if path.is_file() and "__pycache__" not in path.parts:
             digest.update(f"{path.relative_to(REPO)}\0".encode() + path.read_bytes())
     for wheel in sorted(wheels.glob("*.whl")):
