@@ -132,6 +132,23 @@ FSTAB = (
 )
 # A private key in PEM (the armour lines with a body between: ssh and TLS libraries carry
 # the first line alone as a format string), and a claim token (ct_<id>.<secret>).
+# The Debian-archive arm64 image's wired network (pi-gen's Raspberry Pi OS brings its own):
+# DHCP on every Ethernet port (a Pi's end0/eth0, qemu's virtio NIC) by systemd-networkd,
+# part of bookworm's systemd package. Not in a container (the nspawn tests), whose network
+# the host has set up: there networkd and its wait-online are skipped by condition.
+WIRED_NETWORK = """\
+# SemStreams Edge image (image/build.py): DHCP on the wired ports.
+[Match]
+Type=ether
+
+[Network]
+DHCP=yes
+"""
+NETWORKD_NOT_IN_CONTAINER = """\
+# SemStreams Edge image (image/build.py): a container's network is the host's doing.
+[Unit]
+ConditionVirtualization=!container
+"""
 PRIVATE_KEY = re.compile(
     rb"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----\s+[A-Za-z0-9+/=\s]{40,}?"
     rb"-----END [A-Z0-9 ]*PRIVATE KEY-----"
@@ -317,6 +334,12 @@ def configure(rootfs: Path, arch: Arch) -> None:
     defaults = rootfs / "etc/default/raspi-firmware"
     lines = [line for line in defaults.read_text().splitlines() if not line.startswith("ROOTPART=")]
     defaults.write_text("\n".join([*lines, f"ROOTPART=LABEL={ROOT_LABEL}"]) + "\n")
+    (rootfs / "etc/systemd/network/20-wired.network").write_text(WIRED_NETWORK)
+    for unit in ("systemd-networkd.service", "systemd-networkd-wait-online.service"):
+        drop_in = rootfs / f"etc/systemd/system/{unit}.d/semstreams.conf"
+        drop_in.parent.mkdir(parents=True, exist_ok=True)
+        drop_in.write_text(NETWORKD_NOT_IN_CONTAINER)
+    run(["systemctl", f"--root={rootfs}", "--quiet", "enable", "systemd-networkd.service"])
 
 
 def wheelhouse(target: Path, arch: Arch, cache: Path) -> None:
