@@ -11,13 +11,14 @@ same :class:`tests.netns.Lan`, and its watchdog test runs here again against thi
 The agent's own tests also run inside a copy of the rootfs, with the image's venv and
 pure-Python test tools: see :func:`test_the_agent_suite_slice_passes_on_aarch64`.
 
-Without binfmt_misc or qemu-user-static the module skips, saying which command failed
-and how (``make emulation`` sets them up: ``image/build.py --set-up-emulation``).
+Without binfmt_misc or bookworm-backports' qemu-user the module skips, saying which
+command or download failed and how (the image fixture sets them up, as ``make emulation``
+does: ``image/build.py --set-up-emulation``).
 
 Opt-in as a whole (``make emulation && .venv/bin/pytest --opt-in
-tests/integration/test_image_arm64.py``): a cold arm64 build takes 18-22 minutes here
-(the role under qemu-user alone 5-9), which does not fit ``make test``'s 30 minutes on a
-fresh machine next to the rest.
+tests/integration/test_image_arm64.py``): from an empty cache the module took 1034 s here
+(the build 793 s of it), which does not fit ``make test``'s 30 minutes on a fresh machine
+next to the rest.
 """
 
 from __future__ import annotations
