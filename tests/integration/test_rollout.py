@@ -38,6 +38,7 @@ from tests.integration.test_image import (
     Hub,
     _playbook,
     authorize,
+    drop_ins,
     fleet,
     hub,
     image,
@@ -46,7 +47,7 @@ from tests.integration.test_image import (
 )
 from tests.integration.test_zero_touch import API_PORT, http, wait_until
 
-__all__ = ["fleet", "hub", "image", "lan"]  # fixtures, imported for pytest
+__all__ = ["drop_ins", "fleet", "hub", "image", "lan"]  # fixtures, imported for pytest
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
