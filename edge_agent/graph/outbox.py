@@ -26,7 +26,7 @@ from typing import Literal
 
 import msgspec
 
-from edge_agent.graph.statements import RDF_TYPE
+from edge_agent.graph.statements import RDF_TYPE, ROWS_PER_STATEMENT
 from edge_agent.sync.codec import compress, msgpack_array
 from edge_agent.sync.filters import SyncFilter, compile_filter
 from edge_agent.sync.frames import EntityDelta
@@ -35,6 +35,7 @@ __all__ = [
     "Backlog",
     "BatchLimits",
     "OutboxBatch",
+    "QueuedReading",
     "SyncMode",
     "acked_seq",
     "acknowledge",
@@ -43,6 +44,7 @@ __all__ = [
     "drop_held_by_hub",
     "dropped",
     "next_change_seq",
+    "queued_readings",
     "record_events",
     "record_state",
     "requeue_all",
@@ -359,10 +361,9 @@ def resume(db: sqlite3.Connection, hwm: int) -> list[OutboxBatch]:
 
 
 # A waiting change the hub already holds at least as new: the entity here is no newer
-# than the hub's copy (a deletion or a whole resend is always kept).
-# A reset row (deleted, or deleted and made again) goes too: it would replace the hub's
-# copy whole with this entity, which the share's merge has just made the hub's copy
-# when that was newer.
+# than the hub's copy. A reset row (deleted, or deleted and made again) goes too: sent,
+# it would replace the hub's copy whole with this entity, which the share's merge has
+# just made the hub's copy when that was newer.
 _HELD_BY_HUB = """
 DELETE FROM sync_outbox
 WHERE entity_id = ?1
@@ -370,7 +371,27 @@ WHERE entity_id = ?1
 """
 
 
-def waiting_resets(db: sqlite3.Connection, ids: Sequence[str]) -> dict[str, int]:
+class QueuedReading(msgspec.Struct, frozen=True):
+    """One events-mode row waiting to be sent, decoded."""
+
+    seq: int
+    queued_at: int
+    delta: EntityDelta
+
+
+def queued_readings(db: sqlite3.Connection) -> list[QueuedReading]:
+    """Every events-mode reading waiting to be sent, oldest first (none in state mode).
+
+    A resync's chunk reads them once for :func:`waiting_resets` and
+    :func:`drop_held_by_hub` both (the merge between them does not touch them).
+    """
+    rows = db.execute("SELECT seq, queued_at, delta FROM sync_events ORDER BY seq")
+    return [QueuedReading(seq, at, _delta_decoder.decode(blob)) for seq, at, blob in rows]
+
+
+def waiting_resets(
+    db: sqlite3.Connection, ids: Sequence[str], readings: Sequence[QueuedReading]
+) -> dict[str, int]:
     """Entity id -> how new this edge's whole state of it is (ms), for those of ``ids``
     deleted here (and perhaps made again) since the hub last heard of them.
 
@@ -380,10 +401,13 @@ def waiting_resets(db: sqlite3.Connection, ids: Sequence[str]) -> dict[str, int]
     entity's ``updated_at``, or for one still deleted, when its waiting change was
     queued (in state mode, first queued: a hub copy stamped between that and the
     deletion is taken as the newer).
+
+    Args:
+        readings: :func:`queued_readings`.
     """
     found: dict[str, int] = {}
-    for start in range(0, len(ids), 500):
-        part = ids[start : start + 500]
+    for start in range(0, len(ids), ROWS_PER_STATEMENT):
+        part = ids[start : start + ROWS_PER_STATEMENT]
         found.update(
             db.execute(
                 "SELECT entity_id, queued_at FROM sync_outbox"
@@ -392,10 +416,9 @@ def waiting_resets(db: sqlite3.Connection, ids: Sequence[str]) -> dict[str, int]
             ).fetchall()
         )
     wanted = set(ids)
-    for queued_at, blob in db.execute("SELECT queued_at, delta FROM sync_events ORDER BY seq"):
-        delta = _delta_decoder.decode(blob)
-        if delta.deleted and delta.entity_id in wanted:
-            found[delta.entity_id] = queued_at
+    for reading in readings:
+        if reading.delta.deleted and reading.delta.entity_id in wanted:
+            found[reading.delta.entity_id] = reading.queued_at
     for eid in found:
         row = db.execute("SELECT updated_at FROM entities WHERE id = ?", (eid,)).fetchone()
         if row is not None:
@@ -403,7 +426,9 @@ def waiting_resets(db: sqlite3.Connection, ids: Sequence[str]) -> dict[str, int]
     return found
 
 
-def drop_held_by_hub(db: sqlite3.Connection, hub_stamps: Mapping[str, int]) -> int:
+def drop_held_by_hub(
+    db: sqlite3.Connection, hub_stamps: Mapping[str, int], readings: Sequence[QueuedReading]
+) -> int:
     """Drop the waiting changes the hub's copy already covers, in a resync's transaction.
 
     An edge restored from a backup (or rebuilt) still holds changes its lost self sent
@@ -413,19 +438,15 @@ def drop_held_by_hub(db: sqlite3.Connection, hub_stamps: Mapping[str, int]) -> i
 
     Args:
         hub_stamps: entity id -> ``updated_at`` of the hub's copy of this edge's share.
+        readings: :func:`queued_readings`, read in the same transaction.
 
     Returns:
         The waiting rows dropped (of either mode's table).
     """
     before = db.total_changes
     db.executemany(_HELD_BY_HUB, hub_stamps.items())
-    if db.execute("SELECT EXISTS (SELECT 1 FROM sync_events)").fetchone()[0]:
-        doomed = [
-            (seq,)
-            for seq, blob in db.execute("SELECT seq, delta FROM sync_events")
-            if _held_by_hub(_delta_decoder.decode(blob), hub_stamps)
-        ]
-        db.executemany("DELETE FROM sync_events WHERE seq = ?", doomed)
+    doomed = [(r.seq,) for r in readings if _held_by_hub(r.delta, hub_stamps)]
+    db.executemany("DELETE FROM sync_events WHERE seq = ?", doomed)
     return db.total_changes - before
 
 

@@ -85,7 +85,9 @@ def merge_share(
     """
     changed = 0
     touched: set[str] = set()
-    replaced_here = outbox.waiting_resets(db, [d.entity_id for d in deltas if not d.deleted])
+    readings = outbox.queued_readings(db)
+    ids = [d.entity_id for d in deltas if not d.deleted]
+    replaced_here = outbox.waiting_resets(db, ids, readings)
     kept = [
         d for d in deltas if not d.deleted and d.updated_at > replaced_here.get(d.entity_id, -1)
     ]
@@ -112,5 +114,5 @@ def merge_share(
         if indexes.spatial:
             db.execute(UPDATE_SPATIAL, {"id": eid})
     stamps = {delta.entity_id: delta.updated_at for delta in kept}
-    held = outbox.drop_held_by_hub(db, stamps)
+    held = outbox.drop_held_by_hub(db, stamps, readings)
     return ShareMerge(changed, frozenset(touched), held)
