@@ -78,8 +78,6 @@ class Hub:
         self.sync_input: SyncInput | None = None
         self.enrolment: Enrolment | None = None
         self._advertiser: Advertiser | None = None
-        #: ``off`` (provisioning.advertise false or no enrolment), ``on``, or ``failed: <why>``.
-        self.advertising = "off"
         self.started_at = 0.0
         self.nats = NatsConnection(
             config.nats,
@@ -339,12 +337,9 @@ class Hub:
 
     async def _start_advertising(self) -> None:
         if self.enrolment is not None and self.config.provisioning.advertise:
-            advertiser = hub_advertiser(self, self.config.provisioning)
-            self.advertising = await start_or_report(advertiser)
-            if self.advertising != "on":
-                self.metrics.errors.labels(reason="mdns_error").inc()
-                return
-            self._advertiser = advertiser
+            self._advertiser = hub_advertiser(self, self.config.provisioning)
+            mdns_errors = self.metrics.errors.labels(reason="mdns_error")
+            await start_or_report(self._advertiser, mdns_errors.inc)
 
     async def _stop_advertising(self) -> None:
         if self._advertiser is not None:
@@ -426,7 +421,8 @@ class Hub:
                 "connected": sum(1 for link in links if link.connected),
             }
         if self.enrolment is not None:
-            components["provisioning"] = {"advertising": self.advertising}
+            advertising = self._advertiser.status if self._advertiser else "off"
+            components["provisioning"] = {"advertising": advertising}
         verdicts = (components["store"]["status"], components["materialiser"]["status"])
         if "down" in verdicts:
             status = "unhealthy"

@@ -89,8 +89,6 @@ class Agent:
         self.provisioner: Provisioner | None = None
         self.storage: StorageWatch | None = None
         self._advertiser: Advertiser | None = None
-        #: ``off`` (provisioning.advertise false), ``on``, or ``failed: <why>``.
-        self.advertising = "off"
         self._tasks = Tasks(on_failure=lambda name: self.metrics.task_failures.labels(name).inc())
         self._stream_stats = {"dead_letters": 0, "stream_pending": 0}
         self.started_at = 0.0
@@ -281,7 +279,7 @@ class Agent:
         settings = self.config.provisioning
         if self.provisioner is None:
             return
-        from edge_agent.provision.mdns import EDGE_SERVICE, Advertiser
+        from edge_agent.provision.mdns import EDGE_SERVICE, Advertiser, start_or_report
 
         if settings.advertise:
             properties = {
@@ -289,31 +287,22 @@ class Agent:
                 "version": __version__,
                 "api_port": str(self.http_port),
             }
-            advertiser = Advertiser(
+            self._advertiser = Advertiser(
                 EDGE_SERVICE,
                 self.config.platform.id,
                 self.http_port,
                 properties,
                 interfaces=settings.interfaces or None,
             )
-            await self._advertise(advertiser)
+            # Where mDNS cannot run, the agent runs on without it (counted, in /health).
+            mdns_errors = self.metrics.errors.labels(reason="mdns_error")
+            await start_or_report(self._advertiser, mdns_errors.inc)
         if sync_output_settings(self.config) is None:
             # Not restarted: it starts the sync link once, and a second one would fight it.
             provisioner = self.provisioner
             self._tasks.spawn(
                 lambda: self._enrol_and_sync(provisioner), "provisioning", restart=False
             )
-
-    async def _advertise(self, advertiser: Advertiser) -> None:
-        """Advertise the device; where mDNS cannot run, the agent runs on without it
-        (counted, and shown in ``/health``)."""
-        from edge_agent.provision.mdns import start_or_report
-
-        self.advertising = await start_or_report(advertiser)
-        if self.advertising == "on":
-            self._advertiser = advertiser
-            return
-        self.metrics.errors.labels(reason="mdns_error").inc()
 
     async def _stop_advertising(self) -> None:
         if self._advertiser is not None:
@@ -538,7 +527,7 @@ class Agent:
         if self.provisioner is not None:
             components["provisioning"] = {
                 "status": self.provisioner.status,
-                "advertising": self.advertising,
+                "advertising": self._advertiser.status if self._advertiser else "off",
                 "device_key": self.provisioner.identity.fingerprint,
                 "hub_key": self.provisioner.hub_fingerprint,
             }

@@ -20,6 +20,7 @@ import asyncio
 import ipaddress
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import ifaddr
@@ -84,6 +85,15 @@ class Advertiser:
         self.addresses = addresses if addresses is not None else advertised_addresses(interfaces)
         self._zeroconf: AsyncZeroconf | None = None
         self._info: AsyncServiceInfo | None = None
+        #: Why the last :meth:`start` failed ("" when it did not).
+        self.failure = ""
+
+    @property
+    def status(self) -> str:
+        """For ``/health``: ``on``, ``off`` (not started, or stopped), or ``failed: <why>``."""
+        if self._zeroconf is not None:
+            return "on"
+        return f"failed: {self.failure}" if self.failure else "off"
 
     @property
     def name(self) -> str:
@@ -106,10 +116,12 @@ class Advertiser:
             await self._zeroconf.async_register_service(self._info)
         except OSError as exc:
             await self._close()
-            raise AdvertiseError(f"mDNS cannot run here: {exc}") from exc
+            self.failure = f"mDNS cannot run here: {exc}"
+            raise AdvertiseError(self.failure) from exc
         except NonUniqueNameException as exc:
             await self._close()
-            raise AdvertiseError(f"another host answers for {self.name}") from exc
+            self.failure = f"another host answers for {self.name}"
+            raise AdvertiseError(self.failure) from exc
         except BaseException:
             await self._close()
             raise
@@ -146,22 +158,19 @@ class Advertiser:
         )
 
 
-async def start_or_report(advertiser: Advertiser) -> str:
-    """Start ``advertiser``; where it cannot run, log why and go on without it.
+async def start_or_report(advertiser: Advertiser, on_failure: Callable[[], None]) -> None:
+    """Start ``advertiser``; where it cannot run, log why, call ``on_failure`` and go on
+    without it (its :attr:`~Advertiser.status` says why).
 
     Nothing else waits on being found (devices with a hub URL enrol and sync anyway), so
     a host without multicast, or a LAN neighbour answering for the name, must cost only
     discovery, never a stopped program.
-
-    Returns:
-        ``"on"``, or ``"failed: <why>"`` (for ``/health``).
     """
     try:
         await advertiser.start()
     except AdvertiseError as exc:
         log.warning("not advertised by mDNS, running on without it: %s", exc)
-        return f"failed: {exc}"
-    return "on"
+        on_failure()
 
 
 async def browse(

@@ -180,14 +180,17 @@ def test_updates_are_seen_and_a_stopped_advertiser_is_gone(lan: Lan) -> None:
     assert browse_from(a, timeout=1.5) == []
 
 
-# argv: instance name. Prints what start_or_report returned, then stops.
+# argv: instance name. Prints the advertiser's status after start_or_report, then how
+# many times it called its on_failure, then stops.
 START_OR_REPORT = """
 import asyncio, sys
 from edge_agent.provision.mdns import HUB_SERVICE, Advertiser, start_or_report
 
 async def main():
     advertiser = Advertiser(HUB_SERVICE, sys.argv[1], 8080, {})
-    print(await start_or_report(advertiser), flush=True)
+    failures = []
+    await start_or_report(advertiser, lambda: failures.append(1))
+    print(advertiser.status, len(failures), sep="\\n", flush=True)
     await advertiser.stop()
 
 asyncio.run(main())
@@ -200,7 +203,9 @@ def test_a_neighbour_answering_for_the_name_costs_discovery_not_the_program(lan:
     expect_line(taken, "ready")
     try:
         out, err = python(hub, START_OR_REPORT, "hub").communicate(timeout=30)
-        assert out.strip() == f"failed: another host answers for hub.{HUB_SERVICE}", err
+        status, failures = out.splitlines()
+        assert status == f"failed: another host answers for hub.{HUB_SERVICE}", err
+        assert failures == "1", out
         assert "not advertised by mDNS, running on without it" in err
     finally:
         taken.kill()
