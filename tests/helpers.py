@@ -41,10 +41,11 @@ JWT_SECRET = "test-secret-0123456789abcdef0123456789"
 _handed_out: set[int] = set()
 
 
-def load_image_build() -> ModuleType:
-    """``image/build.py`` as a module (a script, not a package: loaded by path)."""
-    path = Path(__file__).resolve().parents[1] / "image/build.py"
-    spec = importlib.util.spec_from_file_location("image_build", path)
+def load_script(path: str, name: str) -> ModuleType:
+    """The repository's file ``path`` (a script or plugin, not in a package) as module
+    ``name``, loaded by path: putting its directory on ``sys.path`` would let its
+    neighbours' names (bench/'s sync, hub, common, ...) shadow other modules."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -4,22 +4,13 @@ status, missing when nothing answers. The benchmark's figures rest on these coun
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from edge_agent.app import Agent
+from tests.helpers import load_script
 
-# Loaded from its file: putting bench/ on sys.path would let its script names (sync,
-# hub, common, ...) shadow other modules for the rest of the session.
-_PATH = Path(__file__).resolve().parents[2] / "bench" / "publisher.py"
-_SPEC = importlib.util.spec_from_file_location("bench_publisher", _PATH)
-assert _SPEC is not None and _SPEC.loader is not None
-_MODULE = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(_MODULE)
-publish_messages = _MODULE.publish_messages
+publish_messages = load_script("bench/publisher.py", "bench_publisher").publish_messages
 
 
 async def test_every_message_is_acked_refused_or_missing(agent: Agent, nats_client: Client) -> None:

@@ -28,7 +28,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from tests.helpers import load_image_build
+from tests.helpers import load_script
 from tests.integration.test_fleet_inventory import plain
 from tests.integration.test_zero_touch import API_PORT, http, hub_config, start, wait_until
 from tests.netns import Lan, Node, cleanup_stale, netns_available
@@ -41,7 +41,7 @@ AGENT_UNIT = "semstreams-edge.service"
 BOOT_TO_HUB_S = 60.0
 
 
-build = load_image_build()
+build = load_script("image/build.py", "image_build")
 
 
 def _namespaces_forbidden() -> str | None:

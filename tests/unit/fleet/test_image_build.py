@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import load_image_build
+from tests.helpers import load_script
 
-build = load_image_build()
+build = load_script("image/build.py", "image_build")
 
 RELEASE = """\
 Origin: Debian Backports

@@ -3,9 +3,7 @@ and groups; the filters that render the NATS cluster's config for the roles."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 from types import ModuleType
 
 import pytest
@@ -18,17 +16,11 @@ from cloud_hub.provision.inventory import (
     from_registry,
     parse_devices,
 )
-
-REPO = Path(__file__).resolve().parents[3]
+from tests.helpers import load_script
 
 
 def _filters() -> ModuleType:
-    path = REPO / "ansible/filter_plugins/semstreams_cluster.py"
-    spec = importlib.util.spec_from_file_location("semstreams_cluster", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("ansible/filter_plugins/semstreams_cluster.py", "semstreams_cluster")
 
 
 def test_registry_devices_become_hosts_in_their_groups() -> None:
