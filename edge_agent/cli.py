@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import signal
 import ssl
 import sys
@@ -94,6 +95,19 @@ def _status_line(service: Service) -> str:
         return f"running (no status: {exc})"
 
 
+def _freeze_start_up_heap() -> None:
+    """Take what start-up built out of the cyclic collector's sight.
+
+    Modules, config, the app and its routes live as long as the process, yet every full
+    collection walked all of them: the graph writer triggers those while it allocates a
+    batch's rows, and paid for them (8.5 % of its samples under the ingest benchmark,
+    2.4 % in the same writes without the agent around them). Start-up's own garbage is
+    collected first, so freezing keeps nothing that is already dead.
+    """
+    gc.collect()
+    gc.freeze()
+
+
 def run_service(service: Service, prog: str) -> int:
     """Start ``service``, run it until SIGTERM or SIGINT, stop it; the exit code.
 
@@ -117,6 +131,7 @@ def run_service(service: Service, prog: str) -> int:
             await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
             if starting.done():
                 starting.result()
+                _freeze_start_up_heap()
                 # start() returning means NATS, the store and the API are up.
                 notifier.ready(_status_line(service))
                 pinging = asyncio.create_task(keep_alive(notifier, lambda: _status_line(service)))
