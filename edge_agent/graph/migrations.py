@@ -152,6 +152,13 @@ _M006_POSITION_MARK = """
         ALTER TABLE consumer_state ADD COLUMN seen_seq INTEGER NOT NULL DEFAULT 0;
 """
 
+# When a waiting outbox row's entity was last deleted here (ms; 0: not deleted while it
+# waited, or queued before this column). A resync compares the hub's copy with it:
+# ``queued_at`` is when the row was first queued, which may be long before the deletion.
+_M007_OUTBOX_DELETED_AT = """
+        ALTER TABLE sync_outbox ADD COLUMN deleted_at INTEGER NOT NULL DEFAULT 0;
+"""
+
 #: The graph's migrations, in order; each runs once, inside its own transaction.
 MIGRATIONS: list[Migration] = [
     ("001_initial", _M001_INITIAL),
@@ -160,6 +167,7 @@ MIGRATIONS: list[Migration] = [
     ("004_hub_tables_leave", _M004_HUB_TABLES_LEAVE),
     ("005_edges_from_by_weight", _M005_EDGES_FROM_BY_WEIGHT),
     ("006_position_mark", _M006_POSITION_MARK),
+    ("007_outbox_deleted_at", _M007_OUTBOX_DELETED_AT),
 ]
 
 

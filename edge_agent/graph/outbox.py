@@ -127,14 +127,15 @@ def acked_seq(db: sqlite3.Connection) -> int:
 # right after an alarm does not demote the alarm. An entity the filter once kept back is
 # sent whole (``reset``) when it next passes: the hub may lack its unchanged triples.
 _RECORD_STATE = """
-INSERT INTO sync_outbox (entity_id, cseq, since, priority, reset, size, queued_at)
+INSERT INTO sync_outbox (entity_id, cseq, since, priority, reset, size, queued_at, deleted_at)
 VALUES (?1, ?2, ?2, ?3,
-        max(?4, EXISTS (SELECT 1 FROM sync_filtered WHERE entity_id = ?1)), ?5, ?6)
+        max(?4, EXISTS (SELECT 1 FROM sync_filtered WHERE entity_id = ?1)), ?5, ?6, ?4 * ?6)
 ON CONFLICT (entity_id) DO UPDATE SET
     cseq = excluded.cseq,
     priority = max(priority, excluded.priority),
     reset = max(reset, excluded.reset),
-    size = max(size, excluded.size)
+    size = max(size, excluded.size),
+    deleted_at = max(deleted_at, excluded.deleted_at)
 """
 
 
@@ -398,9 +399,8 @@ def waiting_resets(
     Such a waiting change replaces the hub's copy whole when sent. A share carries no
     tombstones and merges per property: an older hub copy merged here would bring back
     an entity deleted here since, or properties its deletion removed. The time is the
-    entity's ``updated_at``, or for one still deleted, when its waiting change was
-    queued (in state mode, first queued: a hub copy stamped between that and the
-    deletion is taken as the newer).
+    entity's ``updated_at``, or for one still deleted, when it was deleted (in events
+    mode, when its deletion was queued).
 
     Args:
         readings: :func:`queued_readings`.
@@ -410,7 +410,7 @@ def waiting_resets(
         part = ids[start : start + ROWS_PER_STATEMENT]
         found.update(
             db.execute(
-                "SELECT entity_id, queued_at FROM sync_outbox"
+                "SELECT entity_id, max(queued_at, deleted_at) FROM sync_outbox"
                 f" WHERE reset = 1 AND entity_id IN ({','.join('?' * len(part))})",
                 part,
             ).fetchall()

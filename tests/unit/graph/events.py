@@ -38,10 +38,12 @@ class Feed:
     def __init__(self, store: GraphStore, seq: int = 0) -> None:
         self.store = store
         self.seq = seq
+        #: The agent's clock at the applies (when changes are queued for the link).
+        self.now_ms = NOW
 
     def __call__(self, *events: EntityEvent) -> None:
         batch = []
         for event in events:
             self.seq += 1
             batch.append((self.seq, event))
-        self.store.apply(batch, consumer="c", now_ms=NOW)
+        self.store.apply(batch, consumer="c", now_ms=self.now_ms)

@@ -455,6 +455,21 @@ def test_a_share_drops_a_recreated_entity_the_hub_holds_as_new(store: GraphStore
     assert (delta.entity_id, delta.replace, triples(delta)) == ("UAV-6", True, {"alt": 2})
 
 
+def test_a_deletion_after_a_waiting_change_is_dated_by_the_deletion(store: GraphStore) -> None:
+    """Changed (queued), then deleted ten seconds later while still waiting: a hub copy
+    stamped between the two is older than the deletion. Merged, it would bring the
+    entity back here for good, while the dropped deletion never reached the hub."""
+    feed = Feed(store)
+    feed(ev("UAV-8", properties={"battery": 1}, timestamp=at(1)))
+    feed.now_ms = NOW + 10_000
+    feed(gone("UAV-8"))
+    hub_copy = EntityDelta("UAV-8", "drone", 9, NOW + 5_000, 3, [("battery", 1, NOW + 5_000, "")])
+    assert merge(store, [hub_copy]) == 0
+    assert store.entity("UAV-8") is None
+    [delta] = take_deltas(store)
+    assert (delta.entity_id, delta.deleted) == ("UAV-8", True)
+
+
 def test_a_share_drops_the_readings_the_hub_holds_in_events_mode(tmp_path: Path) -> None:
     store = open_store(tmp_path / "edge.db", mode="events")
     Feed(store)(

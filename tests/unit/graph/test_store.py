@@ -232,6 +232,7 @@ def test_migration_002_turns_bucket_history_into_latest_only(tmp_path: Path) -> 
         "004_hub_tables_leave",
         "005_edges_from_by_weight",
         "006_position_mark",
+        "007_outbox_deleted_at",
     ]
     assert sqlite3.connect(path).execute("SELECT * FROM temporal").fetchall() == [("A", 2)]
 
