@@ -14,6 +14,9 @@ a child process on loopback. The last line is one JSON object.
 2. **Text search** (``text_p50_ms``, ``text_p99_ms``): the searcher's ``text`` mode;
    half the queries are a finding's phrasings (with a place name or not), half are
    questions in other words (the slow path: no entity holds all their words).
+   **Local search** (``local_text_p50_ms``, ``local_text_p99_ms``): the same texts
+   through ``Searcher.local`` in ``text`` mode: the hits' neighbourhoods and the PathRAG
+   paths joining the first five.
 3. **Vectors** (``vector_*``, ``hybrid_*``): the index is filled with 100,000 unit
    vectors of the model's dimension — random ones: a search's time does not depend on
    what the vectors hold, and embedding 100,000 texts with the default model would
@@ -56,7 +59,7 @@ from cloud_hub.graphrag import text, vectors
 from cloud_hub.graphrag.embedder import Embedder
 from cloud_hub.graphrag.embedding.client import EmbeddingClient
 from cloud_hub.graphrag.schema import GRAPH_MIGRATIONS
-from cloud_hub.graphrag.search import Searcher, SearchQuery
+from cloud_hub.graphrag.search import LocalQuery, Searcher, SearchQuery
 from cloud_hub.graphrag.vectors import VectorIndex
 from edge_agent.config.schema import EmbeddingConfig
 from edge_agent.graph import GraphStore
@@ -244,6 +247,10 @@ def search_figures(path: Path, url: str, count: int, seed: int) -> dict[str, Any
     for mode in ("text", "vector", "hybrid"):
         result = timed(lambda q, m=mode: searcher.search(db, SearchQuery(query=q, mode=m)), texts)
         figures[f"{mode}_p50_ms"], figures[f"{mode}_p99_ms"] = result["p50"], result["p99"]
+    # Local search: text hits, their neighbourhoods, and PathRAG (both, depth 3) from
+    # each of the first five to the others.
+    result = timed(lambda q: searcher.local(db, LocalQuery(query=q, mode="text")), texts)
+    figures["local_text_p50_ms"], figures["local_text_p99_ms"] = result["p50"], result["p99"]
     db.close()
     return figures
 

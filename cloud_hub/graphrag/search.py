@@ -359,7 +359,7 @@ def _paths_between(db: sqlite3.Connection, ids: list[str]) -> list[dict[str, Any
             start_entity=start, direction="both", max_depth=_PATH_DEPTH, max_nodes=500, timeout=0.2
         )
         try:
-            result = run_path_query(db, query)
+            result = run_path_query(db, query, with_entities=False)
         except UnknownEntity:
             continue
         for path in result.paths:

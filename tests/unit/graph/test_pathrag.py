@@ -63,6 +63,21 @@ def test_best_path_score_wins_over_first_found(db: sqlite3.Connection) -> None:
     assert result.entities[1]["properties"] == {"name": "B"}
 
 
+def test_paths_alone_are_the_same_answer_without_reading_the_entities(
+    db: sqlite3.Connection,
+) -> None:
+    query = PathQuery(start_entity="A", direction="both")
+    whole = run_path_query(db, query)
+    statements: list[str] = []
+    db.set_trace_callback(statements.append)
+    bare = run_path_query(db, query, with_entities=False)
+    db.set_trace_callback(None)
+    assert (bare.paths, bare.scores, bare.truncated) == (whole.paths, whole.scores, False)
+    assert bare.visited == whole.visited
+    assert bare.entities == []
+    assert not [sql for sql in statements if "json_group_array" in sql]  # no summaries read
+
+
 def test_depth_limits_the_walk(db: sqlite3.Connection) -> None:
     assert set(run(db, max_depth=1).scores) == {"A", "B", "C", "D"}
     assert set(run(db, max_depth=3).scores) == {"A", "B", "C", "D", "E"}
