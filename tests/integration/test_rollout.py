@@ -238,7 +238,8 @@ def check_first_run(
         device = by_name[name]
         assert release_of(device) == old_version, name
         assert not (device.root / f"opt/semstreams/releases/{NEW_VERSION}").exists(), name
-        assert device.unit()["MainPID"] == pid, f"{name} was restarted"
+        state = device.unit()
+        assert state["MainPID"] == pid, f"{name} was restarted: {state}\n{device.journal()}"
         assert now[name][2] == old_version, now[name]
     return rollback_s
 
