@@ -130,8 +130,6 @@ FSTAB = (
     # nofail: under systemd-nspawn the boot partition is a bind mount, not a device.
     f"LABEL={BOOT_LABEL}\t/boot/firmware\tvfat\tdefaults,nofail,x-systemd.device-timeout=90s\t0\t2\n"
 )
-# A private key in PEM (the armour lines with a body between: ssh and TLS libraries carry
-# the first line alone as a format string), and a claim token (ct_<id>.<secret>).
 # The Debian-archive arm64 image's wired network (pi-gen's Raspberry Pi OS brings its own):
 # DHCP on every Ethernet port (a Pi's end0/eth0, qemu's virtio NIC) by systemd-networkd,
 # part of bookworm's systemd package. Not in a container (the nspawn tests), whose network
@@ -149,6 +147,8 @@ NETWORKD_NOT_IN_CONTAINER = """\
 [Unit]
 ConditionVirtualization=!container
 """
+# A private key in PEM (the armour lines with a body between: ssh and TLS libraries carry
+# the first line alone as a format string), and a claim token (ct_<id>.<secret>).
 PRIVATE_KEY = re.compile(
     rb"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----\s+[A-Za-z0-9+/=\s]{40,}?"
     rb"-----END [A-Z0-9 ]*PRIVATE KEY-----"
